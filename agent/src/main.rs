@@ -1,0 +1,4 @@
+//! edge-agent: placeholder until the agent issues land.
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("edge-agent is not implemented yet")
+}

@@ -1,0 +1,1 @@
+//! MQTT protocol handling shared by edge-agent and cloud-bridge.
