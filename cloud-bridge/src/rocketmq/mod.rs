@@ -1,0 +1,1 @@
+//! RocketMQ remoting client (being written).
