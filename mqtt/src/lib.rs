@@ -1,1 +1,15 @@
-//! MQTT protocol handling shared by edge-agent and cloud-bridge.
+//! MQTT 3.1.1 and 5 server-side protocol handling, shared by edge-agent and cloud-bridge:
+//! one implementation of connections, sessions' QoS flows, keepalive, wills and topic
+//! rules, with storage behind the [`broker::Broker`] and [`broker::Session`] traits.
+
+pub mod broker;
+pub mod codec;
+pub mod connection;
+pub mod error;
+pub mod listener;
+pub mod packet;
+pub mod registry;
+pub mod tls;
+pub mod topic;
+
+pub use error::Error;

@@ -1,0 +1,134 @@
+//! The seam between MQTT protocol handling and storage.
+//!
+//! The connection state machine (`connection.rs`) is the same for the edge agent and the
+//! cloud bridge; what differs is where messages go. A storage backend implements [`Broker`]
+//! (accepting or refusing a CONNECT) and [`Session`] (one connected client's publishes,
+//! subscriptions and deliveries).
+//!
+//! Contract: the future returned by [`Session::publish`] completes only once the message is
+//! durably stored by the backend; the connection sends PUBACK or PUBREC after it completes
+//! with `Ok`, and never before. Futures are `'static` so the connection can keep several in
+//! flight while it goes on reading.
+
+use std::net::SocketAddr;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
+
+use crate::packet::{Connect, Message, Reason, SubscribeOutcome, SubscriptionRequest};
+
+/// The transport-level identity of a peer.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    /// Remote socket address.
+    pub addr: SocketAddr,
+    /// Name of the listener the client came through (from configuration).
+    pub listener: String,
+    /// The verified client certificate's identity (subject common name, or the first DNS
+    /// subject alternative name), when mutual TLS verified one.
+    pub tls_identity: Option<String>,
+}
+
+/// A refusal with a reason code and a text for the log and for MQTT 5 reason strings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// The MQTT 5 reason code (mapped to the 3.1.1 return code where one exists).
+    pub reason: Reason,
+    /// Why, for people.
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal.
+    pub fn new(reason: Reason, message: impl Into<String>) -> Self {
+        Self {
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (reason 0x{:02X})", self.message, self.reason as u8)
+    }
+}
+
+/// A message the backend hands to the connection for delivery to the client.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// The message; `qos` is already min(message QoS, granted QoS).
+    pub message: Message,
+    /// Set on a retransmission of a message sent before.
+    pub dup: bool,
+    /// The backend's handle, given back in [`Session::acked`].
+    pub tag: u64,
+}
+
+/// An accepted CONNECT.
+#[derive(Debug)]
+pub struct Accepted<S> {
+    /// The backend's per-connection state.
+    pub session: S,
+    /// Whether an existing session was resumed.
+    pub session_present: bool,
+    /// The client identifier to use (differs from the CONNECT's when the server assigned one).
+    pub client_id: String,
+    /// Messages for the client, if the backend delivers any.
+    pub deliveries: Option<mpsc::Receiver<Delivery>>,
+}
+
+/// How a connection ended, for [`Session::closed`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// The client sent DISCONNECT (reason 0).
+    Normal,
+    /// Anything else: the will, if any, has been handed to the connection's will logic.
+    Abnormal,
+    /// A newer connection with the same client identifier took the session over.
+    TakenOver,
+}
+
+/// A storage backend: decides on CONNECTs.
+pub trait Broker: Send + Sync + 'static {
+    /// Per-connection state.
+    type Session: Session;
+
+    /// Authenticates and authorizes a CONNECT, and opens or resumes its session.
+    fn connect(
+        &self,
+        connect: &Connect,
+        peer: &Peer,
+    ) -> BoxFuture<'static, Result<Accepted<Self::Session>, Refusal>>;
+
+    /// Backend-specific topic rules beyond MQTT's (for example, the bridge refuses `%`).
+    /// A refused topic closes the connection.
+    fn validate_topic(&self, _topic: &str) -> Result<(), Refusal> {
+        Ok(())
+    }
+
+    /// Publishes a will message on behalf of a client that is gone (no session left).
+    fn publish_will(&self, client_id: &str, message: Message) -> BoxFuture<'static, ()>;
+}
+
+/// One connected client's view of the backend.
+pub trait Session: Send + 'static {
+    /// Stores a publish; completes when it is durably stored (Ok carries the reason for
+    /// the ack: `Success` or `NoMatchingSubscribers`).
+    fn publish(&self, message: Message) -> BoxFuture<'static, Result<Reason, Refusal>>;
+
+    /// Applies subscriptions; one outcome per request, in order.
+    fn subscribe(
+        &mut self,
+        requests: Vec<SubscriptionRequest>,
+    ) -> BoxFuture<'static, Vec<SubscribeOutcome>>;
+
+    /// Removes subscriptions; one reason per filter, in order.
+    fn unsubscribe(&mut self, filters: Vec<String>) -> BoxFuture<'static, Vec<Reason>>;
+
+    /// The client acknowledged a delivery (PUBACK, PUBCOMP, or written at QoS 0).
+    fn acked(&mut self, tag: u64);
+
+    /// The connection ended.
+    fn closed(self, how: Close) -> BoxFuture<'static, ()>;
+}

@@ -1,0 +1,781 @@
+//! Framing: bytes on the wire <-> [`Inbound`] / [`Outbound`].
+//!
+//! The packet encoders and decoders are rumqttc's (`rumqttc::mqttbytes::v4` for 3.1.1 and
+//! `rumqttc::v5::mqttbytes::v5` for 5), a maintained codec used by rumqttc and rumqttd; this
+//! module only frames them for tokio and maps both versions onto the neutral types of
+//! `packet.rs`. The protocol level is read from the first CONNECT before it is decoded, so a
+//! connection speaks exactly one version from its first packet on.
+//!
+//! Invariants: a frame larger than `max_packet_size` is refused from its fixed header,
+//! before its body is buffered; any decoding error ends the connection (the caller sends a
+//! DISCONNECT where MQTT 5 allows one); nothing here panics on input.
+
+use bytes::{Buf, BytesMut};
+use rumqttc::mqttbytes::v4;
+use rumqttc::v5::mqttbytes::v5;
+use tokio_util::codec::{Decoder, Encoder};
+
+use crate::error::Error;
+use crate::packet::{
+    Connect, Inbound, Message, MessageProperties, Outbound, QoS, Reason, SubscribeOutcome,
+    SubscriptionRequest, Version, Will,
+};
+
+fn qos_from_v4(q: rumqttc::mqttbytes::QoS) -> QoS {
+    match q {
+        rumqttc::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn qos_to_v4(q: QoS) -> rumqttc::mqttbytes::QoS {
+    match q {
+        QoS::AtMostOnce => rumqttc::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+fn qos_from_v5(q: rumqttc::v5::mqttbytes::QoS) -> QoS {
+    match q {
+        rumqttc::v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+fn qos_to_v5(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// Smallest maximum packet size we accept in configuration.
+pub const MIN_PACKET_SIZE: usize = 64;
+
+/// A tokio codec for the server side of one MQTT connection.
+#[derive(Debug)]
+pub struct Codec {
+    version: Option<Version>,
+    max_packet_size: usize,
+    /// Largest packet the client accepts (MQTT 5 CONNECT property).
+    pub client_max_packet_size: Option<u32>,
+}
+
+impl Codec {
+    /// A codec that has not yet seen CONNECT and refuses frames over `max_packet_size` bytes.
+    pub fn new(max_packet_size: usize) -> Self {
+        Self {
+            version: None,
+            max_packet_size: max_packet_size.max(MIN_PACKET_SIZE),
+            client_max_packet_size: None,
+        }
+    }
+
+    /// The protocol version, once CONNECT was seen.
+    pub fn version(&self) -> Option<Version> {
+        self.version
+    }
+}
+
+/// Reads the protocol level of a CONNECT at the start of `src`, if enough bytes are there.
+fn peek_version(src: &[u8]) -> Result<Option<Version>, Error> {
+    let Some(&first) = src.first() else {
+        return Ok(None);
+    };
+    if first != 0x10 {
+        return Err(Error::Protocol("the first packet must be CONNECT"));
+    }
+    // Remaining length: 1 to 4 bytes.
+    let mut pos = 1;
+    loop {
+        let Some(&b) = src.get(pos) else {
+            return Ok(None);
+        };
+        pos += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        if pos > 4 {
+            return Err(Error::Malformed("remaining length".into()));
+        }
+    }
+    // Protocol name (2-byte length + name) then the level byte.
+    let Some(name_len) = src.get(pos..pos + 2) else {
+        return Ok(None);
+    };
+    let name_len = u16::from_be_bytes([name_len[0], name_len[1]]) as usize;
+    let level_at = pos + 2 + name_len;
+    let Some(&level) = src.get(level_at) else {
+        return Ok(None);
+    };
+    match (&src[pos + 2..level_at], level) {
+        (b"MQTT", 4) => Ok(Some(Version::V311)),
+        (b"MQTT", 5) => Ok(Some(Version::V5)),
+        _ => Err(Error::UnsupportedProtocol(level)),
+    }
+}
+
+impl Decoder for Codec {
+    type Item = Inbound;
+    type Error = Error;
+
+    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Inbound>, Error> {
+        if src.is_empty() {
+            return Ok(None);
+        }
+        let version = match self.version {
+            Some(v) => v,
+            None => match peek_version(src)? {
+                Some(v) => v,
+                None => {
+                    if src.len() > self.max_packet_size {
+                        return Err(Error::PacketTooLarge(src.len()));
+                    }
+                    return Ok(None);
+                }
+            },
+        };
+        let decoded = match version {
+            Version::V311 => match v4::Packet::read(src, self.max_packet_size) {
+                Ok(p) => from_v4(p).map(Some),
+                Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+                Err(rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n)) => {
+                    Err(Error::PacketTooLarge(n))
+                }
+                Err(e) => Err(Error::Malformed(e.to_string())),
+            },
+            Version::V5 => match v5::Packet::read(src, Some(self.max_packet_size as u32)) {
+                Ok(p) => from_v5(p).map(Some),
+                Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
+                Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded {
+                    pkt_size, ..
+                }) => Err(Error::PacketTooLarge(pkt_size)),
+                Err(e) => Err(Error::Malformed(e.to_string())),
+            },
+        }?;
+        if let Some(Inbound::Connect(c)) = &decoded {
+            self.version = Some(version);
+            self.client_max_packet_size = c.maximum_packet_size;
+        }
+        Ok(decoded)
+    }
+}
+
+fn topic_string(raw: bytes::Bytes) -> Result<String, Error> {
+    String::from_utf8(raw.to_vec()).map_err(|_| Error::Malformed("topic is not UTF-8".into()))
+}
+
+fn from_v4(p: v4::Packet) -> Result<Inbound, Error> {
+    Ok(match p {
+        v4::Packet::Connect(c) => Inbound::Connect(Box::new(Connect {
+            version: Version::V311,
+            session_expiry_interval: if c.clean_session { 0 } else { u32::MAX },
+            client_id: c.client_id,
+            clean_start: c.clean_session,
+            keep_alive: c.keep_alive,
+            username: c.login.as_ref().map(|l| l.username.clone()),
+            password: c.login.map(|l| l.password),
+            will: c.last_will.map(|w| Will {
+                message: Message {
+                    topic: w.topic,
+                    payload: w.message,
+                    qos: qos_from_v4(w.qos),
+                    retain: w.retain,
+                    properties: MessageProperties::default(),
+                },
+                delay_interval: 0,
+            }),
+            receive_maximum: u16::MAX,
+            maximum_packet_size: None,
+        })),
+        v4::Packet::Publish(p) => Inbound::Publish {
+            pkid: p.pkid,
+            dup: p.dup,
+            message: Message {
+                topic: p.topic,
+                payload: p.payload,
+                qos: qos_from_v4(p.qos),
+                retain: p.retain,
+                properties: MessageProperties::default(),
+            },
+        },
+        v4::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v4::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
+        v4::Packet::PubRel(a) => Inbound::PubRel(a.pkid),
+        v4::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
+        v4::Packet::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            subscriptions: s
+                .filters
+                .into_iter()
+                .map(|f| SubscriptionRequest {
+                    filter: f.path,
+                    qos: qos_from_v4(f.qos),
+                    no_local: false,
+                    retain_as_published: false,
+                    retain_handling: 0,
+                })
+                .collect(),
+        },
+        v4::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.topics,
+        },
+        v4::Packet::PingReq => Inbound::PingReq,
+        v4::Packet::Disconnect => Inbound::Disconnect {
+            reason: 0,
+            session_expiry_interval: None,
+        },
+        v4::Packet::ConnAck(_) => Inbound::Unexpected("CONNACK"),
+        v4::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
+        v4::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
+        v4::Packet::PingResp => Inbound::Unexpected("PINGRESP"),
+    })
+}
+
+fn props_from_v5(p: Option<v5::PublishProperties>) -> Result<(MessageProperties, bool), Error> {
+    let Some(p) = p else {
+        return Ok((MessageProperties::default(), false));
+    };
+    Ok((
+        MessageProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            content_type: p.content_type,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+        },
+        p.topic_alias.is_some(),
+    ))
+}
+
+fn from_v5(p: v5::Packet) -> Result<Inbound, Error> {
+    Ok(match p {
+        v5::Packet::Connect(c, will, login) => {
+            let (session_expiry, receive_maximum, max_packet_size) = match &c.properties {
+                Some(p) => (
+                    p.session_expiry_interval,
+                    p.receive_maximum,
+                    p.max_packet_size,
+                ),
+                None => (None, None, None),
+            };
+            let will = match will {
+                Some(w) => {
+                    let (properties, delay) = match w.properties {
+                        Some(wp) => (
+                            MessageProperties {
+                                payload_format_indicator: wp.payload_format_indicator,
+                                message_expiry_interval: wp.message_expiry_interval,
+                                content_type: wp.content_type,
+                                response_topic: wp.response_topic,
+                                correlation_data: wp.correlation_data,
+                                user_properties: wp.user_properties,
+                            },
+                            wp.delay_interval.unwrap_or(0),
+                        ),
+                        None => (MessageProperties::default(), 0),
+                    };
+                    Some(Will {
+                        message: Message {
+                            topic: topic_string(w.topic)?,
+                            payload: w.message,
+                            qos: qos_from_v5(w.qos),
+                            retain: w.retain,
+                            properties,
+                        },
+                        delay_interval: delay,
+                    })
+                }
+                None => None,
+            };
+            if receive_maximum == Some(0) {
+                return Err(Error::Protocol("receive maximum of 0"));
+            }
+            Inbound::Connect(Box::new(Connect {
+                version: Version::V5,
+                client_id: c.client_id,
+                clean_start: c.clean_start,
+                keep_alive: c.keep_alive,
+                username: login.as_ref().map(|l| l.username.clone()),
+                password: login.map(|l| l.password),
+                will,
+                session_expiry_interval: session_expiry.unwrap_or(0),
+                receive_maximum: receive_maximum.unwrap_or(u16::MAX),
+                maximum_packet_size: max_packet_size,
+            }))
+        }
+        v5::Packet::Publish(p) => {
+            let (properties, has_alias) = props_from_v5(p.properties)?;
+            if has_alias {
+                // We advertise Topic Alias Maximum 0, so any alias is a protocol error.
+                return Err(Error::Protocol("topic alias not allowed"));
+            }
+            Inbound::Publish {
+                pkid: p.pkid,
+                dup: p.dup,
+                message: Message {
+                    topic: topic_string(p.topic)?,
+                    payload: p.payload,
+                    qos: qos_from_v5(p.qos),
+                    retain: p.retain,
+                    properties,
+                },
+            }
+        }
+        v5::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
+        v5::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
+        v5::Packet::PubRel(a) => Inbound::PubRel(a.pkid),
+        v5::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
+        v5::Packet::Subscribe(s) => Inbound::Subscribe {
+            pkid: s.pkid,
+            subscriptions: s
+                .filters
+                .into_iter()
+                .map(|f| SubscriptionRequest {
+                    filter: f.path,
+                    qos: qos_from_v5(f.qos),
+                    no_local: f.nolocal,
+                    retain_as_published: f.preserve_retain,
+                    retain_handling: match f.retain_forward_rule {
+                        v5::RetainForwardRule::OnEverySubscribe => 0,
+                        v5::RetainForwardRule::OnNewSubscribe => 1,
+                        v5::RetainForwardRule::Never => 2,
+                    },
+                })
+                .collect(),
+        },
+        v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
+            pkid: u.pkid,
+            filters: u.filters,
+        },
+        v5::Packet::PingReq(_) => Inbound::PingReq,
+        v5::Packet::Disconnect(d) => Inbound::Disconnect {
+            reason: d.reason_code as u8,
+            session_expiry_interval: d.properties.and_then(|p| p.session_expiry_interval),
+        },
+        v5::Packet::Auth(_) => Inbound::Unexpected("AUTH"),
+        v5::Packet::ConnAck(_) => Inbound::Unexpected("CONNACK"),
+        v5::Packet::SubAck(_) => Inbound::Unexpected("SUBACK"),
+        v5::Packet::UnsubAck(_) => Inbound::Unexpected("UNSUBACK"),
+        v5::Packet::PingResp(_) => Inbound::Unexpected("PINGRESP"),
+    })
+}
+
+impl Encoder<Outbound> for Codec {
+    type Error = Error;
+
+    fn encode(&mut self, item: Outbound, dst: &mut BytesMut) -> Result<(), Error> {
+        // Before CONNECT was decoded (a refused CONNECT of an unknown level) we answer 3.1.1.
+        match self.version.unwrap_or(Version::V311) {
+            Version::V311 => {
+                let Some(p) = to_v4(item) else {
+                    return Ok(());
+                };
+                p.write(dst, usize::MAX)
+                    .map_err(|e| Error::Malformed(e.to_string()))?;
+            }
+            Version::V5 => {
+                let p = to_v5(item);
+                p.write(dst, self.client_max_packet_size)
+                    .map_err(|e| Error::Malformed(e.to_string()))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn v4_connect_code(r: Reason) -> v4::ConnectReturnCode {
+    use v4::ConnectReturnCode as C;
+    match r {
+        Reason::Success => C::Success,
+        Reason::UnsupportedProtocolVersion => C::RefusedProtocolVersion,
+        Reason::ClientIdentifierNotValid => C::BadClientId,
+        Reason::BadUserNameOrPassword => C::BadUserNamePassword,
+        Reason::NotAuthorized => C::NotAuthorized,
+        _ => C::ServiceUnavailable,
+    }
+}
+
+/// 3.1.1 has no reason codes on acks and no server DISCONNECT: those become `None` or a
+/// plain ack (the caller closes the connection where 3.1.1 says so).
+fn to_v4(item: Outbound) -> Option<v4::Packet> {
+    Some(match item {
+        Outbound::ConnAck {
+            session_present,
+            reason,
+            ..
+        } => v4::Packet::ConnAck(v4::ConnAck::new(
+            v4_connect_code(reason),
+            session_present && reason == Reason::Success,
+        )),
+        Outbound::Publish { pkid, dup, message } => v4::Packet::Publish(v4::Publish {
+            dup,
+            qos: qos_to_v4(message.qos),
+            retain: message.retain,
+            topic: message.topic,
+            pkid,
+            payload: message.payload,
+        }),
+        Outbound::PubAck { pkid, .. } => v4::Packet::PubAck(v4::PubAck::new(pkid)),
+        Outbound::PubRec { pkid, .. } => v4::Packet::PubRec(v4::PubRec::new(pkid)),
+        Outbound::PubRel(pkid) => v4::Packet::PubRel(v4::PubRel::new(pkid)),
+        Outbound::PubComp(pkid) => v4::Packet::PubComp(v4::PubComp::new(pkid)),
+        Outbound::SubAck { pkid, outcomes, .. } => v4::Packet::SubAck(v4::SubAck::new(
+            pkid,
+            outcomes
+                .into_iter()
+                .map(|o| match o {
+                    SubscribeOutcome::Granted(q) => v4::SubscribeReasonCode::Success(qos_to_v4(q)),
+                    SubscribeOutcome::Refused(_) => v4::SubscribeReasonCode::Failure,
+                })
+                .collect(),
+        )),
+        Outbound::UnsubAck { pkid, .. } => v4::Packet::UnsubAck(v4::UnsubAck::new(pkid)),
+        Outbound::PingResp => v4::Packet::PingResp,
+        Outbound::Disconnect { .. } => return None,
+    })
+}
+
+fn v5_connect_code(r: Reason) -> v5::ConnectReturnCode {
+    use v5::ConnectReturnCode as C;
+    match r {
+        Reason::Success => C::Success,
+        Reason::UnsupportedProtocolVersion => C::UnsupportedProtocolVersion,
+        Reason::ClientIdentifierNotValid => C::ClientIdentifierNotValid,
+        Reason::BadUserNameOrPassword => C::BadUserNamePassword,
+        Reason::NotAuthorized => C::NotAuthorized,
+        Reason::ServerUnavailable => C::ServerUnavailable,
+        Reason::ServerBusy => C::ServerBusy,
+        Reason::MalformedPacket => C::MalformedPacket,
+        Reason::ProtocolError => C::ProtocolError,
+        Reason::PacketTooLarge => C::PacketTooLarge,
+        Reason::QuotaExceeded => C::QuotaExceeded,
+        Reason::ImplementationSpecificError => C::ImplementationSpecificError,
+        _ => C::UnspecifiedError,
+    }
+}
+
+fn v5_puback_reason(r: Reason) -> v5::PubAckReason {
+    use v5::PubAckReason as P;
+    match r {
+        Reason::Success => P::Success,
+        Reason::NoMatchingSubscribers => P::NoMatchingSubscribers,
+        Reason::ImplementationSpecificError => P::ImplementationSpecificError,
+        Reason::NotAuthorized => P::NotAuthorized,
+        Reason::TopicNameInvalid => P::TopicNameInvalid,
+        Reason::PacketIdentifierInUse => P::PacketIdentifierInUse,
+        Reason::QuotaExceeded => P::QuotaExceeded,
+        Reason::PayloadFormatInvalid => P::PayloadFormatInvalid,
+        _ => P::UnspecifiedError,
+    }
+}
+
+fn v5_pubrec_reason(r: Reason) -> v5::PubRecReason {
+    use v5::PubRecReason as P;
+    match r {
+        Reason::Success => P::Success,
+        Reason::NoMatchingSubscribers => P::NoMatchingSubscribers,
+        Reason::ImplementationSpecificError => P::ImplementationSpecificError,
+        Reason::NotAuthorized => P::NotAuthorized,
+        Reason::TopicNameInvalid => P::TopicNameInvalid,
+        Reason::PacketIdentifierInUse => P::PacketIdentifierInUse,
+        Reason::QuotaExceeded => P::QuotaExceeded,
+        Reason::PayloadFormatInvalid => P::PayloadFormatInvalid,
+        _ => P::UnspecifiedError,
+    }
+}
+
+fn v5_suback_code(o: SubscribeOutcome) -> v5::SubscribeReasonCode {
+    use v5::SubscribeReasonCode as S;
+    match o {
+        SubscribeOutcome::Granted(q) => S::Success(qos_to_v5(q)),
+        SubscribeOutcome::Refused(r) => match r {
+            Reason::ImplementationSpecificError => S::ImplementationSpecific,
+            Reason::NotAuthorized => S::NotAuthorized,
+            Reason::TopicFilterInvalid => S::TopicFilterInvalid,
+            Reason::PacketIdentifierInUse => S::PkidInUse,
+            Reason::QuotaExceeded => S::QuotaExceeded,
+            Reason::SharedSubscriptionsNotSupported => S::SharedSubscriptionsNotSupported,
+            Reason::WildcardSubscriptionsNotSupported => S::WildcardSubscriptionsNotSupported,
+            _ => S::Unspecified,
+        },
+    }
+}
+
+fn v5_unsuback_reason(r: Reason) -> v5::UnsubAckReason {
+    use v5::UnsubAckReason as U;
+    match r {
+        Reason::Success => U::Success,
+        Reason::NoSubscriptionExisted => U::NoSubscriptionExisted,
+        Reason::ImplementationSpecificError => U::ImplementationSpecificError,
+        Reason::NotAuthorized => U::NotAuthorized,
+        Reason::TopicFilterInvalid => U::TopicFilterInvalid,
+        Reason::PacketIdentifierInUse => U::PacketIdentifierInUse,
+        _ => U::UnspecifiedError,
+    }
+}
+
+fn v5_disconnect_reason(r: Reason) -> v5::DisconnectReasonCode {
+    use v5::DisconnectReasonCode as D;
+    match r {
+        Reason::Success => D::NormalDisconnection,
+        Reason::MalformedPacket => D::MalformedPacket,
+        Reason::ProtocolError => D::ProtocolError,
+        Reason::ImplementationSpecificError => D::ImplementationSpecificError,
+        Reason::NotAuthorized => D::NotAuthorized,
+        Reason::ServerBusy => D::ServerBusy,
+        Reason::ServerShuttingDown => D::ServerShuttingDown,
+        Reason::KeepAliveTimeout => D::KeepAliveTimeout,
+        Reason::SessionTakenOver => D::SessionTakenOver,
+        Reason::TopicFilterInvalid => D::TopicFilterInvalid,
+        Reason::TopicNameInvalid => D::TopicNameInvalid,
+        Reason::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded,
+        Reason::TopicAliasInvalid => D::TopicAliasInvalid,
+        Reason::PacketTooLarge => D::PacketTooLarge,
+        Reason::QuotaExceeded => D::QuotaExceeded,
+        Reason::PayloadFormatInvalid => D::PayloadFormatInvalid,
+        _ => D::UnspecifiedError,
+    }
+}
+
+fn reason_props<T>(s: Option<String>, f: impl FnOnce(String) -> T) -> Option<T> {
+    s.map(f)
+}
+
+fn to_v5(item: Outbound) -> v5::Packet {
+    match item {
+        Outbound::ConnAck {
+            session_present,
+            reason,
+            info,
+        } => {
+            let info = *info;
+            let properties = v5::ConnAckProperties {
+                session_expiry_interval: info.session_expiry_interval,
+                receive_max: info.receive_maximum,
+                max_qos: None,
+                retain_available: info.retain_available.map(u8::from),
+                max_packet_size: info.maximum_packet_size,
+                assigned_client_identifier: info.assigned_client_id,
+                topic_alias_max: None,
+                reason_string: info.reason_string,
+                user_properties: Vec::new(),
+                wildcard_subscription_available: None,
+                subscription_identifiers_available: Some(0),
+                shared_subscription_available: info.shared_subscription_available.map(u8::from),
+                server_keep_alive: info.server_keep_alive,
+                response_information: None,
+                server_reference: None,
+                authentication_method: None,
+                authentication_data: None,
+            };
+            v5::Packet::ConnAck(v5::ConnAck {
+                session_present: session_present && reason == Reason::Success,
+                code: v5_connect_code(reason),
+                properties: Some(properties),
+            })
+        }
+        Outbound::Publish { pkid, dup, message } => {
+            let p = message.properties;
+            let has_props = p != MessageProperties::default();
+            v5::Packet::Publish(v5::Publish {
+                dup,
+                qos: qos_to_v5(message.qos),
+                retain: message.retain,
+                topic: bytes::Bytes::from(message.topic.into_bytes()),
+                pkid,
+                payload: message.payload,
+                properties: has_props.then_some(v5::PublishProperties {
+                    payload_format_indicator: p.payload_format_indicator,
+                    message_expiry_interval: p.message_expiry_interval,
+                    topic_alias: None,
+                    response_topic: p.response_topic,
+                    correlation_data: p.correlation_data,
+                    user_properties: p.user_properties,
+                    subscription_identifiers: Vec::new(),
+                    content_type: p.content_type,
+                }),
+            })
+        }
+        Outbound::PubAck {
+            pkid,
+            reason,
+            reason_string,
+        } => v5::Packet::PubAck(v5::PubAck {
+            pkid,
+            reason: v5_puback_reason(reason),
+            properties: reason_props(reason_string, |s| v5::PubAckProperties {
+                reason_string: Some(s),
+                user_properties: Vec::new(),
+            }),
+        }),
+        Outbound::PubRec {
+            pkid,
+            reason,
+            reason_string,
+        } => v5::Packet::PubRec(v5::PubRec {
+            pkid,
+            reason: v5_pubrec_reason(reason),
+            properties: reason_props(reason_string, |s| v5::PubRecProperties {
+                reason_string: Some(s),
+                user_properties: Vec::new(),
+            }),
+        }),
+        Outbound::PubRel(pkid) => v5::Packet::PubRel(v5::PubRel::new(pkid, None)),
+        Outbound::PubComp(pkid) => v5::Packet::PubComp(v5::PubComp::new(pkid, None)),
+        Outbound::SubAck {
+            pkid,
+            outcomes,
+            reason_string,
+        } => v5::Packet::SubAck(v5::SubAck {
+            pkid,
+            return_codes: outcomes.into_iter().map(v5_suback_code).collect(),
+            properties: reason_props(reason_string, |s| v5::SubAckProperties {
+                reason_string: Some(s),
+                user_properties: Vec::new(),
+            }),
+        }),
+        Outbound::UnsubAck { pkid, reasons } => v5::Packet::UnsubAck(v5::UnsubAck {
+            pkid,
+            reasons: reasons.into_iter().map(v5_unsuback_reason).collect(),
+            properties: None,
+        }),
+        Outbound::PingResp => v5::Packet::PingResp(v5::PingResp),
+        Outbound::Disconnect {
+            reason,
+            reason_string,
+        } => v5::Packet::Disconnect(v5::Disconnect {
+            reason_code: v5_disconnect_reason(reason),
+            properties: reason_props(reason_string, |s| v5::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(s),
+                user_properties: Vec::new(),
+                server_reference: None,
+            }),
+        }),
+    }
+}
+
+/// Skips what is left of the input after a fatal error (keeps the caller's buffer small).
+pub fn discard(src: &mut BytesMut) {
+    let n = src.len();
+    src.advance(n);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_all(codec: &mut Codec, bytes: &[u8]) -> Result<Vec<Inbound>, Error> {
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(p) = codec.decode(&mut buf)? {
+            out.push(p);
+        }
+        Ok(out)
+    }
+
+    fn v4_connect() -> Vec<u8> {
+        let mut c = v4::Connect::new("dev-1");
+        c.keep_alive = 0;
+        c.clean_session = false;
+        c.set_login("user", "pass");
+        let mut buf = BytesMut::new();
+        let _ = v4::Packet::Connect(c).write(&mut buf, 1 << 20);
+        buf.to_vec()
+    }
+
+    #[test]
+    fn decodes_v311_connect_byte_by_byte() -> Result<(), Error> {
+        let bytes = v4_connect();
+        let mut codec = Codec::new(1024);
+        let mut buf = BytesMut::new();
+        let mut got = None;
+        for b in bytes {
+            buf.extend_from_slice(&[b]);
+            if let Some(p) = codec.decode(&mut buf)? {
+                got = Some(p);
+            }
+        }
+        let Some(Inbound::Connect(c)) = got else {
+            return Err(Error::Protocol("no connect decoded"));
+        };
+        assert_eq!(c.version, Version::V311);
+        assert_eq!(c.client_id, "dev-1");
+        assert_eq!(c.keep_alive, 0);
+        assert!(!c.clean_start);
+        assert_eq!(c.session_expiry_interval, u32::MAX);
+        assert_eq!(c.password.as_deref(), Some("pass"));
+        assert_eq!(codec.version(), Some(Version::V311));
+        Ok(())
+    }
+
+    #[test]
+    fn refuses_non_connect_first_packet() {
+        let mut codec = Codec::new(1024);
+        assert!(matches!(
+            decode_all(&mut codec, &[0xC0, 0x00]),
+            Err(Error::Protocol(_))
+        ));
+    }
+
+    #[test]
+    fn refuses_unknown_protocol_level() {
+        let mut codec = Codec::new(1024);
+        let mut bytes = v4_connect();
+        bytes[8] = 3;
+        assert!(matches!(
+            decode_all(&mut codec, &bytes),
+            Err(Error::UnsupportedProtocol(3))
+        ));
+    }
+
+    #[test]
+    fn refuses_oversized_frame_from_its_header() -> Result<(), Error> {
+        let mut codec = Codec::new(128);
+        decode_all(&mut codec, &v4_connect())?;
+        // PUBLISH announcing 1000 bytes: refused before the body arrives.
+        let r = decode_all(&mut codec, &[0x30, 0xE8, 0x07, 0x00]);
+        assert!(matches!(r, Err(Error::PacketTooLarge(1000))));
+        Ok(())
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut seed: u32 = 7;
+        for len in 0..200usize {
+            let mut bytes = v4_connect();
+            for _ in 0..(len % 13) {
+                seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                let at = (seed as usize) % bytes.len();
+                bytes[at] = (seed >> 16) as u8;
+            }
+            bytes.extend((0..len).map(|i| (i as u8).wrapping_mul(31)));
+            let mut codec = Codec::new(4096);
+            let _ = decode_all(&mut codec, &bytes);
+        }
+    }
+
+    #[test]
+    fn encodes_v5_puback_with_reason() -> Result<(), Error> {
+        let mut codec = Codec::new(1024);
+        codec.version = Some(Version::V5);
+        let mut dst = BytesMut::new();
+        codec.encode(
+            Outbound::PubAck {
+                pkid: 7,
+                reason: Reason::QuotaExceeded,
+                reason_string: None,
+            },
+            &mut dst,
+        )?;
+        assert_eq!(&dst[..], &[0x40, 0x04, 0x00, 0x07, 0x97, 0x00]);
+        Ok(())
+    }
+}

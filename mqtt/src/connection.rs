@@ -1,0 +1,601 @@
+//! One client connection, from CONNECT to close: the MQTT session state machine shared by
+//! the edge agent and the cloud bridge.
+//!
+//! Invariants:
+//! - nothing but CONNECT is accepted first, and it must come within `connect_timeout`;
+//! - a QoS 1/2 publish is acknowledged (PUBACK/PUBREC) only after the backend's store
+//!   future completed with `Ok`; a refused store is answered with an MQTT 5 reason code,
+//!   or, under 3.1.1 (which has none), by closing the connection so the client retries;
+//! - at most `publish_pipeline` stores are in flight per connection, and acks go out in
+//!   publish order; while the pipeline is full the socket is not read (back-pressure);
+//! - a QoS 2 publish is stored once: a DUP retransmission of a packet id awaiting PUBREL
+//!   is answered with PUBREC again and not stored twice;
+//! - at most the client's receive-maximum deliveries are in flight to it;
+//! - the will is published when the connection ends without a normal DISCONNECT.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+use crate::broker::{Accepted, Broker, Close, Delivery, Peer, Refusal, Session};
+use crate::codec::Codec;
+use crate::error::Error;
+use crate::packet::{ConnAckInfo, Connect, Inbound, Message, Outbound, QoS, Reason, Version};
+use crate::registry::Registry;
+use crate::topic;
+
+/// Limits and timeouts of client connections.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Largest packet accepted from a client, bytes.
+    pub max_packet_size: usize,
+    /// Time allowed between TCP accept and CONNECT.
+    pub connect_timeout: Duration,
+    /// Receive maximum advertised to MQTT 5 clients.
+    pub receive_maximum: u16,
+    /// Stores in flight to the backend per connection (1 keeps strict order end to end).
+    pub publish_pipeline: usize,
+    /// Whether retained messages are supported (advertised to MQTT 5 clients).
+    pub retain_available: bool,
+    /// Time a will publish may take when the connection ends.
+    pub will_timeout: Duration,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1024 * 1024,
+            connect_timeout: Duration::from_secs(10),
+            receive_maximum: 128,
+            publish_pipeline: 1,
+            retain_available: true,
+            will_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// What a connection shares with its listener.
+#[derive(Debug)]
+pub struct Shared<B> {
+    /// The storage backend.
+    pub broker: Arc<B>,
+    /// Limits.
+    pub config: ConnectionConfig,
+    /// Connected client identifiers.
+    pub registry: Registry,
+    /// Fires on server shutdown.
+    pub shutdown: CancellationToken,
+    /// Tracks delayed-will tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+}
+
+type Stored = BoxFuture<'static, (u16, QoS, Result<Reason, Refusal>)>;
+
+/// Serves one connection until it closes. Errors are the reason the connection ended.
+pub async fn serve<B, IO>(io: IO, peer: Peer, shared: Arc<Shared<B>>) -> Result<(), Error>
+where
+    B: Broker,
+    IO: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let mut framed = Framed::new(io, Codec::new(shared.config.max_packet_size));
+    let Some(connect) = read_connect(&mut framed, &shared).await? else {
+        return Ok(());
+    };
+    let version = connect.version;
+    let (connect, assigned) = match assign_client_id(connect) {
+        Ok(c) => c,
+        Err(refusal) => return refuse(&mut framed, refusal).await,
+    };
+    if let Some(will) = &connect.will {
+        let check = topic::validate_name(&will.message.topic)
+            .map_err(|e| Refusal::new(Reason::TopicNameInvalid, format!("will topic: {e}")))
+            .and_then(|()| shared.broker.validate_topic(&will.message.topic));
+        if let Err(refusal) = check {
+            return refuse(&mut framed, refusal).await;
+        }
+    }
+    let accepted = match shared.broker.connect(&connect, &peer).await {
+        Ok(a) => a,
+        Err(refusal) => {
+            info!(peer = %peer.addr, client = %connect.client_id, %refusal, "CONNECT refused");
+            return refuse(&mut framed, refusal).await;
+        }
+    };
+    let Accepted {
+        session,
+        session_present,
+        client_id,
+        deliveries,
+    } = accepted;
+    let registration = shared.registry.register(&client_id);
+    let info = ConnAckInfo {
+        assigned_client_id: assigned.then(|| client_id.clone()),
+        receive_maximum: Some(shared.config.receive_maximum),
+        maximum_packet_size: u32::try_from(shared.config.max_packet_size).ok(),
+        retain_available: Some(shared.config.retain_available),
+        shared_subscription_available: Some(false),
+        ..ConnAckInfo::default()
+    };
+    framed
+        .send(Outbound::ConnAck {
+            session_present,
+            reason: Reason::Success,
+            info: Box::new(info),
+        })
+        .await?;
+    debug!(peer = %peer.addr, client = %client_id, ?version, "connected");
+
+    let mut conn = Conn {
+        version,
+        session,
+        stores: FuturesOrdered::new(),
+        storing: HashSet::new(),
+        awaiting_rel: HashSet::new(),
+        outgoing: HashMap::new(),
+        next_pkid: 0,
+        client_receive_maximum: usize::from(connect.receive_maximum),
+        pipeline: shared.config.publish_pipeline.max(1),
+        broker: shared.broker.clone(),
+    };
+    let ended = conn
+        .run(
+            &mut framed,
+            deliveries,
+            connect.keep_alive,
+            &registration.kicked,
+            &shared.shutdown,
+        )
+        .await;
+    shared.registry.unregister(&client_id, registration.conn);
+    let (how, publish_will, result) = match ended {
+        End::Normal { will } => (Close::Normal, will, Ok(())),
+        End::TakenOver => (Close::TakenOver, true, Ok(())),
+        End::Abnormal(e) => (Close::Abnormal, true, e),
+    };
+    if let (true, Some(will)) = (publish_will, connect.will) {
+        let delay = will.delay_interval.min(connect.session_expiry_interval);
+        if delay > 0 && how != Close::TakenOver {
+            let fut = shared.broker.publish_will(&client_id, will.message);
+            shared.registry.schedule_will(
+                &client_id,
+                Duration::from_secs(u64::from(delay)),
+                &shared.tracker,
+                shared.shutdown.clone(),
+                fut,
+            );
+        } else if delay == 0 {
+            let stored = tokio::time::timeout(
+                shared.config.will_timeout,
+                conn.session.publish(will.message),
+            )
+            .await;
+            match stored {
+                Ok(Ok(_)) => debug!(client = %client_id, "will published"),
+                Ok(Err(refusal)) => warn!(client = %client_id, %refusal, "will not published"),
+                Err(_) => warn!(client = %client_id, "will publish timed out"),
+            }
+        }
+    }
+    conn.session.closed(how).await;
+    debug!(peer = %peer.addr, client = %client_id, ?how, "closed");
+    result
+}
+
+/// Waits for CONNECT. `None` when the peer went away or the server shut down first.
+async fn read_connect<B: Broker, IO: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<IO, Codec>,
+    shared: &Shared<B>,
+) -> Result<Option<Connect>, Error> {
+    let first = tokio::select! {
+        r = tokio::time::timeout(shared.config.connect_timeout, framed.next()) => r,
+        _ = shared.shutdown.cancelled() => return Ok(None),
+    };
+    match first {
+        Err(_) => Err(Error::ConnectTimeout),
+        Ok(None) => Ok(None),
+        Ok(Some(Err(Error::UnsupportedProtocol(level)))) => {
+            let _ = framed
+                .send(Outbound::ConnAck {
+                    session_present: false,
+                    reason: Reason::UnsupportedProtocolVersion,
+                    info: Box::default(),
+                })
+                .await;
+            Err(Error::UnsupportedProtocol(level))
+        }
+        Ok(Some(Err(e))) => Err(e),
+        Ok(Some(Ok(Inbound::Connect(c)))) => Ok(Some(*c)),
+        Ok(Some(Ok(_))) => Err(Error::Protocol("the first packet must be CONNECT")),
+    }
+}
+
+/// Gives a client without an identifier one, where the protocol allows it.
+fn assign_client_id(mut c: Connect) -> Result<(Connect, bool), Refusal> {
+    if !c.client_id.is_empty() {
+        return Ok((c, false));
+    }
+    if c.version == Version::V311 && !c.clean_start {
+        return Err(Refusal::new(
+            Reason::ClientIdentifierNotValid,
+            "an empty client identifier needs clean session",
+        ));
+    }
+    c.client_id = format!("auto-{:016x}", rand_id());
+    Ok((c, true))
+}
+
+fn rand_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default(),
+    );
+    h.finish()
+}
+
+async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
+    framed: &mut Framed<IO, Codec>,
+    refusal: Refusal,
+) -> Result<(), Error> {
+    framed
+        .send(Outbound::ConnAck {
+            session_present: false,
+            reason: refusal.reason,
+            info: Box::new(ConnAckInfo {
+                reason_string: Some(refusal.message),
+                ..ConnAckInfo::default()
+            }),
+        })
+        .await
+}
+
+enum End {
+    Normal { will: bool },
+    TakenOver,
+    Abnormal(Result<(), Error>),
+}
+
+struct Conn<B: Broker> {
+    version: Version,
+    session: B::Session,
+    stores: FuturesOrdered<Stored>,
+    /// Packet ids of QoS 1/2 publishes being stored.
+    storing: HashSet<u16>,
+    /// QoS 2 packet ids stored and acknowledged with PUBREC, waiting for PUBREL.
+    awaiting_rel: HashSet<u16>,
+    /// Deliveries in flight to the client: packet id -> (tag, waiting for PUBCOMP).
+    outgoing: HashMap<u16, (u64, bool)>,
+    next_pkid: u16,
+    client_receive_maximum: usize,
+    pipeline: usize,
+    broker: Arc<B>,
+}
+
+impl<B: Broker> Conn<B> {
+    async fn run<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<IO, Codec>,
+        mut deliveries: Option<mpsc::Receiver<Delivery>>,
+        keep_alive: u16,
+        kicked: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> End {
+        // MQTT: the server closes after 1.5 keepalive periods without a packet; 0 = off.
+        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
+        let mut deadline = grace.map(|g| Instant::now() + g);
+        loop {
+            let can_read = self.stores.len() < self.pipeline;
+            let can_deliver =
+                deliveries.is_some() && self.outgoing.len() < self.client_receive_maximum;
+            let step = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => {
+                    self.disconnect(framed, Reason::ServerShuttingDown, None).await;
+                    return End::Abnormal(Ok(()));
+                }
+                _ = kicked.cancelled() => {
+                    self.disconnect(framed, Reason::SessionTakenOver, None).await;
+                    return End::TakenOver;
+                }
+                Some((pkid, qos, result)) = self.stores.next(), if !self.stores.is_empty() => {
+                    self.stored(framed, pkid, qos, result).await
+                }
+                packet = framed.next(), if can_read => {
+                    deadline = grace.map(|g| Instant::now() + g);
+                    match packet {
+                        None => return End::Abnormal(Ok(())),
+                        Some(Err(e)) => {
+                            let reason = match &e {
+                                Error::PacketTooLarge(_) => Reason::PacketTooLarge,
+                                Error::Protocol(_) => Reason::ProtocolError,
+                                _ => Reason::MalformedPacket,
+                            };
+                            self.disconnect(framed, reason, Some(e.to_string())).await;
+                            return End::Abnormal(Err(e));
+                        }
+                        Some(Ok(p)) => self.handle(framed, p).await,
+                    }
+                }
+                d = recv(&mut deliveries), if can_deliver => {
+                    match d {
+                        Some(d) => self.deliver(framed, d).await,
+                        None => { deliveries = None; Ok(Step::Continue) }
+                    }
+                }
+                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                    self.disconnect(framed, Reason::KeepAliveTimeout, None).await;
+                    return End::Abnormal(Err(Error::KeepAliveTimeout));
+                }
+            };
+            match step {
+                Ok(Step::Continue) => {}
+                Ok(Step::Disconnect { will }) => return End::Normal { will },
+                Ok(Step::Close(refusal)) => {
+                    self.disconnect(framed, refusal.reason, Some(refusal.message.clone()))
+                        .await;
+                    return End::Abnormal(Err(Error::Protocol("publish refused")));
+                }
+                Err(e) => return End::Abnormal(Err(e)),
+            }
+            // A client that stops reading blocks this flush; shutdown and takeover still win.
+            let flushed = tokio::select! {
+                r = framed.flush() => r,
+                _ = shutdown.cancelled() => return End::Abnormal(Ok(())),
+                _ = kicked.cancelled() => return End::TakenOver,
+            };
+            if let Err(e) = flushed {
+                return End::Abnormal(Err(e));
+            }
+        }
+    }
+
+    /// Sends a server DISCONNECT (MQTT 5 only) and flushes, ignoring write errors: the
+    /// connection is closing anyway.
+    async fn disconnect<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<IO, Codec>,
+        reason: Reason,
+        reason_string: Option<String>,
+    ) {
+        if self.version == Version::V5 {
+            let _ = framed
+                .send(Outbound::Disconnect {
+                    reason,
+                    reason_string,
+                })
+                .await;
+        } else {
+            let _ = framed.flush().await;
+        }
+    }
+
+    async fn handle<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<IO, Codec>,
+        packet: Inbound,
+    ) -> Result<Step, Error> {
+        match packet {
+            Inbound::Publish {
+                pkid,
+                dup: _,
+                message,
+            } => self.publish(pkid, message),
+            Inbound::PubRel(pkid) => {
+                self.awaiting_rel.remove(&pkid);
+                framed.feed(Outbound::PubComp(pkid)).await?;
+                Ok(Step::Continue)
+            }
+            Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
+                if let Some((tag, _)) = self.outgoing.remove(&pkid) {
+                    self.session.acked(tag);
+                }
+                Ok(Step::Continue)
+            }
+            Inbound::PubRec(pkid) => {
+                if let Some(entry) = self.outgoing.get_mut(&pkid) {
+                    entry.1 = true;
+                }
+                framed.feed(Outbound::PubRel(pkid)).await?;
+                Ok(Step::Continue)
+            }
+            Inbound::Subscribe {
+                pkid,
+                subscriptions,
+            } => {
+                let outcomes = self.session.subscribe(subscriptions).await;
+                framed
+                    .feed(Outbound::SubAck {
+                        pkid,
+                        outcomes,
+                        reason_string: None,
+                    })
+                    .await?;
+                Ok(Step::Continue)
+            }
+            Inbound::Unsubscribe { pkid, filters } => {
+                let reasons = self.session.unsubscribe(filters).await;
+                framed.feed(Outbound::UnsubAck { pkid, reasons }).await?;
+                Ok(Step::Continue)
+            }
+            Inbound::PingReq => {
+                framed.feed(Outbound::PingResp).await?;
+                Ok(Step::Continue)
+            }
+            Inbound::Disconnect { reason, .. } => Ok(Step::Disconnect {
+                will: reason == 0x04,
+            }),
+            Inbound::Connect(_) => Err(Error::Protocol("second CONNECT")),
+            Inbound::Unexpected(what) => Err(Error::Protocol(what)),
+        }
+    }
+
+    fn publish(&mut self, pkid: u16, message: Message) -> Result<Step, Error> {
+        let topic_check = topic::validate_name(&message.topic)
+            .map_err(|e| Refusal::new(Reason::TopicNameInvalid, e.to_string()))
+            .and_then(|()| self.broker.validate_topic(&message.topic));
+        if let Err(refusal) = topic_check {
+            return Ok(Step::Close(refusal));
+        }
+        let qos = message.qos;
+        if qos != QoS::AtMostOnce {
+            if self.storing.contains(&pkid) {
+                // A retransmission of a publish still being stored: its ack will follow.
+                return Ok(Step::Continue);
+            }
+            if qos == QoS::ExactlyOnce && self.awaiting_rel.contains(&pkid) {
+                // Stored already; answer PUBREC again without storing twice.
+                self.stores
+                    .push_back(Box::pin(async move { (pkid, qos, Ok(Reason::Success)) }));
+                self.storing.insert(pkid);
+                return Ok(Step::Continue);
+            }
+            self.storing.insert(pkid);
+        }
+        let store = self.session.publish(message);
+        self.stores
+            .push_back(Box::pin(async move { (pkid, qos, store.await) }));
+        Ok(Step::Continue)
+    }
+
+    /// A store completed: acknowledge it, or refuse it.
+    async fn stored<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<IO, Codec>,
+        pkid: u16,
+        qos: QoS,
+        result: Result<Reason, Refusal>,
+    ) -> Result<Step, Error> {
+        self.storing.remove(&pkid);
+        let packet = match (qos, result) {
+            (QoS::AtMostOnce, Ok(_)) => return Ok(Step::Continue),
+            (QoS::AtLeastOnce, Ok(reason)) => Outbound::PubAck {
+                pkid,
+                reason,
+                reason_string: None,
+            },
+            (QoS::ExactlyOnce, Ok(reason)) => {
+                self.awaiting_rel.insert(pkid);
+                Outbound::PubRec {
+                    pkid,
+                    reason,
+                    reason_string: None,
+                }
+            }
+            (QoS::AtMostOnce, Err(refusal)) => {
+                warn!(%refusal, "QoS 0 publish refused; closing the connection");
+                return Ok(Step::Close(refusal));
+            }
+            (_, Err(refusal)) if self.version == Version::V311 => {
+                warn!(%refusal, "publish refused; closing the 3.1.1 connection unacknowledged");
+                return Ok(Step::Close(refusal));
+            }
+            (QoS::AtLeastOnce, Err(refusal)) => Outbound::PubAck {
+                pkid,
+                reason: refusal.reason,
+                reason_string: Some(refusal.message),
+            },
+            (QoS::ExactlyOnce, Err(refusal)) => Outbound::PubRec {
+                pkid,
+                reason: refusal.reason,
+                reason_string: Some(refusal.message),
+            },
+        };
+        framed.feed(packet).await?;
+        Ok(Step::Continue)
+    }
+
+    async fn deliver<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<IO, Codec>,
+        d: Delivery,
+    ) -> Result<Step, Error> {
+        if d.message.qos == QoS::AtMostOnce {
+            framed
+                .feed(Outbound::Publish {
+                    pkid: 0,
+                    dup: false,
+                    message: d.message,
+                })
+                .await?;
+            self.session.acked(d.tag);
+            return Ok(Step::Continue);
+        }
+        let pkid = self.free_pkid();
+        self.outgoing.insert(pkid, (d.tag, false));
+        framed
+            .feed(Outbound::Publish {
+                pkid,
+                dup: d.dup,
+                message: d.message,
+            })
+            .await?;
+        Ok(Step::Continue)
+    }
+
+    fn free_pkid(&mut self) -> u16 {
+        loop {
+            self.next_pkid = self.next_pkid.wrapping_add(1);
+            if self.next_pkid != 0 && !self.outgoing.contains_key(&self.next_pkid) {
+                return self.next_pkid;
+            }
+        }
+    }
+}
+
+enum Step {
+    Continue,
+    Disconnect { will: bool },
+    Close(Refusal),
+}
+
+async fn recv(d: &mut Option<mpsc::Receiver<Delivery>>) -> Option<Delivery> {
+    match d {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::SubscribeOutcome;
+
+    #[test]
+    fn empty_client_id_needs_clean_session_under_311() {
+        let c = Connect {
+            version: Version::V311,
+            client_id: String::new(),
+            clean_start: false,
+            keep_alive: 0,
+            username: None,
+            password: None,
+            will: None,
+            session_expiry_interval: 0,
+            receive_maximum: 10,
+            maximum_packet_size: None,
+        };
+        assert!(assign_client_id(c.clone()).is_err());
+        let (c, assigned) = assign_client_id(Connect {
+            clean_start: true,
+            ..c
+        })
+        .unwrap_or_else(|_| unreachable!());
+        assert!(assigned);
+        assert!(c.client_id.starts_with("auto-"));
+        let _ = SubscribeOutcome::Granted(QoS::AtMostOnce);
+    }
+}

@@ -1,0 +1,98 @@
+//! Accept loops: TCP or TLS, a bounded number of connections, clean shutdown.
+//!
+//! Every accepted socket runs `connection::serve` in a task tracked by the server's
+//! `TaskTracker`; a connection past `max_connections` is closed at once. The TLS handshake
+//! must finish within the connect timeout.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+use crate::broker::{Broker, Peer};
+use crate::connection::{Shared, serve};
+use crate::tls::certificate_identity;
+
+/// A bound listener, ready to run.
+#[derive(Debug)]
+pub struct Listener {
+    /// Name used in logs and in [`Peer::listener`].
+    pub name: String,
+    /// The bound socket.
+    pub socket: TcpListener,
+    /// TLS, when this listener speaks it.
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// Accepts connections until `shared.shutdown` fires. Connections count against `limit`,
+/// which listeners of one server share.
+pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: Arc<Semaphore>) {
+    let acceptor = listener.tls.clone().map(TlsAcceptor::from);
+    let name: Arc<str> = Arc::from(listener.name.as_str());
+    loop {
+        let accepted = tokio::select! {
+            r = listener.socket.accept() => r,
+            _ = shared.shutdown.cancelled() => break,
+        };
+        let (stream, addr) = match accepted {
+            Ok(a) => a,
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!(listener = %name, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            warn!(listener = %name, peer = %addr, "connection limit reached; closing");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let acceptor = acceptor.clone();
+        let name = name.clone();
+        shared.tracker.clone().spawn(async move {
+            let mut peer = Peer {
+                addr,
+                listener: name.to_string(),
+                tls_identity: None,
+            };
+            let result = match acceptor {
+                None => serve(stream, peer, shared).await,
+                Some(acceptor) => {
+                    let handshake = tokio::time::timeout(
+                        shared.config.connect_timeout,
+                        acceptor.accept(stream),
+                    )
+                    .await;
+                    match handshake {
+                        Ok(Ok(tls)) => {
+                            peer.tls_identity = tls
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(|c| certificate_identity(c));
+                            serve(tls, peer, shared).await
+                        }
+                        Ok(Err(e)) => {
+                            info!(listener = %name, peer = %addr, error = %e, "TLS handshake failed");
+                            Ok(())
+                        }
+                        Err(_) => {
+                            info!(listener = %name, peer = %addr, "TLS handshake timed out");
+                            Ok(())
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                debug!(listener = %name, peer = %addr, error = %e, "connection ended");
+            }
+            drop(permit);
+        });
+    }
+}
