@@ -1,0 +1,560 @@
+//! The synchronous core of the journal: one SQLite connection, owned by the journal
+//! thread. Every mutating call runs inside the batch transaction opened by
+//! [`Store::begin`]; the in-memory accounting is snapshotted there and restored by
+//! [`Store::rollback`], so it always equals what is committed.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rusqlite::types::Type;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::config::{Priority, SyncMode, WhenFull};
+use super::entry::{Cursor, Entry, Qos, ReadOrder};
+use super::env::JournalEnv;
+use super::schema::{self as sql, classify};
+use super::stats::{Counter, Counters, PriorityStats, Stats, WriterStats};
+use crate::error::{Error, QuotaReason, Result};
+
+/// SQLite result: an `Err` aborts (rolls back) the whole batch.
+pub(crate) type Sql<T> = rusqlite::Result<T>;
+
+/// Most entries one read returns.
+pub(crate) const MAX_READ: usize = 10_000;
+/// Rows fetched at a time when choosing entries to drop.
+const EVICT_CHUNK: i64 = 256;
+
+/// A message ready to be stored (classified by the caller's task).
+#[derive(Debug)]
+pub(crate) struct Record {
+    pub topic: String,
+    pub payload: Bytes,
+    pub qos: Qos,
+    pub retain: bool,
+    pub priority: Priority,
+    pub ttl: Option<Duration>,
+    pub message_expiry: Option<Duration>,
+    pub user_properties: Vec<(String, String)>,
+    pub size: u64,
+}
+
+/// How a store behaves; derived from `JournalConfig`.
+#[derive(Debug, Clone)]
+pub(crate) struct StoreOptions {
+    pub read_only: bool,
+    pub max_bytes: u64,
+    pub min_free_disk_bytes: u64,
+    pub when_full: WhenFull,
+    pub synchronous: SyncMode,
+    pub sweep_interval_ms: u64,
+    pub quick_check: bool,
+}
+
+/// Entries and bytes per priority class.
+#[derive(Debug, Clone, Copy, Default)]
+struct Accounting {
+    entries: [u64; 4],
+    bytes: [u64; 4],
+}
+
+impl Accounting {
+    fn add(&mut self, p: Priority, size: u64) {
+        self.entries[p.index()] += 1;
+        self.bytes[p.index()] += size;
+    }
+
+    fn remove(&mut self, p: Priority, size: u64) {
+        let i = p.index();
+        self.entries[i] = self.entries[i].saturating_sub(1);
+        self.bytes[i] = self.bytes[i].saturating_sub(size);
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.bytes.iter().sum()
+    }
+
+    fn total_entries(&self) -> u64 {
+        self.entries.iter().sum()
+    }
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn bad_column(i: usize, t: Type, what: &'static str) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(i, t, what.into())
+}
+
+fn priority_column(r: &Row<'_>, i: usize) -> Sql<Priority> {
+    Priority::from_i64(r.get(i)?).ok_or_else(|| bad_column(i, Type::Integer, "bad priority"))
+}
+
+fn entry_from_row(r: &Row<'_>) -> Sql<Entry> {
+    let qos = u8::try_from(r.get::<_, i64>(3)?)
+        .ok()
+        .and_then(Qos::from_u8)
+        .ok_or_else(|| bad_column(3, Type::Integer, "bad qos"))?;
+    let props: Option<String> = r.get(8)?;
+    let user_properties = match props {
+        None => Vec::new(),
+        Some(text) => serde_json::from_str(&text)
+            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(8, Type::Text, Box::new(e)))?,
+    };
+    Ok(Entry {
+        seq: to_u64(r.get(0)?),
+        topic: r.get(1)?,
+        payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+        qos,
+        retain: r.get(4)?,
+        priority: priority_column(r, 5)?,
+        received_ms: to_u64(r.get(6)?),
+        expires_ms: r.get::<_, Option<i64>>(7)?.map(to_u64),
+        user_properties,
+    })
+}
+
+/// The journal database and its in-memory mirror of accounting and counters.
+#[derive(Debug)]
+pub(crate) struct Store {
+    conn: Connection,
+    path: PathBuf,
+    dir: PathBuf,
+    opts: StoreOptions,
+    env: JournalEnv,
+    acct: Accounting,
+    counters: Counters,
+    /// Counter increments of the open transaction, written at commit.
+    pending: Counters,
+    /// Accounting and counters at `begin`, restored on rollback.
+    saved: (Accounting, Counters),
+    last_sweep_ms: u64,
+    /// (limit, reason) for this batch, computed at its first append.
+    batch_limit: Option<(u64, QuotaReason)>,
+    batch_swept: bool,
+    pub(crate) writer: WriterStats,
+}
+
+impl Store {
+    /// Opens the journal, recomputes the accounting and sweeps expired entries.
+    pub(crate) fn open(path: &Path, opts: StoreOptions, env: JournalEnv) -> Result<Store> {
+        let conn = sql::open(path, opts.read_only, opts.synchronous, opts.quick_check)?;
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let mut store = Store {
+            conn,
+            path: path.to_path_buf(),
+            dir,
+            opts,
+            env,
+            acct: Accounting::default(),
+            counters: Counters::default(),
+            pending: Counters::default(),
+            saved: Default::default(),
+            last_sweep_ms: 0,
+            batch_limit: None,
+            batch_swept: false,
+            writer: WriterStats::default(),
+        };
+        let loaded = store.load().and_then(|()| {
+            store.begin()?;
+            store.commit()
+        });
+        if let Err(e) = loaded {
+            store.rollback();
+            return Err(store.fail(e));
+        }
+        Ok(store)
+    }
+
+    fn load(&mut self) -> Sql<()> {
+        let mut acct = Accounting::default();
+        let mut stmt = self.conn.prepare(sql::ACCOUNT_BY_CLASS)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let p = priority_column(r, 0)?;
+            acct.entries[p.index()] = to_u64(r.get(1)?);
+            acct.bytes[p.index()] = to_u64(r.get(2)?);
+        }
+        let mut counters = Counters::default();
+        let mut stmt = self.conn.prepare(sql::SELECT_COUNTERS)?;
+        let mut rows = stmt.query([])?;
+        while let Some(r) = rows.next()? {
+            let name: String = r.get(0)?;
+            match Counter::from_name(&name) {
+                Some(c) => counters.add(c, to_u64(r.get(1)?)),
+                None => tracing::warn!(counter = %name, "unknown counter in journal, ignored"),
+            }
+        }
+        self.acct = acct;
+        self.counters = counters;
+        Ok(())
+    }
+
+    /// The crate error for an SQLite failure, naming the file.
+    pub(crate) fn fail(&self, e: rusqlite::Error) -> Error {
+        classify(&self.path, e)
+    }
+
+    pub(crate) fn read_only(&self) -> bool {
+        self.opts.read_only
+    }
+
+    /// Opens the batch transaction; sweeps expired entries when a sweep is due.
+    pub(crate) fn begin(&mut self) -> Sql<()> {
+        let begin = if self.opts.read_only {
+            sql::BEGIN_DEFERRED
+        } else {
+            sql::BEGIN_IMMEDIATE
+        };
+        self.conn.execute_batch(begin)?;
+        self.saved = (self.acct, self.counters);
+        self.pending = Counters::default();
+        self.batch_limit = None;
+        self.batch_swept = false;
+        let now = self.env.clock.now_ms();
+        let due = self
+            .last_sweep_ms
+            .saturating_add(self.opts.sweep_interval_ms);
+        if !self.opts.read_only && now >= due {
+            self.sweep(now)?;
+            self.last_sweep_ms = now;
+        }
+        Ok(())
+    }
+
+    /// Writes the counter increments and commits.
+    pub(crate) fn commit(&mut self) -> Sql<()> {
+        if !self.opts.read_only {
+            let mut stmt = self.conn.prepare_cached(sql::ADD_TO_COUNTER)?;
+            for c in Counter::ALL {
+                let n = self.pending.get(c);
+                if n > 0 {
+                    stmt.execute(params![c.name(), to_i64(n)])?;
+                }
+            }
+        }
+        self.conn.execute_batch(sql::COMMIT)?;
+        self.pending = Counters::default();
+        Ok(())
+    }
+
+    /// Rolls the batch back and restores the in-memory state of `begin`.
+    pub(crate) fn rollback(&mut self) {
+        if !self.conn.is_autocommit()
+            && let Err(e) = self.conn.execute_batch(sql::ROLLBACK)
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "journal rollback failed");
+        }
+        (self.acct, self.counters) = self.saved;
+        self.pending = Counters::default();
+    }
+
+    fn count(&mut self, c: Counter, n: u64) {
+        self.counters.add(c, n);
+        self.pending.add(c, n);
+    }
+
+    fn read_only_error(&self) -> Error {
+        Error::ReadOnly {
+            path: self.path.clone(),
+        }
+    }
+
+    /// Deletes expired entries; returns how many.
+    fn sweep(&mut self, now: u64) -> Sql<u64> {
+        let mut removed = Vec::new();
+        {
+            let mut stmt = self.conn.prepare_cached(sql::DELETE_EXPIRED)?;
+            let mut rows = stmt.query([to_i64(now)])?;
+            while let Some(r) = rows.next()? {
+                removed.push((priority_column(r, 0)?, to_u64(r.get(1)?)));
+            }
+        }
+        for (p, size) in &removed {
+            self.acct.remove(*p, *size);
+        }
+        let n = removed.len() as u64;
+        self.count(Counter::Expired, n);
+        self.batch_swept = true;
+        Ok(n)
+    }
+
+    /// The explicit sweep command.
+    pub(crate) fn sweep_expired(&mut self) -> Sql<Result<u64>> {
+        if self.opts.read_only {
+            return Ok(Err(self.read_only_error()));
+        }
+        let now = self.env.clock.now_ms();
+        let n = self.sweep(now)?;
+        self.last_sweep_ms = now;
+        Ok(Ok(n))
+    }
+
+    /// The byte limit for this batch and which limit it is.
+    fn limit(&mut self) -> (u64, QuotaReason) {
+        if let Some(l) = self.batch_limit {
+            return l;
+        }
+        let max = self.opts.max_bytes;
+        let mut limit = (max, QuotaReason::Bytes);
+        if self.opts.min_free_disk_bytes > 0 {
+            match self.env.disk.available_bytes(&self.dir) {
+                Ok(avail) => {
+                    // Each stored byte is written twice (WAL, then the main file).
+                    let allowance = avail.saturating_sub(self.opts.min_free_disk_bytes) / 2;
+                    let disk = self.acct.total_bytes().saturating_add(allowance);
+                    if disk < max {
+                        limit = (disk, QuotaReason::Disk);
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    dir = %self.dir.display(), error = %e,
+                    "cannot read free disk space; watermark not checked"
+                ),
+            }
+        }
+        self.batch_limit = Some(limit);
+        limit
+    }
+
+    fn reject(&mut self, reason: QuotaReason) -> Result<u64> {
+        let c = match reason {
+            QuotaReason::Bytes => Counter::RejectedQuota,
+            QuotaReason::Disk => Counter::RejectedDisk,
+            QuotaReason::TooLarge => Counter::RejectedTooLarge,
+        };
+        self.count(c, 1);
+        Err(Error::QuotaExceeded(reason))
+    }
+
+    /// Stores `rec`, applying the limits and the policy. The outer error aborts the batch.
+    pub(crate) fn append(&mut self, rec: Record) -> Sql<Result<u64>> {
+        if self.opts.read_only {
+            return Ok(Err(self.read_only_error()));
+        }
+        if rec.size > self.opts.max_bytes {
+            return Ok(self.reject(QuotaReason::TooLarge));
+        }
+        let now = self.env.clock.now_ms();
+        let (limit, reason) = self.limit();
+        let over = |acct: &Accounting| (acct.total_bytes() + rec.size).saturating_sub(limit);
+        if over(&self.acct) > 0 {
+            if self.opts.when_full == WhenFull::RejectNew {
+                return Ok(self.reject(reason));
+            }
+            if !self.batch_swept {
+                self.sweep(now)?;
+            }
+            let need = over(&self.acct);
+            let droppable: u64 = self.acct.bytes[..=rec.priority.index()].iter().sum();
+            if need > droppable {
+                return Ok(self.reject(reason));
+            }
+            if need > 0 {
+                self.evict(need, rec.priority, reason)?;
+            }
+        }
+        let mut expires = rec.ttl.map(|d| now.saturating_add(millis(d)));
+        if let Some(d) = rec.message_expiry {
+            let e = now.saturating_add(millis(d));
+            expires = Some(expires.map_or(e, |x| x.min(e)));
+        }
+        let props = if rec.user_properties.is_empty() {
+            None
+        } else {
+            match serde_json::to_string(&rec.user_properties) {
+                Ok(s) => Some(s),
+                Err(e) => return Ok(Err(Error::InvalidEntry(e.to_string()))),
+            }
+        };
+        self.conn
+            .prepare_cached(sql::INSERT_ENTRY)?
+            .execute(params![
+                rec.topic,
+                &rec.payload[..],
+                i64::from(rec.qos.as_u8()),
+                rec.retain,
+                rec.priority.as_i64(),
+                to_i64(now),
+                expires.map(to_i64),
+                props,
+                to_i64(rec.size),
+            ])?;
+        let seq = to_u64(self.conn.last_insert_rowid());
+        self.acct.add(rec.priority, rec.size);
+        self.count(Counter::Appended, 1);
+        Ok(Ok(seq))
+    }
+
+    /// Drops at least `need` bytes: oldest first of the lowest class, up to class `upto`.
+    fn evict(&mut self, need: u64, upto: Priority, reason: QuotaReason) -> Sql<()> {
+        let counter = match reason {
+            QuotaReason::Disk => Counter::DiskDropOldest,
+            _ => Counter::QuotaDropOldest,
+        };
+        let mut freed = 0u64;
+        for class in Priority::ALL.into_iter().filter(|p| *p <= upto) {
+            while freed < need && self.acct.bytes[class.index()] > 0 {
+                let rows: Vec<(i64, u64)> = {
+                    let mut stmt = self.conn.prepare_cached(sql::SELECT_OLDEST_OF_CLASS)?;
+                    let mapped = stmt.query_map(params![class.as_i64(), EVICT_CHUNK], |r| {
+                        Ok((r.get::<_, i64>(0)?, to_u64(r.get(1)?)))
+                    })?;
+                    mapped.collect::<Sql<_>>()?
+                };
+                if rows.is_empty() {
+                    tracing::warn!(class = class.as_str(), "journal accounting drift fixed");
+                    self.acct.bytes[class.index()] = 0;
+                    self.acct.entries[class.index()] = 0;
+                    break;
+                }
+                let mut last = 0;
+                let mut n = 0;
+                for (seq, size) in rows {
+                    if freed >= need {
+                        break;
+                    }
+                    freed += size;
+                    last = seq;
+                    n += 1;
+                    self.acct.remove(class, size);
+                }
+                self.conn
+                    .prepare_cached(sql::DELETE_CLASS_UP_TO)?
+                    .execute(params![class.as_i64(), last])?;
+                self.count(counter, n);
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the confirmed entries; returns how many existed.
+    pub(crate) fn confirm(&mut self, seqs: &[u64]) -> Sql<Result<u64>> {
+        if self.opts.read_only {
+            return Ok(Err(self.read_only_error()));
+        }
+        let mut n = 0;
+        let mut stmt = self.conn.prepare_cached(sql::DELETE_ENTRY)?;
+        for seq in seqs {
+            let row = stmt
+                .query_row([to_i64(*seq)], |r| Ok((priority_column(r, 0)?, r.get(1)?)))
+                .optional()?;
+            if let Some((p, size)) = row {
+                self.acct.remove(p, to_u64(size));
+                n += 1;
+            }
+        }
+        drop(stmt);
+        self.count(Counter::Confirmed, n);
+        Ok(Ok(n))
+    }
+
+    /// Unexpired entries after `cursor`, at most `limit` (capped at `MAX_READ`).
+    pub(crate) fn next_batch(&self, cursor: Cursor, limit: usize) -> Sql<Vec<Entry>> {
+        let limit = limit.min(MAX_READ);
+        let now = to_i64(self.env.clock.now_ms());
+        let mut out = Vec::new();
+        if limit == 0 {
+            return Ok(out);
+        }
+        match cursor.order() {
+            ReadOrder::Fifo => {
+                let mut stmt = self.conn.prepare_cached(sql::SELECT_FIFO)?;
+                let rows = stmt.query_map(
+                    params![to_i64(cursor.last_seq()), now, limit as i64],
+                    entry_from_row,
+                )?;
+                for row in rows {
+                    out.push(row?);
+                }
+            }
+            ReadOrder::PriorityFirst => {
+                let top = cursor.last_priority().unwrap_or(Priority::Critical);
+                let mut stmt = self.conn.prepare_cached(sql::SELECT_CLASS)?;
+                for class in Priority::ALL.into_iter().rev().filter(|p| *p <= top) {
+                    let after = if class == top { cursor.last_seq() } else { 0 };
+                    let left = (limit - out.len()) as i64;
+                    let rows = stmt.query_map(
+                        params![class.as_i64(), to_i64(after), now, left],
+                        entry_from_row,
+                    )?;
+                    for row in rows {
+                        out.push(row?);
+                    }
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The figures for `journal stats`.
+    pub(crate) fn stats(&self) -> Sql<Stats> {
+        let now = self.env.clock.now_ms();
+        let expired: i64 = self
+            .conn
+            .prepare_cached(sql::COUNT_EXPIRED)?
+            .query_row([to_i64(now)], |r| r.get(0))?;
+        let oldest: Option<(i64, i64)> = self
+            .conn
+            .prepare_cached(sql::SELECT_OLDEST)?
+            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .optional()?;
+        let last_seq: Option<i64> = self
+            .conn
+            .query_row(sql::SELECT_LAST_SEQ, [], |r| r.get(0))
+            .optional()?;
+        let file_len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let mut wal = self.path.clone().into_os_string();
+        wal.push("-wal");
+        Ok(Stats {
+            path: self.path.clone(),
+            file_bytes: file_len(&self.path) + file_len(Path::new(&wal)),
+            entries: self.acct.total_entries(),
+            bytes: self.acct.total_bytes(),
+            max_bytes: self.opts.max_bytes,
+            expired_pending: to_u64(expired),
+            oldest_seq: oldest.map(|(s, _)| to_u64(s)),
+            oldest_age_ms: oldest.map(|(_, r)| now.saturating_sub(to_u64(r))),
+            last_seq: last_seq.map_or(0, to_u64),
+            per_priority: Priority::ALL
+                .into_iter()
+                .map(|p| PriorityStats {
+                    priority: p,
+                    entries: self.acct.entries[p.index()],
+                    bytes: self.acct.bytes[p.index()],
+                })
+                .collect(),
+            counters: self.counters,
+            writer: self.writer,
+            synchronous: self.opts.synchronous,
+            when_full: self.opts.when_full,
+            read_only: self.opts.read_only,
+        })
+    }
+
+    /// `PRAGMA integrity_check`: the problems found (empty = healthy).
+    pub(crate) fn integrity_check(&self) -> Sql<Vec<String>> {
+        sql::check(&self.conn, sql::INTEGRITY_CHECK)
+    }
+
+    /// Test hook: direct access to the connection.
+    #[cfg(test)]
+    pub(crate) fn conn(&self) -> &Connection {
+        &self.conn
+    }
+}

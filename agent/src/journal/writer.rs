@@ -1,0 +1,230 @@
+//! The journal thread: a dedicated OS thread that owns the SQLite connection and carries
+//! out commands in batches. It blocks for the first command, then takes whatever else is
+//! already queued (up to `max_batch`), runs all of them in one transaction and commits
+//! once, then answers every caller. So N concurrent appends cost one fsync, and no reply
+//! (in particular no `append` Ok) leaves before the commit that made it durable.
+
+use std::path::PathBuf;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::entry::{Cursor, Entry};
+use super::env::JournalEnv;
+use super::stats::Stats;
+use super::store::{Record, Sql, Store, StoreOptions};
+use crate::error::{Error, Result};
+
+/// A request to the journal thread.
+#[derive(Debug)]
+pub(crate) enum Command {
+    /// Carry out an operation in the next batch.
+    Run(Op),
+    /// Stop after this batch; answered once the connection is closed.
+    Close(oneshot::Sender<()>),
+}
+
+/// An operation and the channel for its answer.
+#[derive(Debug)]
+pub(crate) enum Op {
+    Append(Record, oneshot::Sender<Result<u64>>),
+    Confirm(Vec<u64>, oneshot::Sender<Result<u64>>),
+    Sweep(oneshot::Sender<Result<u64>>),
+    NextBatch(Cursor, usize, oneshot::Sender<Result<Vec<Entry>>>),
+    Stats(oneshot::Sender<Result<Stats>>),
+    IntegrityCheck(oneshot::Sender<Result<Vec<String>>>),
+}
+
+/// A caller waiting for the end of the batch, with its result.
+enum Reply {
+    Count(oneshot::Sender<Result<u64>>, Result<u64>),
+    Entries(oneshot::Sender<Result<Vec<Entry>>>, Vec<Entry>),
+    Stats(oneshot::Sender<Result<Stats>>, Box<Stats>),
+    Check(oneshot::Sender<Result<Vec<String>>>, Vec<String>),
+}
+
+impl Reply {
+    fn send(self, failure: Option<&Error>) {
+        // A caller that went away does not care about the answer.
+        match (self, failure) {
+            (Reply::Count(tx, r), None) => drop(tx.send(r)),
+            (Reply::Entries(tx, r), None) => drop(tx.send(Ok(r))),
+            (Reply::Stats(tx, r), None) => drop(tx.send(Ok(*r))),
+            (Reply::Check(tx, r), None) => drop(tx.send(Ok(r))),
+            (Reply::Count(tx, _), Some(e)) => drop(tx.send(Err(e.duplicate()))),
+            (Reply::Entries(tx, _), Some(e)) => drop(tx.send(Err(e.duplicate()))),
+            (Reply::Stats(tx, _), Some(e)) => drop(tx.send(Err(e.duplicate()))),
+            (Reply::Check(tx, _), Some(e)) => drop(tx.send(Err(e.duplicate()))),
+        }
+    }
+}
+
+/// Wraps the outcome of one operation; on an SQLite failure answers the caller with the
+/// batch error at once (its sender is consumed here) and returns that error.
+fn finish<T, R>(
+    store: &Store,
+    tx: oneshot::Sender<Result<T>>,
+    result: Sql<R>,
+    wrap: impl FnOnce(oneshot::Sender<Result<T>>, R) -> Reply,
+) -> Result<Reply> {
+    match result {
+        Ok(r) => Ok(wrap(tx, r)),
+        Err(e) => {
+            let err = store.fail(e);
+            let _ = tx.send(Err(err.duplicate()));
+            Err(err)
+        }
+    }
+}
+
+/// Carries out one operation inside the open transaction. An `Err` fails the batch.
+fn execute(store: &mut Store, op: Op, appends: &mut u64) -> Result<Reply> {
+    match op {
+        Op::Append(rec, tx) => {
+            *appends += 1;
+            let r = store.append(rec);
+            finish(store, tx, r, Reply::Count)
+        }
+        Op::Confirm(seqs, tx) => {
+            let r = store.confirm(&seqs);
+            finish(store, tx, r, Reply::Count)
+        }
+        Op::Sweep(tx) => {
+            let r = store.sweep_expired();
+            finish(store, tx, r, Reply::Count)
+        }
+        Op::NextBatch(cursor, limit, tx) => {
+            let r = store.next_batch(cursor, limit);
+            finish(store, tx, r, Reply::Entries)
+        }
+        Op::Stats(tx) => {
+            let r = store.stats().map(Box::new);
+            finish(store, tx, r, Reply::Stats)
+        }
+        Op::IntegrityCheck(tx) => {
+            let r = store.integrity_check();
+            finish(store, tx, r, Reply::Check)
+        }
+    }
+}
+
+/// Fails a command that could not be carried out because its batch failed.
+fn fail(op: Op, e: &Error) {
+    match op {
+        Op::Append(_, tx) | Op::Confirm(_, tx) | Op::Sweep(tx) => {
+            drop(tx.send(Err(e.duplicate())));
+        }
+        Op::NextBatch(_, _, tx) => drop(tx.send(Err(e.duplicate()))),
+        Op::Stats(tx) => drop(tx.send(Err(e.duplicate()))),
+        Op::IntegrityCheck(tx) => drop(tx.send(Err(e.duplicate()))),
+    }
+}
+
+/// Runs one batch in one transaction; returns the close request if there was one.
+/// Commands queued behind a close are dropped, so their callers see `Error::Closed`.
+pub(crate) fn run_batch(
+    store: &mut Store,
+    batch: &mut Vec<Command>,
+) -> Option<oneshot::Sender<()>> {
+    let mut close = None;
+    let mut replies = Vec::with_capacity(batch.len());
+    let mut failure = store.begin().err().map(|e| store.fail(e));
+    let mut appends = 0;
+    let mut commands = 0;
+    for cmd in batch.drain(..) {
+        if close.is_some() {
+            continue;
+        }
+        let op = match cmd {
+            Command::Close(tx) => {
+                close = Some(tx);
+                continue;
+            }
+            Command::Run(op) => op,
+        };
+        if let Some(e) = &failure {
+            fail(op, e);
+            continue;
+        }
+        commands += 1;
+        match execute(store, op, &mut appends) {
+            Ok(reply) => replies.push(reply),
+            Err(e) => failure = Some(e),
+        }
+    }
+    if failure.is_none()
+        && let Err(e) = store.commit()
+    {
+        failure = Some(store.fail(e));
+    }
+    match &failure {
+        Some(e) => {
+            tracing::warn!(error = %e, commands, "journal batch rolled back");
+            store.rollback();
+        }
+        None => {
+            let w = &mut store.writer;
+            w.batches += 1;
+            w.commands += commands;
+            w.appends += appends;
+            w.max_batch = w.max_batch.max(commands);
+        }
+    }
+    for reply in replies {
+        reply.send(failure.as_ref());
+    }
+    close
+}
+
+/// Starts the journal thread; the returned receiver yields the outcome of opening.
+pub(crate) fn spawn(
+    path: PathBuf,
+    opts: StoreOptions,
+    env: JournalEnv,
+    queue_capacity: usize,
+    max_batch: usize,
+) -> Result<(mpsc::Sender<Command>, oneshot::Receiver<Result<bool>>)> {
+    let (tx, mut rx) = mpsc::channel::<Command>(queue_capacity);
+    let (ready_tx, ready_rx) = oneshot::channel();
+    let name = path.display().to_string();
+    std::thread::Builder::new()
+        .name("journal".to_owned())
+        .spawn(move || {
+            let mut store = match Store::open(&path, opts, env) {
+                Ok(store) => {
+                    drop(ready_tx.send(Ok(store.read_only())));
+                    store
+                }
+                Err(e) => {
+                    drop(ready_tx.send(Err(e)));
+                    return;
+                }
+            };
+            tracing::debug!(path = %name, "journal thread running");
+            let mut batch = Vec::with_capacity(max_batch);
+            let mut close = None;
+            while let Some(first) = rx.blocking_recv() {
+                batch.push(first);
+                while batch.len() < max_batch {
+                    match rx.try_recv() {
+                        Ok(cmd) => batch.push(cmd),
+                        Err(_) => break,
+                    }
+                }
+                close = run_batch(&mut store, &mut batch);
+                if close.is_some() {
+                    break;
+                }
+            }
+            rx.close();
+            drop(store);
+            if let Some(tx) = close {
+                let _ = tx.send(());
+            }
+            tracing::debug!(path = %name, "journal thread stopped");
+        })
+        .map_err(|source| Error::Io {
+            path: PathBuf::from("journal thread"),
+            source,
+        })?;
+    Ok((tx, ready_rx))
+}
