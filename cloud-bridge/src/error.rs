@@ -8,4 +8,76 @@ pub enum Error {
     /// A socket or file operation failed.
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
+
+    /// A RocketMQ server (name server or broker) could not be reached: the TCP connection
+    /// was refused or not established in time. The request was certainly not sent, so it
+    /// is safe to send it elsewhere.
+    #[error("cannot connect to RocketMQ server {addr}: {source}")]
+    Connect {
+        /// The `host:port` that was tried.
+        addr: String,
+        /// Why the connection failed.
+        source: io::Error,
+    },
+
+    /// The connection to a RocketMQ server broke while a request was in flight. The server
+    /// may or may not have processed the request.
+    #[error("RocketMQ connection closed")]
+    ConnectionClosed,
+
+    /// No response from a RocketMQ server before the request's deadline. The server may
+    /// still process the request: do not resend blindly.
+    #[error("RocketMQ request timed out")]
+    Timeout,
+
+    /// A remoting frame was malformed or too large (the connection is dropped).
+    #[error("malformed RocketMQ frame: {0}")]
+    Frame(String),
+
+    /// A well-formed response whose content could not be understood (missing header field,
+    /// undecodable route JSON or message body).
+    #[error("unexpected RocketMQ response: {0}")]
+    Protocol(String),
+
+    /// The RocketMQ server answered a request with a non-success response code.
+    #[error("RocketMQ error code {code}: {remark}")]
+    Remoting {
+        /// The `ResponseCode` of the Java server (1 system error, 2 busy, 16 no permission, ...).
+        code: i32,
+        /// The server's explanation, empty when it sent none.
+        remark: String,
+    },
+
+    /// The name servers know no route for this topic, or the route has no writable queue.
+    #[error("no route for RocketMQ topic {0}")]
+    RouteNotFound(String),
+
+    /// The broker stored the message but could not flush it to disk in time
+    /// (SendStatus FLUSH_DISK_TIMEOUT, response code 10).
+    #[error("RocketMQ flush disk timeout for message {msg_id}")]
+    FlushDiskTimeout {
+        /// The message's UNIQ_KEY.
+        msg_id: String,
+    },
+
+    /// The broker stored the message but its slave did not confirm it in time
+    /// (SendStatus FLUSH_SLAVE_TIMEOUT, response code 12).
+    #[error("RocketMQ flush slave timeout for message {msg_id}")]
+    FlushSlaveTimeout {
+        /// The message's UNIQ_KEY.
+        msg_id: String,
+    },
+
+    /// The broker stored the message but has no slave to replicate it to
+    /// (SendStatus SLAVE_NOT_AVAILABLE, response code 11).
+    #[error("RocketMQ slave not available for message {msg_id}")]
+    SlaveNotAvailable {
+        /// The message's UNIQ_KEY.
+        msg_id: String,
+    },
+
+    /// A message property name or value cannot be encoded (it is empty or contains the
+    /// separators U+0001 / U+0002), or the properties are longer than 32767 bytes.
+    #[error("invalid RocketMQ message property: {0}")]
+    InvalidProperty(String),
 }
