@@ -3,6 +3,8 @@
 //! [`Store::begin`]; the in-memory accounting is snapshotted there and restored by
 //! [`Store::rollback`], so it always equals what is committed.
 
+mod read;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,10 +13,10 @@ use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, Row, params};
 
 use super::config::{Priority, SyncMode, WhenFull};
-use super::entry::{Cursor, Entry, Qos, ReadOrder};
+use super::entry::Qos;
 use super::env::JournalEnv;
 use super::schema::{self as sql, classify};
-use super::stats::{Counter, Counters, PriorityStats, Stats, WriterStats};
+use super::stats::{Counter, Counters, WriterStats};
 use crate::error::{Error, QuotaReason, Result};
 
 /// SQLite result: an `Err` aborts (rolls back) the whole batch.
@@ -97,30 +99,6 @@ fn bad_column(i: usize, t: Type, what: &'static str) -> rusqlite::Error {
 
 fn priority_column(r: &Row<'_>, i: usize) -> Sql<Priority> {
     Priority::from_i64(r.get(i)?).ok_or_else(|| bad_column(i, Type::Integer, "bad priority"))
-}
-
-fn entry_from_row(r: &Row<'_>) -> Sql<Entry> {
-    let qos = u8::try_from(r.get::<_, i64>(3)?)
-        .ok()
-        .and_then(Qos::from_u8)
-        .ok_or_else(|| bad_column(3, Type::Integer, "bad qos"))?;
-    let props: Option<String> = r.get(8)?;
-    let user_properties = match props {
-        None => Vec::new(),
-        Some(text) => serde_json::from_str(&text)
-            .map_err(|e| rusqlite::Error::FromSqlConversionFailure(8, Type::Text, Box::new(e)))?,
-    };
-    Ok(Entry {
-        seq: to_u64(r.get(0)?),
-        topic: r.get(1)?,
-        payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-        qos,
-        retain: r.get(4)?,
-        priority: priority_column(r, 5)?,
-        received_ms: to_u64(r.get(6)?),
-        expires_ms: r.get::<_, Option<i64>>(7)?.map(to_u64),
-        user_properties,
-    })
 }
 
 /// The journal database and its in-memory mirror of accounting and counters.
@@ -459,97 +437,6 @@ impl Store {
         drop(stmt);
         self.count(Counter::Confirmed, n);
         Ok(Ok(n))
-    }
-
-    /// Unexpired entries after `cursor`, at most `limit` (capped at `MAX_READ`).
-    pub(crate) fn next_batch(&self, cursor: Cursor, limit: usize) -> Sql<Vec<Entry>> {
-        let limit = limit.min(MAX_READ);
-        let now = to_i64(self.env.clock.now_ms());
-        let mut out = Vec::new();
-        if limit == 0 {
-            return Ok(out);
-        }
-        match cursor.order() {
-            ReadOrder::Fifo => {
-                let mut stmt = self.conn.prepare_cached(sql::SELECT_FIFO)?;
-                let rows = stmt.query_map(
-                    params![to_i64(cursor.last_seq()), now, limit as i64],
-                    entry_from_row,
-                )?;
-                for row in rows {
-                    out.push(row?);
-                }
-            }
-            ReadOrder::PriorityFirst => {
-                let top = cursor.last_priority().unwrap_or(Priority::Critical);
-                let mut stmt = self.conn.prepare_cached(sql::SELECT_CLASS)?;
-                for class in Priority::ALL.into_iter().rev().filter(|p| *p <= top) {
-                    let after = if class == top { cursor.last_seq() } else { 0 };
-                    let left = (limit - out.len()) as i64;
-                    let rows = stmt.query_map(
-                        params![class.as_i64(), to_i64(after), now, left],
-                        entry_from_row,
-                    )?;
-                    for row in rows {
-                        out.push(row?);
-                    }
-                    if out.len() >= limit {
-                        break;
-                    }
-                }
-            }
-        }
-        Ok(out)
-    }
-
-    /// The figures for `journal stats`.
-    pub(crate) fn stats(&self) -> Sql<Stats> {
-        let now = self.env.clock.now_ms();
-        let expired: i64 = self
-            .conn
-            .prepare_cached(sql::COUNT_EXPIRED)?
-            .query_row([to_i64(now)], |r| r.get(0))?;
-        let oldest: Option<(i64, i64)> = self
-            .conn
-            .prepare_cached(sql::SELECT_OLDEST)?
-            .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-            .optional()?;
-        let last_seq: Option<i64> = self
-            .conn
-            .query_row(sql::SELECT_LAST_SEQ, [], |r| r.get(0))
-            .optional()?;
-        let file_len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
-        let mut wal = self.path.clone().into_os_string();
-        wal.push("-wal");
-        Ok(Stats {
-            path: self.path.clone(),
-            file_bytes: file_len(&self.path) + file_len(Path::new(&wal)),
-            entries: self.acct.total_entries(),
-            bytes: self.acct.total_bytes(),
-            max_bytes: self.opts.max_bytes,
-            expired_pending: to_u64(expired),
-            oldest_seq: oldest.map(|(s, _)| to_u64(s)),
-            oldest_age_ms: oldest.map(|(_, r)| now.saturating_sub(to_u64(r))),
-            last_seq: last_seq.map_or(0, to_u64),
-            per_priority: Priority::ALL
-                .into_iter()
-                .map(|p| PriorityStats {
-                    priority: p,
-                    entries: self.acct.entries[p.index()],
-                    bytes: self.acct.bytes[p.index()],
-                })
-                .collect(),
-            counters: self.counters,
-            writer: self.writer,
-            synchronous: self.opts.synchronous,
-            when_full: self.opts.when_full,
-            read_only: self.opts.read_only,
-        })
-    }
-
-    /// `PRAGMA integrity_check`: the problems found (empty = healthy).
-    pub(crate) fn integrity_check(&self) -> Sql<Vec<String>> {
-        sql::check(&self.conn, sql::INTEGRITY_CHECK)
     }
 
     /// Test hook: direct access to the connection.

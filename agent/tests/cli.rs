@@ -1,0 +1,104 @@
+//! The `edge-agent` binary: `journal stats|peek|export|check` on a real journal, and the
+//! bare command's "not implemented yet" refusal.
+#![allow(clippy::expect_used, clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use edge_agent::journal::{FILE_NAME, Journal, JournalConfig, NewEntry, Qos};
+
+fn agent(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .env_remove("STATE_DIRECTORY")
+        .output()
+        .expect("run edge-agent")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+async fn make_journal(dir: &Path) {
+    let j = Journal::open(dir.join(FILE_NAME), &JournalConfig::default())
+        .await
+        .expect("open");
+    j.append(NewEntry::new("sensors/t1", &b"21.5"[..], Qos::AtLeastOnce))
+        .await
+        .expect("append");
+    j.append(NewEntry::new(
+        "sensors/bin",
+        vec![0u8, 255],
+        Qos::ExactlyOnce,
+    ))
+    .await
+    .expect("append");
+    j.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn journal_subcommands_read_a_real_journal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_journal(dir.path()).await;
+    let state = dir.path().to_str().expect("utf-8 path");
+
+    let out = agent(&["journal", "--state-dir", state, "stats"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("waiting      2 entries"), "{stdout}");
+    assert!(stdout.contains("appended"), "{stdout}");
+
+    let out = agent(&["--state-dir", state, "journal", "stats", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(v["entries"], 2);
+    assert_eq!(v["counters"]["appended"], 2);
+
+    let out = agent(&["journal", "--state-dir", state, "peek", "--limit", "1"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("sensors/t1") && !stdout.contains("sensors/bin"),
+        "{stdout}"
+    );
+
+    let out = agent(&[
+        "journal",
+        "--state-dir",
+        state,
+        "export",
+        "--format",
+        "jsonl",
+    ]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).lines().count(), 2);
+
+    let file = dir.path().join(FILE_NAME);
+    let out = agent(&["journal", "--file", file.to_str().expect("utf-8"), "check"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).ends_with(": ok\n"));
+}
+
+#[test]
+fn missing_journal_and_bare_command_fail_clearly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let state = dir.path().to_str().expect("utf-8 path");
+    let out = agent(&["journal", "--state-dir", state, "stats"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no journal at"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !dir.path().join(FILE_NAME).exists(),
+        "the CLI created a journal"
+    );
+
+    let out = agent(&["--state-dir", state]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("not implemented yet"),
+        "{}",
+        text(&out.stderr)
+    );
+}
