@@ -9,6 +9,32 @@ pub enum Error {
     #[error("I/O error: {0}")]
     Io(#[from] io::Error),
 
+    /// The configuration is unreadable or invalid.
+    #[error("configuration {origin}: {reason}")]
+    Config {
+        /// The file (or "built-in defaults").
+        origin: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+
+    /// An argument or request that makes no sense (for example an unregistered filter).
+    #[error("{0}")]
+    Invalid(String),
+
+    /// MQTT listener setup failed (TLS files).
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::Error),
+
     /// A RocketMQ server (name server or broker) could not be reached: the TCP connection
     /// was refused or not established in time. The request was certainly not sent, so it
     /// is safe to send it elsewhere.

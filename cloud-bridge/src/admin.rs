@@ -1,0 +1,183 @@
+//! Administration that replaces rocketmq-mqtt's manual `mqadmin` steps: creating topics and
+//! writing the kvconfig meta (`cloud-bridge init`), and managing wildcard filters
+//! (`cloud-bridge wildcard add|remove|list`).
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::lmq;
+use crate::meta::{self, ALL_FIRST_TOPICS, LMQ_CONNECT_NODES, NAMESPACE};
+use crate::rocketmq::{Client, ClientConfig, NameServer, TopicConfig};
+
+/// What `init` did, for the operator.
+#[derive(Debug, Default)]
+pub struct InitReport {
+    /// Topics created or updated, with the brokers they were created on.
+    pub topics: Vec<(String, Vec<String>)>,
+    /// kvconfig entries written.
+    pub kv: Vec<(String, String)>,
+}
+
+fn namesrv(config: &Config) -> Result<NameServer, Error> {
+    NameServer::new(
+        Client::new(ClientConfig::default()),
+        config.rocketmq.namesrv.clone(),
+    )
+}
+
+/// Creates (or updates) a topic on every master broker of `cluster`; returns their addresses.
+async fn create_topic(
+    ns: &NameServer,
+    cluster: &str,
+    topic: &str,
+    queues: u32,
+) -> Result<Vec<String>, Error> {
+    let info = ns.cluster_info().await?;
+    let addrs: Vec<String> = info
+        .master_addrs(cluster)
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if addrs.is_empty() {
+        return Err(Error::Invalid(format!(
+            "cluster {cluster:?} has no master broker registered in the name server"
+        )));
+    }
+    let mut topic_config = TopicConfig::new(topic);
+    topic_config.read_queue_nums = queues;
+    topic_config.write_queue_nums = queues;
+    for addr in &addrs {
+        ns.client().broker(addr).create_topic(&topic_config).await?;
+    }
+    Ok(addrs)
+}
+
+/// Creates every first-level topic and the retry/p2p topics on the cluster, and writes
+/// `ALL_FIRST_TOPICS`, `LMQ_CONNECT_NODES` and the wildcard lists to kvconfig. Existing
+/// wildcard lists are merged, never shrunk. Idempotent.
+pub async fn init(config: &Config) -> Result<InitReport, Error> {
+    let ns = namesrv(config)?;
+    let mut report = InitReport::default();
+    let t = &config.topics;
+    let mut topics = t.first_level.clone();
+    topics.extend([
+        t.event_notify_retry_topic.clone(),
+        t.client_retry_topic.clone(),
+        t.client_p2p_topic.clone(),
+    ]);
+    for topic in topics {
+        let brokers = create_topic(&ns, &config.rocketmq.cluster, &topic, t.queues).await?;
+        report.topics.push((topic, brokers));
+    }
+
+    let mut all = match ns.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {
+        Some(v) => meta::split_list(&v),
+        None => Vec::new(),
+    };
+    merge(&mut all, &t.first_level);
+    let all = all.join(",");
+    ns.put_kv_config(NAMESPACE, ALL_FIRST_TOPICS, &all).await?;
+    report.kv.push((ALL_FIRST_TOPICS.into(), all));
+
+    let nodes = if t.connect_nodes.is_empty() {
+        config
+            .listeners
+            .iter()
+            .map(|l| l.bind.ip().to_string())
+            .collect::<Vec<_>>()
+    } else {
+        t.connect_nodes.clone()
+    };
+    let mut nodes_merged = match ns.get_kv_config(NAMESPACE, LMQ_CONNECT_NODES).await? {
+        Some(v) => meta::split_list(&v),
+        None => Vec::new(),
+    };
+    merge(&mut nodes_merged, &nodes);
+    let nodes = nodes_merged.join(",");
+    ns.put_kv_config(NAMESPACE, LMQ_CONNECT_NODES, &nodes)
+        .await?;
+    report.kv.push((LMQ_CONNECT_NODES.into(), nodes));
+
+    for first in &t.first_level {
+        let wanted: Vec<String> = t
+            .wildcards
+            .iter()
+            .filter(|w| mqtt::topic::first_level(w) == first)
+            .cloned()
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let list = add_wildcards(&ns, first, &wanted).await?;
+        report.kv.push((first.clone(), list.join(",")));
+    }
+    Ok(report)
+}
+
+fn merge(list: &mut Vec<String>, more: &[String]) {
+    for m in more {
+        if !list.contains(m) {
+            list.push(m.clone());
+        }
+    }
+}
+
+async fn add_wildcards(
+    ns: &NameServer,
+    first: &str,
+    filters: &[String],
+) -> Result<Vec<String>, Error> {
+    let mut list = match ns.get_kv_config(NAMESPACE, first).await? {
+        Some(v) => meta::split_list(&v),
+        None => Vec::new(),
+    };
+    merge(&mut list, filters);
+    ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
+    Ok(list)
+}
+
+/// Registers a wildcard filter; returns the first-level topic's list after the change.
+pub async fn wildcard_add(config: &Config, filter: &str) -> Result<Vec<String>, Error> {
+    let ns = namesrv(config)?;
+    let first_levels = first_levels(&ns, config).await?;
+    lmq::check_wildcard(filter, &first_levels).map_err(Error::Invalid)?;
+    add_wildcards(&ns, mqtt::topic::first_level(filter), &[filter.to_owned()]).await
+}
+
+/// Removes a wildcard filter; returns the list after the change.
+pub async fn wildcard_remove(config: &Config, filter: &str) -> Result<Vec<String>, Error> {
+    let ns = namesrv(config)?;
+    let first = mqtt::topic::first_level(filter);
+    let mut list = match ns.get_kv_config(NAMESPACE, first).await? {
+        Some(v) => meta::split_list(&v),
+        None => Vec::new(),
+    };
+    let before = list.len();
+    list.retain(|f| f != filter);
+    if list.len() == before {
+        return Err(Error::Invalid(format!("{filter:?} is not registered")));
+    }
+    ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
+    Ok(list)
+}
+
+/// Lists the wildcard filters of every first-level topic.
+pub async fn wildcard_list(config: &Config) -> Result<Vec<(String, Vec<String>)>, Error> {
+    let ns = namesrv(config)?;
+    let mut out = Vec::new();
+    for first in first_levels(&ns, config).await? {
+        let list = match ns.get_kv_config(NAMESPACE, &first).await? {
+            Some(v) => meta::split_list(&v),
+            None => Vec::new(),
+        };
+        out.push((first, list));
+    }
+    Ok(out)
+}
+
+async fn first_levels(ns: &NameServer, config: &Config) -> Result<Vec<String>, Error> {
+    let mut all = config.topics.first_level.clone();
+    if let Some(v) = ns.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {
+        merge(&mut all, &meta::split_list(&v));
+    }
+    Ok(all)
+}

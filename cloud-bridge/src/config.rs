@@ -1,0 +1,290 @@
+//! Configuration: TOML, unknown keys refused, defaults in `conf/cloud-bridge.toml`, which is
+//! compiled in so that the bridge runs without a file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::Error;
+
+/// The shipped defaults.
+pub const DEFAULT_CONFIG: &str = include_str!("../../conf/cloud-bridge.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where RocketMQ is.
+    pub rocketmq: RocketMqConfig,
+    /// Topic layout.
+    pub topics: TopicsConfig,
+    /// Authentication.
+    pub auth: AuthConfig,
+    /// Connection limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// MQTT listeners.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Topic ACLs, first match wins.
+    #[serde(default)]
+    pub acl: Vec<AclRule>,
+}
+
+/// RocketMQ endpoints and timings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RocketMqConfig {
+    /// Name server addresses (`host:port`).
+    pub namesrv: Vec<String>,
+    /// Cluster for topic creation.
+    pub cluster: String,
+    /// Send timeout, ms.
+    #[serde(default = "default_send_timeout")]
+    pub send_timeout_ms: u64,
+    /// Meta refresh period, s.
+    #[serde(default = "default_meta_refresh")]
+    pub meta_refresh_secs: u64,
+}
+
+fn default_send_timeout() -> u64 {
+    3000
+}
+fn default_meta_refresh() -> u64 {
+    5
+}
+
+/// First-level topics, wildcards and the special topics of rocketmq-mqtt.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// First-level topics.
+    pub first_level: Vec<String>,
+    /// Wildcard filters to register at init.
+    #[serde(default)]
+    pub wildcards: Vec<String>,
+    /// service.conf eventNotifyRetryTopic.
+    pub event_notify_retry_topic: String,
+    /// service.conf clientRetryTopic.
+    pub client_retry_topic: String,
+    /// service.conf clientP2pTopic.
+    pub client_p2p_topic: String,
+    /// Queues per created topic.
+    #[serde(default = "default_queues")]
+    pub queues: u32,
+    /// kvconfig LMQ_CONNECT_NODES.
+    #[serde(default)]
+    pub connect_nodes: Vec<String>,
+}
+
+fn default_queues() -> u32 {
+    4
+}
+
+/// rocketmq-mqtt compatible credentials.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// service.conf username.
+    pub username: String,
+    /// service.conf secretKey.
+    pub secret_key: String,
+    /// Accept clients without credentials.
+    #[serde(default)]
+    pub allow_anonymous: bool,
+}
+
+/// Limits of client connections.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest packet, bytes.
+    pub max_packet_size: usize,
+    /// Connections per bridge.
+    pub max_connections: usize,
+    /// CONNECT timeout, s.
+    pub connect_timeout_secs: u64,
+    /// MQTT 5 receive maximum.
+    pub receive_maximum: u16,
+    /// Stores in flight per connection.
+    pub publish_pipeline: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_packet_size: 1024 * 1024,
+            max_connections: 20_000,
+            connect_timeout_secs: 10,
+            receive_maximum: 128,
+            publish_pipeline: 1,
+        }
+    }
+}
+
+/// One listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name for logs.
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// TLS files; plain TCP without.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// TLS files of a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server key (PEM).
+    pub key: PathBuf,
+    /// CA for client certificates (PEM); enables mutual TLS.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// One ACL rule.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Client identities this rule applies to; a trailing `*` matches any suffix.
+    pub clients: Vec<String>,
+    /// Filters the client may publish to (`{client}` = its identity).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Filters the client may subscribe to.
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+}
+
+impl Config {
+    /// Parses a configuration text and checks it.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
+        let config: Config = toml::from_str(text).map_err(|e| Error::Config {
+            origin: origin.to_owned(),
+            reason: e.to_string(),
+        })?;
+        config.check().map_err(|reason| Error::Config {
+            origin: origin.to_owned(),
+            reason,
+        })?;
+        Ok(config)
+    }
+
+    /// Loads a file, or the compiled-in defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, Error> {
+        match path {
+            None => Self::parse(DEFAULT_CONFIG, "built-in defaults"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| Error::Config {
+                    origin: p.display().to_string(),
+                    reason: e.to_string(),
+                })?;
+                Self::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        if self.rocketmq.namesrv.is_empty() {
+            return Err("rocketmq.namesrv: at least one name server is needed".into());
+        }
+        if self.topics.first_level.is_empty() {
+            return Err("topics.first_level: at least one first-level topic is needed".into());
+        }
+        for t in &self.topics.first_level {
+            if t.is_empty() || t.contains(['/', '+', '#', '%', ',']) {
+                return Err(format!(
+                    "topics.first_level: {t:?} must be one non-empty level without / + # % ,"
+                ));
+            }
+        }
+        for w in &self.topics.wildcards {
+            crate::lmq::check_wildcard(w, &self.topics.first_level)
+                .map_err(|e| format!("topics.wildcards: {e}"))?;
+        }
+        if self.limits.max_packet_size < mqtt::codec::MIN_PACKET_SIZE {
+            return Err(format!(
+                "limits.max_packet_size must be at least {}",
+                mqtt::codec::MIN_PACKET_SIZE
+            ));
+        }
+        if self.limits.max_connections == 0 || self.limits.publish_pipeline == 0 {
+            return Err("limits: max_connections and publish_pipeline must be > 0".into());
+        }
+        if self.limits.receive_maximum == 0 {
+            return Err("limits.receive_maximum must be > 0".into());
+        }
+        if self.listeners.is_empty() {
+            return Err("at least one [[listener]] is needed".into());
+        }
+        let mut names = std::collections::HashSet::new();
+        for l in &self.listeners {
+            if !names.insert(&l.name) {
+                return Err(format!("listener name {:?} is used twice", l.name));
+            }
+            if l.tls
+                .as_ref()
+                .is_some_and(|t| t.require_client_cert && t.client_ca.is_none())
+            {
+                return Err(format!(
+                    "listener {:?}: require_client_cert needs client_ca",
+                    l.name
+                ));
+            }
+        }
+        for rule in &self.acl {
+            for f in rule.publish.iter().chain(&rule.subscribe) {
+                mqtt::topic::validate_filter(&f.replace("{client}", "x"))
+                    .map_err(|e| format!("acl filter {f:?}: {e}"))?;
+            }
+        }
+        if !self.auth.allow_anonymous && self.auth.secret_key.is_empty() {
+            return Err("auth.secret_key is empty and anonymous access is off".into());
+        }
+        Ok(())
+    }
+
+    /// Send timeout.
+    pub fn send_timeout(&self) -> Duration {
+        Duration::from_millis(self.rocketmq.send_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_defaults_are_valid() {
+        let c = Config::load(None).unwrap();
+        assert_eq!(c.topics.first_level, vec!["t1".to_string()]);
+        assert_eq!(c.listeners.len(), 1);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused_with_the_origin() {
+        let text = DEFAULT_CONFIG.replace("[auth]", "[auth]\nfoo = 1");
+        let e = Config::parse(&text, "x.toml").unwrap_err().to_string();
+        assert!(e.contains("x.toml") && e.contains("foo"), "{e}");
+    }
+
+    #[test]
+    fn bad_first_level_topics_are_refused() {
+        let text = DEFAULT_CONFIG.replace("first_level = [\"t1\"]", "first_level = [\"a/b\"]");
+        assert!(Config::parse(&text, "x").is_err());
+        let text =
+            DEFAULT_CONFIG.replace("wildcards = [\"t1/+\", \"t1/#\"]", "wildcards = [\"t2/+\"]");
+        assert!(Config::parse(&text, "x").is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! Meta read from the name server's kvconfig (namespace `LMQ`), refreshed periodically:
+//! the first-level topics (`ALL_FIRST_TOPICS`, plus the configured ones) and, per
+//! first-level topic, its wildcard filters (key = the topic, value = comma list).
+//!
+//! The bridge holds no meta of its own: every instance reads the same kvconfig, so a
+//! filter added with `cloud-bridge wildcard add` reaches all of them within one refresh.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::error::Error;
+use crate::rocketmq::NameServer;
+
+/// kvconfig namespace of rocketmq-mqtt.
+pub const NAMESPACE: &str = "LMQ";
+/// kvconfig key listing the first-level topics.
+pub const ALL_FIRST_TOPICS: &str = "ALL_FIRST_TOPICS";
+/// kvconfig key listing rocketmq-mqtt server addresses.
+pub const LMQ_CONNECT_NODES: &str = "LMQ_CONNECT_NODES";
+
+#[derive(Debug, Default)]
+struct Snapshot {
+    first_topics: HashSet<String>,
+    wildcards: HashMap<String, Arc<Vec<String>>>,
+}
+
+/// The current meta.
+#[derive(Debug)]
+pub struct Meta {
+    configured: Vec<String>,
+    snapshot: RwLock<Arc<Snapshot>>,
+}
+
+/// Splits a kvconfig comma list.
+pub fn split_list(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+impl Meta {
+    /// Meta with the configured first-level topics and wildcards, before the first refresh.
+    pub fn new(first_topics: &[String], wildcards: &[String]) -> Self {
+        let mut by_first: HashMap<String, Vec<String>> = HashMap::new();
+        for w in wildcards {
+            by_first
+                .entry(mqtt::topic::first_level(w).to_owned())
+                .or_default()
+                .push(w.clone());
+        }
+        let snapshot = Snapshot {
+            first_topics: first_topics.iter().cloned().collect(),
+            wildcards: by_first
+                .into_iter()
+                .map(|(k, v)| (k, Arc::new(v)))
+                .collect(),
+        };
+        Self {
+            configured: first_topics.to_vec(),
+            snapshot: RwLock::new(Arc::new(snapshot)),
+        }
+    }
+
+    fn current(&self) -> Arc<Snapshot> {
+        match self.snapshot.read() {
+            Ok(s) => s.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Whether `first` is a first-level topic.
+    pub fn is_first_topic(&self, first: &str) -> bool {
+        self.current().first_topics.contains(first)
+    }
+
+    /// The wildcard filters of a first-level topic.
+    pub fn wildcards(&self, first: &str) -> Arc<Vec<String>> {
+        self.current()
+            .wildcards
+            .get(first)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Reads kvconfig once.
+    pub async fn refresh(&self, namesrv: &NameServer) -> Result<(), Error> {
+        let mut first_topics: HashSet<String> = self.configured.iter().cloned().collect();
+        if let Some(all) = namesrv.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {
+            first_topics.extend(split_list(&all));
+        }
+        let mut wildcards = HashMap::new();
+        for first in &first_topics {
+            if let Some(list) = namesrv.get_kv_config(NAMESPACE, first).await? {
+                wildcards.insert(first.clone(), Arc::new(split_list(&list)));
+            }
+        }
+        let snapshot = Arc::new(Snapshot {
+            first_topics,
+            wildcards,
+        });
+        debug!(?snapshot, "meta refreshed");
+        match self.snapshot.write() {
+            Ok(mut s) => *s = snapshot,
+            Err(poisoned) => *poisoned.into_inner() = snapshot,
+        }
+        Ok(())
+    }
+
+    /// Refreshes every `period` until `shutdown`.
+    pub async fn refresh_loop(
+        self: Arc<Self>,
+        namesrv: Arc<NameServer>,
+        period: Duration,
+        shutdown: CancellationToken,
+    ) {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            match self.refresh(&namesrv).await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    warn!(error = %e, "kvconfig refresh failed; keeping the last meta");
+                }
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configured_meta_before_refresh() {
+        let m = Meta::new(&["t1".into()], &["t1/+".into(), "t1/a/#".into()]);
+        assert!(m.is_first_topic("t1"));
+        assert!(!m.is_first_topic("t2"));
+        assert_eq!(m.wildcards("t1").len(), 2);
+        assert!(m.wildcards("t2").is_empty());
+        assert_eq!(split_list(" a, b,,c "), vec!["a", "b", "c"]);
+    }
+}

@@ -1,0 +1,144 @@
+//! Starting and stopping the bridge: RocketMQ client, meta refresher, listeners.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqtt::connection::{ConnectionConfig, Shared};
+use mqtt::listener::{self, Listener};
+use mqtt::tls::{self, TlsFiles};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::bridge::Bridge;
+use crate::config::Config;
+use crate::error::Error;
+use crate::meta::Meta;
+use crate::rocketmq::{Client, ClientConfig, NameServer, Producer, ProducerConfig};
+
+/// A running bridge.
+#[derive(Debug)]
+pub struct Server {
+    addrs: Vec<(String, SocketAddr)>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Server {
+    /// Binds every listener and starts serving. Fails on a bad TLS file or a busy port.
+    pub async fn start(config: Config) -> Result<Self, Error> {
+        let config = Arc::new(config);
+        let client = Client::new(ClientConfig::default());
+        let namesrv = Arc::new(NameServer::new(client, config.rocketmq.namesrv.clone())?);
+        let producer = Producer::new(
+            namesrv.clone(),
+            ProducerConfig {
+                send_timeout: config.send_timeout(),
+                ..ProducerConfig::default()
+            },
+        );
+        let meta = Arc::new(Meta::new(
+            &config.topics.first_level,
+            &config.topics.wildcards,
+        ));
+        if let Err(e) = meta.refresh(&namesrv).await {
+            warn!(error = %e, "cannot read kvconfig yet; using the configured topics and wildcards");
+        }
+
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => Some(tls::server_config(&TlsFiles {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    client_ca: t.client_ca.clone(),
+                    require_client_cert: t.require_client_cert,
+                })?),
+            };
+            let socket = TcpListener::bind(l.bind).await.map_err(|e| Error::Bind {
+                addr: l.bind,
+                source: e,
+            })?;
+            listeners.push(Listener {
+                name: l.name.clone(),
+                socket,
+                tls,
+            });
+        }
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let shared = Arc::new(Shared {
+            broker: Arc::new(Bridge::new(config.clone(), meta.clone(), producer)),
+            config: ConnectionConfig {
+                max_packet_size: config.limits.max_packet_size,
+                connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
+                receive_maximum: config.limits.receive_maximum,
+                publish_pipeline: config.limits.publish_pipeline,
+                retain_available: false,
+                ..ConnectionConfig::default()
+            },
+            registry: Default::default(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+        let mut addrs = Vec::new();
+        for l in listeners {
+            let addr = l.socket.local_addr()?;
+            info!(listener = %l.name, %addr, tls = l.tls.is_some(), "listening");
+            addrs.push((l.name.clone(), addr));
+            tracker.spawn(listener::run(l, shared.clone(), limit.clone()));
+        }
+        tracker.spawn(meta.refresh_loop(
+            namesrv,
+            Duration::from_secs(config.rocketmq.meta_refresh_secs.max(1)),
+            shutdown.clone(),
+        ));
+        Ok(Self {
+            addrs,
+            shutdown,
+            tracker,
+        })
+    }
+
+    /// The bound address of a listener.
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops accepting, closes connections (MQTT 5 clients get DISCONNECT 0x8B), publishes
+    /// pending wills, and waits up to `grace` for all of it.
+    pub async fn stop(self, grace: Duration) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some connections did not close within the shutdown grace period");
+        }
+    }
+
+    /// Runs until `stop` is cancelled, then stops.
+    pub async fn run_until(self, stop: CancellationToken) {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        info!("shutting down");
+        self.stop(Duration::from_secs(10)).await;
+    }
+}

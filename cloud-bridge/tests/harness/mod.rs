@@ -1,0 +1,143 @@
+//! Shared helpers of the cloud-bridge integration tests: the real RocketMQ started by
+//! `tests/rocketmq/rocketmq.sh`, a bridge per test on a unique first-level topic, and the
+//! plain Java RocketMQ client (`rocketmq.sh tool`) as the third-party reader.
+#![allow(dead_code)]
+
+pub mod certs;
+pub mod clients;
+pub mod raw;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use cloud_bridge::config::Config;
+use cloud_bridge::server::Server;
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_owned()
+}
+
+/// `KEY` from the environment, else from tests/rocketmq/run/env; panics with a clear
+/// message when RocketMQ was not started (tests never silently skip).
+pub fn rocketmq_env(key: &str) -> String {
+    if let Ok(v) = std::env::var(key) {
+        return v;
+    }
+    let file = repo_root().join("tests/rocketmq/run/env");
+    let text = std::fs::read_to_string(&file).unwrap_or_else(|_| {
+        panic!(
+            "RocketMQ is not running: {key} is not set and {} does not exist; \
+             run `tests/rocketmq/rocketmq.sh start` (tests/run.sh does)",
+            file.display()
+        )
+    });
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .map(str::to_owned)
+        .unwrap_or_else(|| panic!("{key} missing in {}", file.display()))
+}
+
+pub fn unique(prefix: &str) -> String {
+    let n: u64 = rand::random();
+    format!("{prefix}{:x}", n & 0xffff_ffff)
+}
+
+/// A bridge configuration on its own first-level topic, listening on a free port.
+pub fn config_text(first: &str, wildcards: &[&str], extra: &str) -> String {
+    let wild: Vec<String> = wildcards.iter().map(|w| format!("{w:?}")).collect();
+    format!(
+        r#"
+[rocketmq]
+namesrv = ["{ns}"]
+cluster = "{cluster}"
+send_timeout_ms = 3000
+meta_refresh_secs = 1
+
+[topics]
+first_level = ["{first}"]
+wildcards = [{wild}]
+event_notify_retry_topic = "eventNotifyRetryTopic"
+client_retry_topic = "clientRetryTopic"
+client_p2p_topic = "clientP2pTopic"
+queues = 2
+
+[auth]
+username = "demo"
+secret_key = "test-secret"
+
+[limits]
+max_packet_size = 65536
+connect_timeout_secs = 2
+
+[[listener]]
+name = "mqtt"
+bind = "127.0.0.1:0"
+{extra}
+"#,
+        ns = rocketmq_env("ROCKETMQ_NAMESRV"),
+        cluster = rocketmq_env("ROCKETMQ_CLUSTER"),
+        wild = wild.join(", "),
+    )
+}
+
+pub fn password(client_id: &str) -> String {
+    cloud_bridge::auth::hmac_password("test-secret", client_id)
+}
+
+/// Runs `cloud-bridge init` for the config and starts a bridge in-process.
+pub async fn start_bridge(text: &str) -> (Server, Config) {
+    let config = Config::parse(text, "test").expect("test config");
+    cloud_bridge::admin::init(&config).await.expect("init");
+    let server = Server::start(config.clone()).await.expect("start bridge");
+    (server, config)
+}
+
+/// Runs the Java tool (the official RocketMQ Java client) and returns its JSON lines.
+pub fn tool(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
+    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
+        .arg("tool")
+        .args(args)
+        .output()
+        .map_err(|e| format!("cannot run rocketmq.sh: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "rocketmq.sh tool {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+/// Reads `count` messages of an ordinary topic with a plain RocketMQ consumer.
+pub fn consume(topic: &str, count: usize) -> Vec<serde_json::Value> {
+    tool(&[
+        "consume",
+        "--topic",
+        topic,
+        "--count",
+        &count.to_string(),
+        "--timeout-ms",
+        "30000",
+        "--from-start",
+    ])
+    .expect("plain consumer")
+}
+
+/// Max offset of a queue (an LMQ name works) as the Java client sees it.
+pub fn max_offset(topic: &str) -> i64 {
+    let v = tool(&["max-offset", "--topic", topic]).expect("max-offset");
+    v.first()
+        .and_then(|o| o["maxOffset"].as_i64())
+        .expect("maxOffset in the tool's output")
+}
+
+pub async fn settle() {
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}

@@ -1,0 +1,191 @@
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+//! The write path against the real RocketMQ: every publish through the bridge is readable
+//! by a plain RocketMQ consumer of the first-level topic, with rocketmq-mqtt's properties,
+//! and grows exactly the right LMQs.
+
+mod harness;
+
+use harness::certs::Pki;
+use harness::clients::{Msg, Proto, Tls, mosquitto_pub, paho_publish, rumqttc_publish};
+use harness::{config_text, consume, max_offset, password, start_bridge, unique};
+use std::time::Duration;
+
+fn msg(topic: String, qos: u8, payload: &str) -> Msg {
+    Msg {
+        topic,
+        qos,
+        payload: payload.as_bytes().to_vec(),
+        user: Vec::new(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_from_every_client_land_in_rocketmq() {
+    let first = unique("pub");
+    let dir = std::env::temp_dir().join(unique("pki-"));
+    let pki = Pki::new(&dir);
+    let extra = format!(
+        "[[listener]]\nname = \"mqtts\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?} }}\n",
+        pki.server_cert, pki.server_key
+    );
+    let wildcard = format!("{first}/+");
+    let (server, _) = start_bridge(&config_text(&first, &[&wildcard], &extra)).await;
+    let tcp = server.local_addr("mqtt").expect("tcp listener");
+    let tls = server.local_addr("mqtts").expect("tls listener");
+
+    let mut expected: Vec<Msg> = Vec::new();
+    for proto in [Proto::V311, Proto::V5] {
+        for secure in [false, true] {
+            let mut batch = Vec::new();
+            for qos in 0..=2u8 {
+                let tag = format!("rumqttc-{proto:?}-tls{secure}-q{qos}");
+                batch.push(msg(
+                    format!("{first}/{tag}"),
+                    qos,
+                    &format!("payload of {tag}"),
+                ));
+            }
+            let client_id = unique("c");
+            let addr = if secure { tls } else { tcp };
+            let tls_opt = secure.then(|| Tls {
+                ca: &pki.ca,
+                client: None,
+            });
+            rumqttc_publish(
+                addr,
+                proto,
+                tls_opt,
+                &client_id,
+                &password(&client_id),
+                &batch,
+            )
+            .await;
+            expected.extend(batch);
+        }
+    }
+    for (proto, qos) in [(Proto::V311, 1u8), (Proto::V5, 2u8)] {
+        let tag = format!("mosquitto-{proto:?}-q{qos}");
+        let m = msg(format!("{first}/{tag}"), qos, &format!("payload of {tag}"));
+        let client_id = unique("mosq");
+        mosquitto_pub(tcp, proto, &client_id, &password(&client_id), &m);
+        expected.push(m);
+
+        let tag = format!("paho-{proto:?}-q{qos}");
+        let m = msg(format!("{first}/{tag}"), qos, &format!("payload of {tag}"));
+        let client_id = unique("paho");
+        paho_publish(tcp, proto, &client_id, &password(&client_id), &m);
+        expected.push(m);
+    }
+
+    let got = consume(&first, expected.len());
+    assert_eq!(got.len(), expected.len());
+    for m in &expected {
+        let found = got
+            .iter()
+            .find(|g| g["properties"]["originMqttTopic"] == m.topic.as_str())
+            .unwrap_or_else(|| panic!("{} not found in RocketMQ", m.topic));
+        let p = &found["properties"];
+        assert_eq!(found["topic"], first.as_str());
+        assert_eq!(
+            found["body_utf8"],
+            String::from_utf8_lossy(&m.payload).as_ref()
+        );
+        assert_eq!(p["qosLevel"], m.qos.to_string().as_str(), "{}", m.topic);
+        assert_eq!(p["IS_EMPTY_MSG"], "false");
+        assert_eq!(p["retryTimes"], "0");
+        assert_eq!(p["TAGS"], "MQTT_COMMON");
+        assert!(p["UNIQ_KEY"].as_str().is_some_and(|k| !k.is_empty()));
+        let own = cloud_bridge::lmq::lmq_name(&m.topic);
+        let wild = cloud_bridge::lmq::lmq_name(&wildcard);
+        assert_eq!(p["INNER_MULTI_DISPATCH"], format!("{own},{wild}").as_str());
+        assert!(p["INNER_MULTI_QUEUE_OFFSET"].as_str().is_some());
+        assert_eq!(p["extData"], "{}");
+    }
+    server.stop(Duration::from_secs(5)).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lmqs_of_the_topic_and_matching_wildcards_grow_by_one() {
+    let first = unique("lmq");
+    let w_plus = format!("{first}/+");
+    let w_hash = format!("{first}/a/#");
+    let w_other = format!("{first}/b/+");
+    let (server, _) = start_bridge(&config_text(&first, &[&w_plus, &w_hash, &w_other], "")).await;
+    let addr = server.local_addr("mqtt").expect("listener");
+    let topic = format!("{first}/a");
+    let queues = [
+        (cloud_bridge::lmq::lmq_name(&topic), 1),
+        (cloud_bridge::lmq::lmq_name(&w_plus), 1),
+        (cloud_bridge::lmq::lmq_name(&w_hash), 1),
+        (cloud_bridge::lmq::lmq_name(&w_other), 0),
+    ];
+    let before: Vec<i64> = queues.iter().map(|(q, _)| max_offset(q)).collect();
+    let client_id = unique("c");
+    rumqttc_publish(
+        addr,
+        Proto::V5,
+        None,
+        &client_id,
+        &password(&client_id),
+        &[msg(topic.clone(), 1, "grow")],
+    )
+    .await;
+    for ((q, growth), b) in queues.iter().zip(before) {
+        assert_eq!(max_offset(q), b + growth, "max offset of {q}");
+    }
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_payload_and_user_properties_are_stored_like_rocketmq_mqtt() {
+    let first = unique("props");
+    let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let addr = server.local_addr("mqtt").expect("listener");
+    let client_id = unique("c");
+    let msgs = vec![
+        Msg {
+            topic: format!("{first}/empty"),
+            qos: 1,
+            payload: Vec::new(),
+            user: Vec::new(),
+        },
+        Msg {
+            topic: format!("{first}/props"),
+            qos: 1,
+            payload: b"x".to_vec(),
+            user: vec![
+                ("unit".into(), "celsius".into()),
+                ("msg-key".into(), "gw-7:42".into()),
+            ],
+        },
+    ];
+    rumqttc_publish(
+        addr,
+        Proto::V5,
+        None,
+        &client_id,
+        &password(&client_id),
+        &msgs,
+    )
+    .await;
+    let got = consume(&first, 2);
+    let by_topic = |t: &str| {
+        got.iter()
+            .find(|g| g["properties"]["originMqttTopic"] == t)
+            .unwrap_or_else(|| panic!("{t} missing"))
+            .clone()
+    };
+    let empty = by_topic(&msgs[0].topic);
+    assert_eq!(empty["body_utf8"], "★\r\n\t☀");
+    assert_eq!(empty["properties"]["IS_EMPTY_MSG"], "true");
+    let props = by_topic(&msgs[1].topic);
+    assert_eq!(props["properties"]["IS_EMPTY_MSG"], "false");
+    let ext: serde_json::Value =
+        serde_json::from_str(props["properties"]["extData"].as_str().expect("extData"))
+            .expect("json");
+    assert_eq!(ext["unit"], "celsius");
+    assert_eq!(ext["msg-key"], "gw-7:42");
+    assert_eq!(props["keys"], "gw-7:42");
+    server.stop(Duration::from_secs(5)).await;
+}
