@@ -381,6 +381,14 @@ impl Encoder<Outbound> for Codec {
                     .map_err(|e| Error::Malformed(e.to_string()))?;
             }
             Version::V5 => {
+                if let Outbound::Disconnect {
+                    reason,
+                    reason_string,
+                } = item
+                {
+                    write_v5_disconnect(reason, reason_string.as_deref(), dst);
+                    return Ok(());
+                }
                 let p = to_v5(item);
                 p.write(dst, self.client_max_packet_size)
                     .map_err(|e| Error::Malformed(e.to_string()))?;
@@ -650,15 +658,53 @@ fn to_v5(item: Outbound) -> v5::Packet {
         Outbound::Disconnect {
             reason,
             reason_string,
-        } => v5::Packet::Disconnect(v5::Disconnect {
-            reason_code: v5_disconnect_reason(reason),
-            properties: reason_props(reason_string, |s| v5::DisconnectProperties {
-                session_expiry_interval: None,
-                reason_string: Some(s),
-                user_properties: Vec::new(),
-                server_reference: None,
-            }),
-        }),
+        } => {
+            // Encoded by `write_v5_disconnect`; never reached.
+            let _ = (reason, reason_string);
+            v5::Packet::Disconnect(v5::Disconnect::new(
+                v5::DisconnectReasonCode::NormalDisconnection,
+            ))
+        }
+    }
+}
+
+/// MQTT 5 DISCONNECT, written here because rumqttc 0.25 frames a DISCONNECT with a reason
+/// code wrongly (one byte short without properties, as a normal disconnect with empty ones).
+fn write_v5_disconnect(reason: Reason, reason_string: Option<&str>, dst: &mut BytesMut) {
+    use bytes::BufMut;
+    let code = v5_disconnect_reason(reason) as u8;
+    if code == 0 && reason_string.is_none() {
+        dst.put_slice(&[0xE0, 0x00]);
+        return;
+    }
+    let mut props = BytesMut::new();
+    if let Some(s) = reason_string {
+        let s = &s.as_bytes()[..s.len().min(1024)];
+        props.put_u8(0x1F);
+        props.put_u16(s.len() as u16);
+        props.put_slice(s);
+    }
+    let mut body = BytesMut::new();
+    body.put_u8(code);
+    put_varint(&mut body, props.len());
+    body.put_slice(&props);
+    dst.put_u8(0xE0);
+    put_varint(dst, body.len());
+    dst.put_slice(&body);
+}
+
+fn put_varint(dst: &mut BytesMut, mut n: usize) {
+    use bytes::BufMut;
+    loop {
+        let mut byte = (n % 128) as u8;
+        n /= 128;
+        if n > 0 {
+            byte |= 0x80;
+        }
+        dst.put_u8(byte);
+        if n == 0 {
+            break;
+        }
     }
 }
 
@@ -760,6 +806,22 @@ mod tests {
             let mut codec = Codec::new(4096);
             let _ = decode_all(&mut codec, &bytes);
         }
+    }
+
+    #[test]
+    fn v5_disconnect_with_a_reason_is_framed_correctly() -> Result<(), Error> {
+        let mut codec = Codec::new(1024);
+        codec.version = Some(Version::V5);
+        let mut dst = BytesMut::new();
+        codec.encode(
+            Outbound::Disconnect {
+                reason: Reason::KeepAliveTimeout,
+                reason_string: None,
+            },
+            &mut dst,
+        )?;
+        assert_eq!(&dst[..], &[0xE0, 0x02, 0x8D, 0x00]);
+        Ok(())
     }
 
     #[test]
