@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The project's test command (see README): starts the shared test RocketMQ (name server +
+# broker, tests/rocketmq/rocketmq.sh; no-op when already running), exports its addresses
+# (ROCKETMQ_NAMESRV, ROCKETMQ_BROKER, ROCKETMQ_CLUSTER, ROCKETMQ_BROKER_NAME), then runs
+# fmt, clippy and the tests of the whole workspace. Extra arguments go to `cargo test`.
+# The broker is left running for the next run; `tests/run.sh --stop [args]` stops it at the end.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+stop=0
+if [[ ${1:-} == --stop ]]; then stop=1; shift; fi
+
+rmq=tests/rocketmq/rocketmq.sh
+"$rmq" install
+"$rmq" start
+set -a
+# shellcheck disable=SC1091
+source tests/rocketmq/run/env
+set +a
+echo "RocketMQ: namesrv $ROCKETMQ_NAMESRV, broker $ROCKETMQ_BROKER ($ROCKETMQ_CLUSTER/$ROCKETMQ_BROKER_NAME)"
+if ((stop)); then trap '"$rmq" stop' EXIT; fi
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --all-targets "$@"
