@@ -19,7 +19,7 @@ import java.nio.charset.StandardCharsets;
 import java.util.*;
 import java.util.concurrent.ThreadLocalRandom;
 import java.util.concurrent.atomic.AtomicLong;
-import org.apache.rocketmq.client.consumer.DefaultLitePullConsumer;
+import org.apache.rocketmq.client.consumer.DefaultMQPullConsumer;
 import org.apache.rocketmq.client.consumer.PullResult;
 import org.apache.rocketmq.client.exception.MQBrokerException;
 import org.apache.rocketmq.client.exception.MQClientException;
@@ -142,20 +142,23 @@ public final class RmqTool {
 
     // ------------------------------------------------------------------ subcommands
     private int consume() throws Exception {
+        // DefaultMQPullConsumer: offsets are ours, no background pull tasks. (A LitePull
+        // consumer's seek() races with its first long-polling pull at the group's start
+        // offset and can stall until the next message arrives.)
         String topic = req("--topic");
         long count = num("--count", 1), deadline = System.currentTimeMillis() + num("--timeout-ms", 10_000);
-        DefaultLitePullConsumer c = new DefaultLitePullConsumer(opt("--group", "rmqtool_consume_"
+        DefaultMQPullConsumer c = new DefaultMQPullConsumer(opt("--group", "rmqtool_consume_"
             + ProcessHandle.current().pid() + "_" + ThreadLocalRandom.current().nextInt(1_000_000)));
         c.setNamesrvAddr(namesrv);
         c.setInstanceName("rmqtool-" + ProcessHandle.current().pid());
-        c.setAutoCommit(false);
-        c.setPullThreadNums(4);
         c.setVipChannelEnabled(false);
         c.start();
-        Collection<MessageQueue> mqs = null;
-        while (mqs == null || mqs.isEmpty()) { // the topic may not exist yet
+        Map<MessageQueue, Long> next = new TreeMap<>();
+        while (next.isEmpty()) { // the topic may not exist yet
             try {
-                mqs = c.fetchMessageQueues(topic);
+                for (MessageQueue mq : c.fetchSubscribeMessageQueues(topic)) {
+                    next.put(mq, opts.containsKey("--from-end") ? c.maxOffset(mq) : 0L);
+                }
             } catch (MQClientException e) {
                 if (System.currentTimeMillis() > deadline) {
                     System.err.println("RmqTool: topic " + topic + " not found: " + e.getErrorMessage());
@@ -164,23 +167,24 @@ public final class RmqTool {
                 Thread.sleep(200);
             }
         }
-        c.assign(mqs);
-        for (MessageQueue mq : mqs) {
-            if (opts.containsKey("--from-end")) c.seekToEnd(mq); else c.seek(mq, 0);
-        }
         long got = 0;
-        while (got < count) {
-            long left = deadline - System.currentTimeMillis();
-            if (left <= 0) {
+        while (true) {
+            boolean any = false;
+            for (Map.Entry<MessageQueue, Long> e : next.entrySet()) {
+                PullResult r = c.pull(e.getKey(), "*", e.getValue(), 32, 5000);
+                e.setValue(r.getNextBeginOffset());
+                for (MessageExt m : r.getMsgFoundList() == null ? List.<MessageExt>of() : r.getMsgFoundList()) {
+                    System.out.println(messageJson(m));
+                    any = true;
+                    if (++got >= count) return 0;
+                }
+            }
+            if (System.currentTimeMillis() > deadline) {
                 System.err.println("RmqTool: timeout: got " + got + " of " + count + " messages from " + topic);
                 return 1;
             }
-            for (MessageExt m : c.poll(Math.min(left, 500))) {
-                System.out.println(messageJson(m));
-                if (++got >= count) break;
-            }
+            if (!any) Thread.sleep(100);
         }
-        return 0;
     }
 
     private int produce() throws Exception {
