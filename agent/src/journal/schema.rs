@@ -5,6 +5,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::config::SyncMode;
@@ -110,6 +111,12 @@ fn classify_open(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
+/// Marks an opened file as accepted: from now on closing checkpoints the WAL as usual.
+pub(crate) fn accept(conn: &Connection) -> rusqlite::Result<()> {
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, false)
+        .map(|_| ())
+}
+
 /// Runs `PRAGMA quick_check` or `integrity_check`; returns the problems (empty = healthy).
 pub(crate) fn check(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String>> {
     let mut stmt = conn.prepare(sql)?;
@@ -124,7 +131,8 @@ pub(crate) fn check(conn: &Connection, sql: &str) -> rusqlite::Result<Vec<String
     Ok(problems)
 }
 
-/// Opens (and, read-write, creates or upgrades) the journal at `path`.
+/// Opens (and, read-write, creates) the journal at `path`. The connection does not
+/// checkpoint on close until [`accept`] is called, so a file refused later is untouched.
 pub(crate) fn open(
     path: &Path,
     read_only: bool,
@@ -152,6 +160,10 @@ pub(crate) fn open(
     };
     let conn = Connection::open_with_flags(path, flags).map_err(|e| classify_open(path, e))?;
     let err = |e| classify_open(path, e);
+    // Until the file is accepted, closing must not checkpoint the WAL into it: a refused
+    // journal is left exactly as it was found, WAL included.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+        .map_err(err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
     // The first statement reads the header: a file that is not a database fails here.
     let app_id: i64 = conn

@@ -146,6 +146,9 @@ impl Store {
             writer: WriterStats::default(),
         };
         let loaded = store.load().and_then(|()| {
+            if !store.opts.read_only {
+                sql::accept(&store.conn)?;
+            }
             store.begin()?;
             store.commit()
         });
