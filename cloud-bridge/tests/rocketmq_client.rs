@@ -205,6 +205,63 @@ async fn send_dispatches_to_the_listed_lmqs_and_pull_reads_it_back() -> TestResu
 }
 
 #[tokio::test]
+async fn name_server_requests_move_on_from_an_unreachable_server() -> TestResult {
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.to_string()
+    };
+    let mut addrs = vec![refused];
+    addrs.extend(parse_addrs(&support::namesrv_addr()?));
+    let client = Client::new(ClientConfig::default());
+    let namesrv = NameServer::new(client.clone(), addrs)?;
+    let info = namesrv.cluster_info().await?;
+    assert!(!info.master_addrs(&support::cluster_name()).is_empty());
+    // Writes go to every server, so one unreachable server fails them.
+    let namespace = support::unique_name("cbns");
+    assert!(matches!(
+        namesrv.put_kv_config(&namespace, "k", "v").await,
+        Err(Error::Connect { .. })
+    ));
+    env()?.namesrv.delete_kv_config(&namespace, "k").await?;
+    client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_long_poll_returns_when_a_message_arrives() -> TestResult {
+    let env = env()?;
+    let topic = support::unique_name("cbpoll");
+    let route = create_topic(&env, &topic).await?;
+    let addr = master(&route)?;
+    let lmq = format!("%LMQ%{topic}%poll%");
+    let poll = {
+        let client = env.client.clone();
+        let (addr, lmq) = (addr.clone(), lmq.clone());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let request = PullRequest::lmq(&lmq, 0, 32).long_poll(Duration::from_secs(10));
+            let result = client.broker(&addr).pull(&request).await;
+            (started.elapsed(), result)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let producer = Producer::new(env.namesrv.clone(), ProducerConfig::default());
+    let properties = [(property::INNER_MULTI_DISPATCH, lmq.as_str())];
+    producer
+        .send(&topic, &properties, Bytes::from_static(b"wake up"), &lmq)
+        .await?;
+    let (waited, result) = poll.await?;
+    let result = result?;
+    assert!(
+        matches!(&result, PullResult::Found { messages, .. } if messages.len() == 1),
+        "{result:?}"
+    );
+    assert!(waited < Duration::from_secs(5), "woke up after {waited:?}");
+    env.client.close().await;
+    Ok(())
+}
+
+#[tokio::test]
 async fn pulling_an_lmq_that_never_had_a_message_is_empty() -> TestResult {
     let env = env()?;
     let topic = support::unique_name("cbempty");

@@ -22,6 +22,10 @@ pub const LMQ_PULL_GROUP: &str = "CID_RMQ_SYS_LMQ_PULL";
 /// The topic new topics inherit their settings from.
 pub const DEFAULT_TOPIC: &str = "TBW102";
 
+/// How often the Java broker checks held pulls for expiry: a long poll with nothing to
+/// return is answered up to this long after its suspend time.
+pub const HOLD_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Pull flags (`PullSysFlag` of the Java code).
 mod pull_flag {
     pub const COMMIT_OFFSET: i32 = 0x1;
@@ -210,20 +214,20 @@ impl Broker<'_> {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
         let mut request = RemotingCommand::request(request_code::SEND_MESSAGE_V2)
-            .field("a", req.producer_group)
-            .field("b", req.topic)
+            .field("a", req.producer_group.to_owned())
+            .field("b", req.topic.to_owned())
             .field("c", DEFAULT_TOPIC)
             .field("d", "4")
             .field("e", req.queue_id.to_string())
             .field("f", "0")
             .field("g", born.to_string())
             .field("h", req.flag.to_string())
-            .field("i", req.properties)
+            .field("i", req.properties.to_owned())
             .field("j", "0")
             .field("k", "false")
             .field("m", "false");
         if let Some(name) = req.broker_name {
-            request = request.field("n", name);
+            request = request.field("n", name.to_owned());
         }
         let request = request.with_body(req.body.clone());
         let response = self.invoke(request).await?;
@@ -244,8 +248,8 @@ impl Broker<'_> {
         }
     }
 
-    /// Pulls messages. With long polling, the request deadline is the suspend time plus
-    /// this handle's timeout.
+    /// Pulls messages. With long polling, the request deadline is this handle's timeout
+    /// plus the suspend time plus [`HOLD_CHECK_INTERVAL`].
     pub async fn pull(&self, req: &PullRequest<'_>) -> Result<PullResult, Error> {
         let mut sys_flag = pull_flag::SUBSCRIPTION;
         if req.commit_offset.is_some() {
@@ -256,21 +260,23 @@ impl Broker<'_> {
             sys_flag |= pull_flag::SUSPEND;
         }
         let request = RemotingCommand::request(request_code::PULL_MESSAGE)
-            .field("consumerGroup", req.consumer_group)
-            .field("topic", req.topic)
+            .field("consumerGroup", req.consumer_group.to_owned())
+            .field("topic", req.topic.to_owned())
             .field("queueId", req.queue_id.to_string())
             .field("queueOffset", req.queue_offset.to_string())
             .field("maxMsgNums", req.max_msgs.to_string())
             .field("sysFlag", sys_flag.to_string())
             .field("commitOffset", req.commit_offset.unwrap_or(0).to_string())
             .field("suspendTimeoutMillis", suspend.as_millis().to_string())
-            .field("subscription", req.subscription)
+            .field("subscription", req.subscription.to_owned())
             .field("subVersion", "0")
             .field("expressionType", "TAG");
-        let response = self
-            .client
-            .invoke(self.addr, request, self.timeout + suspend)
-            .await?;
+        let deadline = if req.suspend.is_some() {
+            self.timeout + suspend + HOLD_CHECK_INTERVAL
+        } else {
+            self.timeout
+        };
+        let response = self.client.invoke(self.addr, request, deadline).await?;
         let next_offset = || {
             response
                 .parse_ext::<i64>("nextBeginOffset")
@@ -299,7 +305,7 @@ impl Broker<'_> {
 
     async fn offset(&self, code: i32, topic: &str, queue_id: i32) -> Result<i64, Error> {
         let request = RemotingCommand::request(code)
-            .field("topic", topic)
+            .field("topic", topic.to_owned())
             .field("queueId", queue_id.to_string());
         self.invoke(request)
             .await?
@@ -329,8 +335,8 @@ impl Broker<'_> {
         queue_id: i32,
     ) -> Result<Option<i64>, Error> {
         let request = RemotingCommand::request(request_code::QUERY_CONSUMER_OFFSET)
-            .field("consumerGroup", group)
-            .field("topic", topic)
+            .field("consumerGroup", group.to_owned())
+            .field("topic", topic.to_owned())
             .field("queueId", queue_id.to_string())
             .field("setZeroIfNotFound", "false");
         let response = self.invoke(request).await?;
@@ -351,8 +357,8 @@ impl Broker<'_> {
         offset: i64,
     ) -> Result<(), Error> {
         let request = RemotingCommand::request(request_code::UPDATE_CONSUMER_OFFSET)
-            .field("consumerGroup", group)
-            .field("topic", topic)
+            .field("consumerGroup", group.to_owned())
+            .field("topic", topic.to_owned())
             .field("queueId", queue_id.to_string())
             .field("commitOffset", offset.to_string());
         self.invoke(request).await?.into_success().map(drop)
@@ -362,7 +368,7 @@ impl Broker<'_> {
     /// registers it with the name servers itself.
     pub async fn create_topic(&self, config: &TopicConfig) -> Result<(), Error> {
         let request = RemotingCommand::request(request_code::UPDATE_AND_CREATE_TOPIC)
-            .field("topic", config.topic.as_str())
+            .field("topic", config.topic.clone())
             .field("defaultTopic", DEFAULT_TOPIC)
             .field("readQueueNums", config.read_queue_nums.to_string())
             .field("writeQueueNums", config.write_queue_nums.to_string())

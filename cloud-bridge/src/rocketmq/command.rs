@@ -99,14 +99,18 @@ pub mod response_code {
 
 /// The custom header of a command: string keys to string values, in insertion order.
 ///
-/// A small vector rather than a map: headers have a handful of fields, and requests use
-/// `&'static str` keys so building one allocates only the values.
+/// A small vector rather than a map: headers have a handful of fields. Requests use
+/// `&'static str` keys, and constant values are borrowed too, so building a request
+/// allocates only its variable values.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ExtFields(Vec<(Cow<'static, str>, String)>);
+pub struct ExtFields(Vec<(Cow<'static, str>, Cow<'static, str>)>);
 
 impl ExtFields {
     /// Adds a field. Lookups return the first field with a given key.
-    pub fn push(&mut self, key: &'static str, value: impl Into<String>) {
+    pub fn push(&mut self, key: &'static str, value: impl Into<Cow<'static, str>>) {
+        if self.0.capacity() == 0 {
+            self.0.reserve(16);
+        }
         self.0.push((Cow::Borrowed(key), value.into()));
     }
 
@@ -115,7 +119,7 @@ impl ExtFields {
         self.0
             .iter()
             .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v.as_ref())
     }
 
     /// Number of fields.
@@ -130,7 +134,7 @@ impl ExtFields {
 
     /// All fields, in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_str()))
+        self.0.iter().map(|(k, v)| (k.as_ref(), v.as_ref()))
     }
 }
 
@@ -175,7 +179,7 @@ impl<'de> Visitor<'de> for ExtFieldsVisitor {
         let mut fields = Vec::with_capacity(access.size_hint().unwrap_or(8));
         while let Some((k, v)) = access.next_entry::<String, ScalarString>()? {
             if let Some(v) = v.0 {
-                fields.push((Cow::Owned(k), v));
+                fields.push((Cow::Owned(k), Cow::Owned(v)));
             }
         }
         Ok(ExtFields(fields))
@@ -251,7 +255,7 @@ impl RemotingCommand {
 
     /// Adds a custom header field.
     #[must_use]
-    pub fn field(mut self, key: &'static str, value: impl Into<String>) -> Self {
+    pub fn field(mut self, key: &'static str, value: impl Into<Cow<'static, str>>) -> Self {
         self.ext_fields.push(key, value);
         self
     }

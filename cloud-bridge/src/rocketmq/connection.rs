@@ -157,26 +157,29 @@ impl Connection {
             }
             waiters.map.insert(opaque, tx);
         }
+        // Removes the waiter if this future is dropped or gives up before the response.
+        let mut registered = Registered {
+            shared: &self.shared,
+            opaque,
+            armed: true,
+        };
         match timeout_at(deadline, self.queue.send(cmd)).await {
             Ok(Ok(())) => {}
-            Ok(Err(mpsc::error::SendError(cmd))) => {
-                self.shared.forget(opaque);
-                return Err(Failure::NotSent(cmd));
-            }
-            Err(_) => {
-                self.shared.forget(opaque);
-                return Err(Failure::Error(Error::Timeout));
-            }
+            Ok(Err(mpsc::error::SendError(cmd))) => return Err(Failure::NotSent(cmd)),
+            Err(_) => return Err(Failure::Error(Error::Timeout)),
         }
         let result = match timeout_at(deadline, rx).await {
-            Ok(Ok(result)) => result.map_err(Failure::Error),
+            Ok(Ok(result)) => {
+                registered.armed = false; // the reader removed it
+                result.map_err(Failure::Error)
+            }
             Ok(Err(_dropped)) => Err(Failure::Error(Error::ConnectionClosed)),
             Err(_) => {
-                self.shared.forget(opaque);
                 tracing::debug!(addr = %self.shared.addr, opaque, "RocketMQ request timed out");
                 Err(Failure::Error(Error::Timeout))
             }
         };
+        drop(registered);
         drop(permit);
         result
     }
@@ -193,6 +196,21 @@ impl Connection {
             Ok(Ok(())) => Ok(()),
             Ok(Err(mpsc::error::SendError(cmd))) => Err(Failure::NotSent(cmd)),
             Err(_) => Err(Failure::Error(Error::Timeout)),
+        }
+    }
+}
+
+/// A waiter in the map, removed on drop unless disarmed.
+struct Registered<'a> {
+    shared: &'a Shared,
+    opaque: i32,
+    armed: bool,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.forget(self.opaque);
         }
     }
 }

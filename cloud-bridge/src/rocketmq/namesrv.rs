@@ -130,7 +130,7 @@ impl NameServer {
     /// is [`Error::RouteNotFound`].
     pub async fn topic_route(&self, topic: &str) -> Result<TopicRoute, Error> {
         let request = RemotingCommand::request(request_code::GET_ROUTEINFO_BY_TOPIC)
-            .field("topic", topic)
+            .field("topic", topic.to_owned())
             .field("acceptStandardJsonOnly", "true");
         let response = self.invoke_any(request).await?;
         match response.code {
@@ -155,17 +155,17 @@ impl NameServer {
         value: &str,
     ) -> Result<(), Error> {
         let request = RemotingCommand::request(request_code::PUT_KV_CONFIG)
-            .field("namespace", namespace)
-            .field("key", key)
-            .field("value", value);
+            .field("namespace", namespace.to_owned())
+            .field("key", key.to_owned())
+            .field("value", value.to_owned());
         self.invoke_all(request).await
     }
 
     /// The value of `namespace`/`key`, `None` when absent (GET_KV_CONFIG).
     pub async fn get_kv_config(&self, namespace: &str, key: &str) -> Result<Option<String>, Error> {
         let request = RemotingCommand::request(request_code::GET_KV_CONFIG)
-            .field("namespace", namespace)
-            .field("key", key);
+            .field("namespace", namespace.to_owned())
+            .field("key", key.to_owned());
         let response = self.invoke_any(request).await?;
         match response.code {
             response_code::SUCCESS => Ok(response.ext("value").map(str::to_owned)),
@@ -178,15 +178,15 @@ impl NameServer {
     /// absent key succeeds.
     pub async fn delete_kv_config(&self, namespace: &str, key: &str) -> Result<(), Error> {
         let request = RemotingCommand::request(request_code::DELETE_KV_CONFIG)
-            .field("namespace", namespace)
-            .field("key", key);
+            .field("namespace", namespace.to_owned())
+            .field("key", key.to_owned());
         self.invoke_all(request).await
     }
 
     /// Every entry of `namespace`, empty when there is none (GET_KVLIST_BY_NAMESPACE).
     pub async fn kv_list(&self, namespace: &str) -> Result<HashMap<String, String>, Error> {
         let request = RemotingCommand::request(request_code::GET_KVLIST_BY_NAMESPACE)
-            .field("namespace", namespace);
+            .field("namespace", namespace.to_owned());
         let response = self.invoke_any(request).await?;
         match response.code {
             response_code::SUCCESS => Ok(parse_json::<KvTable>(&response.body, "kv list")?.table),

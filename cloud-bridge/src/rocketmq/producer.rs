@@ -158,6 +158,7 @@ impl Producer {
         let entry = self.entry(topic);
         let route = self.route(topic, &entry).await?;
         let start = (fnv1a(order_key.as_bytes()) % route.queues.len() as u64) as usize;
+        // Brokers that could not be reached (allocated only on that rare path).
         let mut tried: Vec<&str> = Vec::new();
         let mut last_error = None;
         for i in 0..route.queues.len() {
@@ -165,7 +166,6 @@ impl Producer {
             if tried.contains(&&*queue.broker_name) {
                 continue;
             }
-            tried.push(&queue.broker_name);
             let request = SendRequest {
                 producer_group: &self.config.group,
                 topic,
@@ -182,6 +182,7 @@ impl Producer {
             match broker.send(&request).await {
                 Ok(result) => return Ok(result),
                 Err(e @ Error::Connect { .. }) => {
+                    tried.push(&queue.broker_name);
                     tracing::warn!(topic, broker = %queue.broker_name, error = %e,
                         "broker unreachable, sending to the next one");
                     Self::mark_stale(&entry);
