@@ -14,7 +14,11 @@ use rumqttc::v5::mqttbytes::v5;
 
 async fn still_serving(addr: SocketAddr, first: &str) {
     let mut c = Raw::connect(addr, true).await;
-    assert_eq!(c.handshake("healthy", Some("demo"), Some(&password("healthy"))).await, 0);
+    assert_eq!(
+        c.handshake("healthy", Some("demo"), Some(&password("healthy")))
+            .await,
+        0
+    );
     c.send5(v5::Packet::Publish(v5::Publish {
         dup: false,
         qos: rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
@@ -34,7 +38,10 @@ async fn still_serving(addr: SocketAddr, first: &str) {
 async fn connected(addr: SocketAddr, v5: bool) -> Raw {
     let mut c = Raw::connect(addr, v5).await;
     let id = unique("bad");
-    assert_eq!(c.handshake(&id, Some("demo"), Some(&password(&id))).await, 0);
+    assert_eq!(
+        c.handshake(&id, Some("demo"), Some(&password(&id))).await,
+        0
+    );
     c
 }
 
@@ -54,7 +61,10 @@ async fn malformed_oversized_and_wildcard_publishes_are_disconnected_cleanly() {
     // Garbage instead of CONNECT.
     let mut c = Raw::connect(addr, false).await;
     c.send_bytes(&[0xFF; 32]).await;
-    assert!(c.closed_within(Duration::from_secs(5)).await.0, "garbage first packet");
+    assert!(
+        c.closed_within(Duration::from_secs(5)).await.0,
+        "garbage first packet"
+    );
 
     // A malformed PUBLISH: topic length beyond the packet.
     for v5 in [false, true] {
@@ -63,7 +73,10 @@ async fn malformed_oversized_and_wildcard_publishes_are_disconnected_cleanly() {
         let (closed, seen) = c.closed_within(Duration::from_secs(5)).await;
         assert!(closed, "malformed publish (v5={v5})");
         if v5 {
-            assert_eq!(disconnect_reason(&seen), Some(v5::DisconnectReasonCode::MalformedPacket));
+            assert_eq!(
+                disconnect_reason(&seen),
+                Some(v5::DisconnectReasonCode::MalformedPacket)
+            );
         }
     }
 
@@ -74,12 +87,19 @@ async fn malformed_oversized_and_wildcard_publishes_are_disconnected_cleanly() {
         let (closed, seen) = c.closed_within(Duration::from_secs(5)).await;
         assert!(closed, "oversized packet (v5={v5})");
         if v5 {
-            assert_eq!(disconnect_reason(&seen), Some(v5::DisconnectReasonCode::PacketTooLarge));
+            assert_eq!(
+                disconnect_reason(&seen),
+                Some(v5::DisconnectReasonCode::PacketTooLarge)
+            );
         }
     }
 
     // PUBLISH topics with + # or %.
-    for topic in [format!("{first}/+"), format!("{first}/#"), format!("{first}/a%b")] {
+    for topic in [
+        format!("{first}/+"),
+        format!("{first}/#"),
+        format!("{first}/a%b"),
+    ] {
         for v5 in [false, true] {
             let mut c = connected(addr, v5).await;
             if v5 {
@@ -101,24 +121,35 @@ async fn malformed_oversized_and_wildcard_publishes_are_disconnected_cleanly() {
             let (closed, seen) = c.closed_within(Duration::from_secs(5)).await;
             assert!(closed, "publish to {topic} (v5={v5})");
             assert!(
-                !seen.iter().any(|p| matches!(p, Packet::V5(v5::Packet::PubAck(_)))),
+                !seen
+                    .iter()
+                    .any(|p| matches!(p, Packet::V5(v5::Packet::PubAck(_)))),
                 "no PUBACK for {topic}"
             );
             if v5 {
-                assert_eq!(disconnect_reason(&seen), Some(v5::DisconnectReasonCode::TopicNameInvalid));
+                assert_eq!(
+                    disconnect_reason(&seen),
+                    Some(v5::DisconnectReasonCode::TopicNameInvalid)
+                );
             }
         }
     }
 
     // A second CONNECT on a connection is a protocol error.
     let mut c = connected(addr, false).await;
-    c.send4(v4::Packet::Connect(v4::Connect::new("again"))).await;
-    assert!(c.closed_within(Duration::from_secs(5)).await.0, "second CONNECT");
+    c.send4(v4::Packet::Connect(v4::Connect::new("again")))
+        .await;
+    assert!(
+        c.closed_within(Duration::from_secs(5)).await.0,
+        "second CONNECT"
+    );
 
     // An unknown protocol level gets CONNACK 1 (3.1.1's "unacceptable protocol version").
     let mut c = Raw::connect(addr, false).await;
-    c.send_bytes(&[0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x07, 0x02, 0x00, 0x1E, 0x00, 0x00])
-        .await;
+    c.send_bytes(&[
+        0x10, 0x0C, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x07, 0x02, 0x00, 0x1E, 0x00, 0x00,
+    ])
+    .await;
     match c.recv(Duration::from_secs(5)).await {
         Some(Packet::V4(v4::Packet::ConnAck(a))) => {
             assert_eq!(a.code, v4::ConnectReturnCode::RefusedProtocolVersion)
@@ -139,8 +170,14 @@ async fn a_connection_whose_connect_never_comes_is_closed() {
     let mut partial = Raw::connect(addr, false).await;
     partial.send_bytes(&[0x10, 0x20, 0x00]).await; // half a CONNECT
     // connect_timeout_secs = 2 in the test config.
-    assert!(idle.closed_within(Duration::from_secs(5)).await.0, "idle connection");
-    assert!(partial.closed_within(Duration::from_secs(5)).await.0, "partial CONNECT");
+    assert!(
+        idle.closed_within(Duration::from_secs(5)).await.0,
+        "idle connection"
+    );
+    assert!(
+        partial.closed_within(Duration::from_secs(5)).await.0,
+        "partial CONNECT"
+    );
     still_serving(addr, &first).await;
     server.stop(Duration::from_secs(5)).await;
 }

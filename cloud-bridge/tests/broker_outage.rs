@@ -52,7 +52,11 @@ async fn publishes_during_a_broker_outage_are_not_acknowledged_and_retries_land(
     let mut acked: Vec<String> = Vec::new();
 
     let mut c5 = Raw::connect(addr, true).await;
-    assert_eq!(c5.handshake("out5", Some("demo"), Some(&password("out5"))).await, 0);
+    assert_eq!(
+        c5.handshake("out5", Some("demo"), Some(&password("out5")))
+            .await,
+        0
+    );
     for i in 0..5 {
         let p = format!("before-{i}");
         c5.send5(publish5(&topic, 1 + i, false, &p)).await;
@@ -63,13 +67,22 @@ async fn publishes_during_a_broker_outage_are_not_acknowledged_and_retries_land(
     broker("stop");
     // MQTT 5: an error PUBACK, never Success, while the broker is down.
     for i in 0..3u16 {
-        c5.send5(publish5(&topic, 10 + i, false, &format!("during-{i}"))).await;
+        c5.send5(publish5(&topic, 10 + i, false, &format!("during-{i}")))
+            .await;
         let reason = puback5(&mut c5).await;
-        assert_ne!(reason, v5::PubAckReason::Success, "acknowledged while the broker is down");
+        assert_ne!(
+            reason,
+            v5::PubAckReason::Success,
+            "acknowledged while the broker is down"
+        );
     }
     // MQTT 3.1.1: no PUBACK; the connection is closed so the client retries on reconnect.
     let mut c4 = Raw::connect(addr, false).await;
-    assert_eq!(c4.handshake("out4", Some("demo"), Some(&password("out4"))).await, 0);
+    assert_eq!(
+        c4.handshake("out4", Some("demo"), Some(&password("out4")))
+            .await,
+        0
+    );
     let mut p = v4::Publish::new(topic.clone(), rumqttc::QoS::AtLeastOnce, "v4-retry");
     p.pkid = 7;
     c4.send4(v4::Packet::Publish(p.clone())).await;
@@ -93,7 +106,11 @@ async fn publishes_during_a_broker_outage_are_not_acknowledged_and_retries_land(
         }
     }
     let mut c4 = Raw::connect(addr, false).await;
-    assert_eq!(c4.handshake("out4", Some("demo"), Some(&password("out4"))).await, 0);
+    assert_eq!(
+        c4.handshake("out4", Some("demo"), Some(&password("out4")))
+            .await,
+        0
+    );
     p.dup = true;
     c4.send4(v4::Packet::Publish(p)).await;
     assert!(matches!(
@@ -105,7 +122,10 @@ async fn publishes_during_a_broker_outage_are_not_acknowledged_and_retries_land(
     let got = consume(&first, acked.len());
     let bodies: Vec<&str> = got.iter().filter_map(|m| m["body_utf8"].as_str()).collect();
     for a in &acked {
-        assert!(bodies.contains(&a.as_str()), "acknowledged message {a} is missing");
+        assert!(
+            bodies.contains(&a.as_str()),
+            "acknowledged message {a} is missing"
+        );
     }
     server.stop(Duration::from_secs(5)).await;
 }
