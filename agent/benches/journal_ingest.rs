@@ -92,6 +92,32 @@ async fn run(dir: &Path, case: &Case, secs: u64) -> Result<Figures, edge_agent::
     })
 }
 
+/// Plain rusqlite in the same conditions, one INSERT per transaction on this thread: the
+/// floor the journal's per-append overhead (channel, thread hop, indexes, counters) adds to.
+fn baseline(dir: &Path, sync: SyncMode, secs: u64) -> rusqlite::Result<f64> {
+    let path = dir.join(format!("baseline-{sync:?}.db"));
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.clone().into_os_string();
+        p.push(suffix);
+        let _ = std::fs::remove_file(p);
+    }
+    let conn = rusqlite::Connection::open(&path)?;
+    conn.pragma_update_and_check(None, "journal_mode", "WAL", |_| Ok(()))?;
+    conn.pragma_update(None, "synchronous", sync.pragma_value())?;
+    conn.execute_batch("CREATE TABLE t (seq INTEGER PRIMARY KEY, topic TEXT, payload BLOB)")?;
+    let start = Instant::now();
+    let until = start + Duration::from_secs(secs);
+    let mut n = 0u64;
+    while Instant::now() < until {
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        conn.prepare_cached("INSERT INTO t (topic, payload) VALUES (?1, ?2)")?
+            .execute(rusqlite::params!["bench/0/data", &PAYLOAD[..]])?;
+        conn.execute_batch("COMMIT")?;
+        n += 1;
+    }
+    Ok(n as f64 / start.elapsed().as_secs_f64())
+}
+
 fn main() {
     let secs = std::env::var("BENCH_SECS")
         .ok()
@@ -123,6 +149,18 @@ fn main() {
         "sync", "appenders", "in-flight", "appends/s", "avg batch", "max batch"
     );
     for sync in [SyncMode::Full, SyncMode::Normal] {
+        match baseline(&dir, sync, secs) {
+            Ok(rate) => println!(
+                "{:<8} {:>9} {:>9} {:>12.0} {:>10} {:>9}  (plain rusqlite, 1 row per commit)",
+                format!("{sync:?}"),
+                "-",
+                "-",
+                rate,
+                "1.0",
+                1
+            ),
+            Err(e) => println!("{sync:?} baseline failed: {e}"),
+        }
         for (appenders, in_flight) in [(1, 1), (10, 1), (1, 64)] {
             let case = Case {
                 sync,

@@ -199,9 +199,10 @@ impl Store {
         } else {
             sql::BEGIN_IMMEDIATE
         };
-        self.conn.execute_batch(begin)?;
+        // Snapshot first: a failed BEGIN is rolled back (restored) like any other failure.
         self.saved = (self.acct, self.counters);
         self.pending = Counters::default();
+        self.conn.execute_batch(begin)?;
         self.batch_limit = None;
         self.batch_swept = false;
         let now = self.env.clock.now_ms();
