@@ -69,7 +69,7 @@ impl Bridge {
             properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let sent = tokio::time::timeout(
             this.config.send_timeout(),
-            this.producer.send(first, &properties, body, &message.topic),
+            send_while_busy(&this.producer, first, &properties, body, &message.topic),
         )
         .await;
         match sent {
@@ -88,6 +88,34 @@ impl Bridge {
                     "RocketMQ did not answer in time",
                 ))
             }
+        }
+    }
+}
+
+/// Response code of a broker that refused a message unprocessed (flow control).
+const SYSTEM_BUSY: i32 = 2;
+
+/// Sends, retrying while the broker answers "busy": it refused the message before storing
+/// it, so a retry cannot duplicate it (the Java producer retries it too). The caller's
+/// timeout bounds the retries.
+async fn send_while_busy(
+    producer: &Producer,
+    topic: &str,
+    properties: &[(&str, &str)],
+    body: bytes::Bytes,
+    order_key: &str,
+) -> Result<(), crate::Error> {
+    let mut backoff = std::time::Duration::from_millis(20);
+    loop {
+        match producer
+            .send(topic, properties, body.clone(), order_key)
+            .await
+        {
+            Err(crate::Error::Remoting { code, .. }) if code == SYSTEM_BUSY => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
+            }
+            other => return other.map(|_| ()),
         }
     }
 }

@@ -158,6 +158,10 @@ traceTopicEnable=false
 fileReservedTime=1
 deleteWhen=00;01;02;03;04;05;06;07;08;09;10;11;12;13;14;15;16;17;18;19;20;21;22;23
 diskMaxUsedSpaceRatio=90
+# On a 2-core machine that also compiles, the default 200 ms send-queue wait (and 1 s page
+# cache wait) make the broker refuse sends as busy (code 2) under load: be patient instead.
+waitTimeMillsInSendQueue=5000
+osPageCacheBusyTimeOutMills=5000
 # Fewer threads on a 2-core machine.
 sendMessageThreadPoolNums=2
 pullMessageThreadPoolNums=8
