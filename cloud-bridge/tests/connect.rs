@@ -48,15 +48,21 @@ async fn hmac_signature_is_checked_with_the_right_connack_codes() {
     server.stop(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificates_name_the_client_and_untrusted_ones_are_refused() {
-    let first = unique("mtls");
+/// A test PKI and a listener "mtls" that requires client certificates from its CA.
+fn mtls_listener() -> (std::path::PathBuf, Pki, String) {
     let dir = std::env::temp_dir().join(unique("pki-"));
     let pki = Pki::new(&dir);
     let extra = format!(
         "[[listener]]\nname = \"mtls\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?}, client_ca = {:?}, require_client_cert = true }}\n",
         pki.server_cert, pki.server_key, pki.ca
     );
+    (dir, pki, extra)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_name_the_client_and_untrusted_ones_are_refused() {
+    let first = unique("mtls");
+    let (dir, pki, extra) = mtls_listener();
     let (server, _) = start_bridge(&config_text(&first, &[], &extra)).await;
     let addr = server.local_addr("mtls").unwrap();
     let gw = pki.client("gw-1", true);
@@ -119,12 +125,7 @@ async fn client_certificates_name_the_client_and_untrusted_ones_are_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_identity_must_match_the_client_id() {
     let first = unique("mtlsid");
-    let dir = std::env::temp_dir().join(unique("pki-"));
-    let pki = Pki::new(&dir);
-    let extra = format!(
-        "[[listener]]\nname = \"mtls\"\nbind = \"127.0.0.1:0\"\ntls = {{ cert = {:?}, key = {:?}, client_ca = {:?}, require_client_cert = true }}\n",
-        pki.server_cert, pki.server_key, pki.ca
-    );
+    let (dir, pki, extra) = mtls_listener();
     let (server, _) = start_bridge(&config_text(&first, &[], &extra)).await;
     let addr = server.local_addr("mtls").unwrap();
     let gw = pki.client("gw-1", true);

@@ -88,7 +88,9 @@ where
     B: Broker,
     IO: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let mut framed = Framed::new(io, Codec::new(shared.config.max_packet_size));
+    // Small initial buffers: idle connections are the common case; they grow on demand
+    // up to the maximum packet size.
+    let mut framed = Framed::with_capacity(io, Codec::new(shared.config.max_packet_size), 512);
     let Some(connect) = read_connect(&mut framed, &shared).await? else {
         return Ok(());
     };
