@@ -89,18 +89,20 @@ impl Meta {
             .unwrap_or_default()
     }
 
-    /// Reads kvconfig once.
+    /// Reads kvconfig once: the whole `LMQ` namespace in one request.
     pub async fn refresh(&self, namesrv: &NameServer) -> Result<(), Error> {
+        let kv = namesrv.kv_list(NAMESPACE).await?;
         let mut first_topics: HashSet<String> = self.configured.iter().cloned().collect();
-        if let Some(all) = namesrv.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {
-            first_topics.extend(split_list(&all));
+        if let Some(all) = kv.get(ALL_FIRST_TOPICS) {
+            first_topics.extend(split_list(all));
         }
-        let mut wildcards = HashMap::new();
-        for first in &first_topics {
-            if let Some(list) = namesrv.get_kv_config(NAMESPACE, first).await? {
-                wildcards.insert(first.clone(), Arc::new(split_list(&list)));
-            }
-        }
+        let wildcards = first_topics
+            .iter()
+            .filter_map(|first| {
+                kv.get(first)
+                    .map(|list| (first.clone(), Arc::new(split_list(list))))
+            })
+            .collect();
         let snapshot = Arc::new(Snapshot {
             first_topics,
             wildcards,
