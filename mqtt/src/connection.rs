@@ -50,6 +50,9 @@ pub struct ConnectionConfig {
     pub retain_available: bool,
     /// Time a will publish may take when the connection ends.
     pub will_timeout: Duration,
+    /// Most QoS 1/2 deliveries in flight to one client, whatever its receive maximum
+    /// (3.1.1 clients have none): bounds what a resumed session may redeliver.
+    pub max_inflight_deliveries: u16,
 }
 
 impl Default for ConnectionConfig {
@@ -61,6 +64,7 @@ impl Default for ConnectionConfig {
             publish_pipeline: 1,
             retain_available: true,
             will_timeout: Duration::from_secs(10),
+            max_inflight_deliveries: 32,
         }
     }
 }
@@ -146,7 +150,11 @@ where
         awaiting_rel: HashSet::new(),
         outgoing: HashMap::new(),
         next_pkid: 0,
-        client_receive_maximum: usize::from(connect.receive_maximum),
+        client_receive_maximum: usize::from(
+            connect
+                .receive_maximum
+                .min(shared.config.max_inflight_deliveries.max(1)),
+        ),
         pipeline: shared.config.publish_pipeline.max(1),
         broker: shared.broker.clone(),
     };
