@@ -9,17 +9,27 @@
 
 use std::sync::Arc;
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
 use futures_util::future::BoxFuture;
-use mqtt::broker::{Accepted, Broker, Close, Peer, Refusal, Session};
-use mqtt::packet::{Connect, Message, Reason, SubscribeOutcome, SubscriptionRequest};
+use mqtt::broker::{Accepted, Broker, Peer, Refusal};
+use mqtt::packet::{Connect, Message, Reason};
 use tracing::warn;
 
 use crate::auth::{self, Access};
 use crate::config::Config;
+use crate::error::Error;
 use crate::lmq;
 use crate::lmq_message;
-use crate::meta::Meta;
-use crate::rocketmq::Producer;
+use crate::meta::{self, Meta};
+use crate::retained;
+use crate::rocketmq::{NameServer, Producer};
+use crate::session::{BridgeSession, Opening};
+
+/// How long a topic's broker list is used before it is looked up again.
+const ROUTE_TTL: Duration = Duration::from_secs(30);
 
 /// What every connection of the bridge shares.
 #[derive(Debug, Clone)]
@@ -31,19 +41,105 @@ pub struct Bridge {
 struct Inner {
     config: Arc<Config>,
     meta: Arc<Meta>,
+    namesrv: Arc<NameServer>,
     producer: Producer,
+    routes: Mutex<HashMap<String, (Instant, Vec<String>)>>,
 }
 
 impl Bridge {
     /// A bridge writing through `producer`, with topic meta from `meta`.
-    pub fn new(config: Arc<Config>, meta: Arc<Meta>, producer: Producer) -> Self {
+    pub fn new(
+        config: Arc<Config>,
+        meta: Arc<Meta>,
+        namesrv: Arc<NameServer>,
+        producer: Producer,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 config,
                 meta,
+                namesrv,
                 producer,
+                routes: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Topic meta.
+    pub fn meta(&self) -> &Meta {
+        &self.inner.meta
+    }
+
+    /// The name servers.
+    pub fn namesrv(&self) -> &NameServer {
+        &self.inner.namesrv
+    }
+
+    /// The RocketMQ client.
+    pub fn client(&self) -> &crate::rocketmq::Client {
+        self.inner.namesrv.client()
+    }
+
+    /// The readable master brokers of a first-level topic (cached for [`ROUTE_TTL`]).
+    pub async fn route_brokers(&self, first: &str) -> Result<Vec<String>, Error> {
+        let cached = self
+            .inner
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(first)
+            .filter(|(at, _)| at.elapsed() < ROUTE_TTL)
+            .map(|(_, b)| b.clone());
+        if let Some(b) = cached {
+            return Ok(b);
+        }
+        let route = self.inner.namesrv.topic_route(first).await?;
+        let brokers: Vec<String> = route
+            .readable_masters()
+            .into_iter()
+            .map(|(_, addr)| addr.to_owned())
+            .collect();
+        self.inner
+            .routes
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(first.to_owned(), (Instant::now(), brokers.clone()));
+        Ok(brokers)
+    }
+
+    /// Every broker that holds a first-level topic: where p2p and retry queues live.
+    pub async fn cluster_brokers(&self) -> Result<Vec<String>, Error> {
+        let mut all = Vec::new();
+        for first in &self.inner.config.topics.first_level {
+            for b in self.route_brokers(first).await? {
+                if !all.contains(&b) {
+                    all.push(b);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// Registers a wildcard filter in kvconfig and in this bridge's meta at once.
+    pub async fn register_wildcard(&self, filter: &str) -> Result<(), Error> {
+        let first = mqtt::topic::first_level(filter);
+        let ns = &self.inner.namesrv;
+        let mut list = match ns.get_kv_config(meta::NAMESPACE, first).await? {
+            Some(v) => meta::split_list(&v),
+            None => Vec::new(),
+        };
+        if !list.iter().any(|f| f == filter) {
+            list.push(filter.to_owned());
+            ns.put_kv_config(meta::NAMESPACE, first, &list.join(","))
+                .await?;
+        }
+        self.inner.meta.add_wildcard(filter);
+        Ok(())
     }
 
     /// Stores one MQTT message in RocketMQ on behalf of `identity`.
@@ -62,6 +158,12 @@ impl Bridge {
                 format!("{identity} may not publish to {:?}", message.topic),
             ));
         }
+        if message.retain && message.payload.len() > this.config.limits.max_retained_bytes {
+            return Err(Refusal::new(
+                Reason::QuotaExceeded,
+                "retained message larger than limits.max_retained_bytes",
+            ));
+        }
         let wildcards = this.meta.wildcards(first);
         let queues = lmq::dispatch_queues(&message.topic, &wildcards);
         let (properties, body) = lmq_message::encode(&message, &queues);
@@ -73,6 +175,15 @@ impl Bridge {
         )
         .await;
         match sent {
+            Ok(Ok(_)) if message.retain => {
+                retained::put(&this.namesrv, &message).await.map_err(|e| {
+                    Refusal::new(
+                        Reason::ImplementationSpecificError,
+                        format!("retained message not stored: {e}"),
+                    )
+                })?;
+                Ok(Reason::Success)
+            }
             Ok(Ok(_)) => Ok(Reason::Success),
             Ok(Err(e)) => {
                 warn!(topic = %message.topic, error = %e, "RocketMQ send failed");
@@ -130,17 +241,29 @@ impl Broker for Bridge {
     ) -> BoxFuture<'static, Result<Accepted<BridgeSession>, Refusal>> {
         let result = auth::authenticate(&self.inner.config.auth, connect, peer);
         let client_id = connect.client_id.clone();
+        let clean_start = connect.clean_start;
+        let opening = Opening {
+            persistent: connect.session_expiry_interval > 0,
+            expiry_secs: connect.session_expiry_interval,
+            window: self.inner.config.limits.max_inflight,
+        };
         let bridge = self.clone();
         Box::pin(async move {
-            let identity = result?;
+            let identity: Arc<str> = Arc::from(result?.as_str());
+            let (session, session_present, deliveries) =
+                BridgeSession::open(bridge, identity, client_id.clone(), clean_start, opening)
+                    .await
+                    .map_err(|e| {
+                        Refusal::new(
+                            Reason::ServerUnavailable,
+                            format!("session not opened: {e}"),
+                        )
+                    })?;
             Ok(Accepted {
-                session: BridgeSession {
-                    bridge,
-                    identity: Arc::from(identity.as_str()),
-                },
-                session_present: false,
+                session,
+                session_present,
                 client_id,
-                deliveries: None,
+                deliveries: Some(deliveries),
             })
         })
     }
@@ -163,44 +286,5 @@ impl Broker for Bridge {
                 warn!(client = %identity, %refusal, "delayed will not published");
             }
         })
-    }
-}
-
-/// One client's session on the bridge.
-#[derive(Debug)]
-pub struct BridgeSession {
-    bridge: Bridge,
-    identity: Arc<str>,
-}
-
-impl Session for BridgeSession {
-    fn publish(&self, message: Message) -> BoxFuture<'static, Result<Reason, Refusal>> {
-        Box::pin(self.bridge.clone().store(self.identity.clone(), message))
-    }
-
-    fn subscribe(
-        &mut self,
-        requests: Vec<SubscriptionRequest>,
-    ) -> BoxFuture<'static, Vec<SubscribeOutcome>> {
-        // The read path (LMQ pulls, sessions, deliveries) is not served yet.
-        let outcomes = requests
-            .iter()
-            .map(|_| SubscribeOutcome::Refused(Reason::ImplementationSpecificError))
-            .collect();
-        Box::pin(async move { outcomes })
-    }
-
-    fn unsubscribe(&mut self, filters: Vec<String>) -> BoxFuture<'static, Vec<Reason>> {
-        let reasons = filters
-            .iter()
-            .map(|_| Reason::NoSubscriptionExisted)
-            .collect();
-        Box::pin(async move { reasons })
-    }
-
-    fn acked(&mut self, _tag: u64) {}
-
-    fn closed(self, _how: Close) -> BoxFuture<'static, ()> {
-        Box::pin(async {})
     }
 }

@@ -25,6 +25,9 @@ pub struct Config {
     /// Connection limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Subscription rules and limits.
+    #[serde(default)]
+    pub subscriptions: SubscriptionsConfig,
     /// MQTT listeners.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -110,6 +113,10 @@ pub struct Limits {
     pub receive_maximum: u16,
     /// Stores in flight per connection.
     pub publish_pipeline: usize,
+    /// QoS 1/2 deliveries in flight per client.
+    pub max_inflight: u16,
+    /// Largest retained payload, bytes.
+    pub max_retained_bytes: usize,
 }
 
 impl Default for Limits {
@@ -120,6 +127,43 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             receive_maximum: 128,
             publish_pipeline: 1,
+            max_inflight: 32,
+            max_retained_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// What a subscription to an unregistered wildcard filter does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnregisteredWildcards {
+    /// Register the filter in kvconfig and read it.
+    Register,
+    /// Refuse it with a SUBACK failure.
+    Refuse,
+}
+
+/// Subscription rules and limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubscriptionsConfig {
+    /// Unregistered wildcard filters.
+    pub unregistered: UnregisteredWildcards,
+    /// Longest filter, bytes.
+    pub max_filter_length: usize,
+    /// Deepest filter, levels.
+    pub max_filter_depth: usize,
+    /// Subscriptions per client.
+    pub max_per_client: usize,
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        Self {
+            unregistered: UnregisteredWildcards::Register,
+            max_filter_length: 256,
+            max_filter_depth: 8,
+            max_per_client: 64,
         }
     }
 }
@@ -221,6 +265,9 @@ impl Config {
         }
         if self.limits.max_connections == 0 || self.limits.publish_pipeline == 0 {
             return Err("limits: max_connections and publish_pipeline must be > 0".into());
+        }
+        if self.limits.max_inflight == 0 || self.subscriptions.max_per_client == 0 {
+            return Err("limits.max_inflight and subscriptions.max_per_client must be > 0".into());
         }
         if self.limits.receive_maximum == 0 {
             return Err("limits.receive_maximum must be > 0".into());

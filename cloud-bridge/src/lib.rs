@@ -9,7 +9,12 @@ pub mod error;
 pub mod lmq;
 pub mod lmq_message;
 pub mod meta;
+pub mod offsets;
+pub mod reader;
+pub mod retained;
 pub mod rocketmq;
 pub mod server;
+pub mod session;
+pub mod session_store;
 
 pub use error::Error;

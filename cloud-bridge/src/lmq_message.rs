@@ -118,3 +118,73 @@ mod tests {
         assert_eq!(ext["k"], "v");
     }
 }
+
+/// The MQTT message carried by a RocketMQ message read from an LMQ: the topic is
+/// `originMqttTopic`, or else rebuilt from the last non-wildcard LMQ of
+/// `INNER_MULTI_DISPATCH` (as rocketmq-mqtt does for plain producers); the empty-payload
+/// marker is undone; `qosLevel` (default 1) and `extData` come back as QoS and user
+/// properties. `None` when no topic can be found.
+pub fn decode(m: &crate::rocketmq::Message) -> Option<Message> {
+    let topic = match m.property(prop::ORIGIN_MQTT_TOPIC) {
+        Some(t) if !t.is_empty() => t.to_owned(),
+        _ => topic_from_dispatch(m.property(prop::INNER_MULTI_DISPATCH)?)?,
+    };
+    let payload = if m.property(prop::IS_EMPTY_MSG) == Some("true") {
+        Bytes::new()
+    } else {
+        m.body.clone()
+    };
+    let qos = match m.property(prop::QOS_LEVEL) {
+        Some("0") => mqtt::packet::QoS::AtMostOnce,
+        Some("2") => mqtt::packet::QoS::ExactlyOnce,
+        _ => mqtt::packet::QoS::AtLeastOnce,
+    };
+    let user_properties = m
+        .property(prop::EXT_DATA)
+        .and_then(|ext| serde_json::from_str::<BTreeMap<String, serde_json::Value>>(ext).ok())
+        .map(|map| {
+            map.into_iter()
+                .map(|(k, v)| match v {
+                    serde_json::Value::String(s) => (k, s),
+                    other => (k, other.to_string()),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Message {
+        topic,
+        payload,
+        qos,
+        retain: false,
+        properties: mqtt::packet::MessageProperties {
+            user_properties,
+            ..Default::default()
+        },
+    })
+}
+
+/// `%LMQ%t1%a%b%` -> `t1/a/b`, from the last LMQ without a wildcard.
+fn topic_from_dispatch(dispatch: &str) -> Option<String> {
+    let lmq = dispatch
+        .split(',')
+        .rev()
+        .find(|q| !q.contains(['+', '#']) && !q.starts_with("%LMQ%%"))?;
+    let queue = lmq.strip_prefix(crate::lmq::LMQ_PREFIX)?;
+    let queue = queue.strip_suffix('%').unwrap_or(queue);
+    (!queue.is_empty()).then(|| queue.replace('%', "/"))
+}
+
+#[cfg(test)]
+mod decode_tests {
+    use super::*;
+
+    #[test]
+    fn topic_is_rebuilt_from_the_last_plain_lmq() {
+        assert_eq!(
+            topic_from_dispatch("%LMQ%t1%a%b%,%LMQ%t1%+%b%").as_deref(),
+            Some("t1/a/b")
+        );
+        assert_eq!(topic_from_dispatch("%LMQ%t1").as_deref(), Some("t1"));
+        assert_eq!(topic_from_dispatch("%LMQ%t1%+%"), None);
+    }
+}

@@ -89,6 +89,28 @@ impl Meta {
             .unwrap_or_default()
     }
 
+    /// Adds a wildcard filter locally (it was just written to kvconfig).
+    pub fn add_wildcard(&self, filter: &str) {
+        let first = mqtt::topic::first_level(filter).to_owned();
+        let mut guard = match self.snapshot.write() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let mut wildcards = guard.wildcards.clone();
+        let mut list = wildcards
+            .get(&first)
+            .map(|l| l.to_vec())
+            .unwrap_or_default();
+        if !list.iter().any(|f| f == filter) {
+            list.push(filter.to_owned());
+        }
+        wildcards.insert(first, Arc::new(list));
+        *guard = Arc::new(Snapshot {
+            first_topics: guard.first_topics.clone(),
+            wildcards,
+        });
+    }
+
     /// Reads kvconfig once: the whole `LMQ` namespace in one request.
     pub async fn refresh(&self, namesrv: &NameServer) -> Result<(), Error> {
         let kv = namesrv.kv_list(NAMESPACE).await?;

@@ -73,13 +73,19 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let shared = Arc::new(Shared {
-            broker: Arc::new(Bridge::new(config.clone(), meta.clone(), producer)),
+            broker: Arc::new(Bridge::new(
+                config.clone(),
+                meta.clone(),
+                namesrv.clone(),
+                producer,
+            )),
             config: ConnectionConfig {
                 max_packet_size: config.limits.max_packet_size,
                 connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
                 receive_maximum: config.limits.receive_maximum,
                 publish_pipeline: config.limits.publish_pipeline,
-                retain_available: false,
+                retain_available: true,
+                max_inflight_deliveries: config.limits.max_inflight,
                 ..ConnectionConfig::default()
             },
             registry: Default::default(),

@@ -24,6 +24,20 @@ fn broker(action: &str) {
     assert!(status.success(), "rocketmq.sh {action} broker failed");
 }
 
+/// Restarts the broker when dropped, so a failing test does not leave it stopped for the
+/// tests that follow.
+struct RestartOnDrop;
+
+impl Drop for RestartOnDrop {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
+                .args(["start", "broker"])
+                .status();
+        }
+    }
+}
+
 fn publish5(topic: &str, pkid: u16, dup: bool, payload: &str) -> v5::Packet {
     v5::Packet::Publish(v5::Publish {
         dup,
@@ -64,6 +78,7 @@ async fn publishes_during_a_broker_outage_are_not_acknowledged_and_retries_land(
         acked.push(p);
     }
 
+    let _guard = RestartOnDrop;
     broker("stop");
     // MQTT 5: an error PUBACK, never Success, while the broker is down.
     for i in 0..3u16 {

@@ -1,0 +1,273 @@
+//! Reading one LMQ on one broker for one session: long-polling pulls
+//! (`PULL_MESSAGE`, group `CID_RMQ_SYS_LMQ_PULL`, queue 0), in queue order, handing each
+//! message to the session's bounded delivery channel.
+//!
+//! - Back-pressure: when the channel is full the reader waits; it pulls no further, so
+//!   memory stays bounded and the offsets simply lag.
+//! - Identity: a message's offset in this LMQ comes from `INNER_MULTI_QUEUE_OFFSET` (the
+//!   pulled message's own queue offset is the first-level topic's). Duplicates across
+//!   overlapping subscriptions are dropped by the message's real identity (`UNIQ_KEY`,
+//!   else the broker's offset message id), never by queue offset alone.
+//! - An LMQ that never received a message answers "no new message" (or code 17 on some
+//!   brokers): that is an empty queue, not an error.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use mqtt::broker::Delivery;
+use mqtt::packet::QoS;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::lmq_message;
+use crate::offsets::{QueueKey, Tracker};
+use crate::rocketmq::{Client, PullRequest, PullResult};
+
+/// How long one pull may be held by the broker.
+pub const LONG_POLL: Duration = Duration::from_secs(15);
+/// Messages per pull.
+const BATCH: u32 = 32;
+/// How many message ids a session remembers for de-duplication.
+const SEEN_CAPACITY: usize = 16_384;
+
+/// Recently delivered message ids of a session (bounded).
+#[derive(Debug, Default)]
+pub struct SeenIds {
+    order: VecDeque<String>,
+    set: HashSet<String>,
+}
+
+impl SeenIds {
+    /// Records `id`; false when it was seen already.
+    pub fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() >= SEEN_CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.order.push_back(id.to_owned());
+        self.set.insert(id.to_owned());
+        true
+    }
+}
+
+/// What a reader shares with its session.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    /// RocketMQ client.
+    pub client: Client,
+    /// Delivery bookkeeping.
+    pub tracker: Arc<Mutex<Tracker>>,
+    /// De-duplication.
+    pub seen: Arc<Mutex<SeenIds>>,
+    /// The session's delivery channel.
+    pub tx: mpsc::Sender<Delivery>,
+}
+
+/// Where a reader starts.
+#[derive(Debug, Clone)]
+pub enum Start {
+    /// At this offset; offsets below `dup_below` may have been in flight before a resume
+    /// and go out with DUP.
+    At {
+        /// First offset.
+        offset: i64,
+        /// DUP below this.
+        dup_below: i64,
+    },
+    /// Resolved by the reader itself (retrying while the broker is unreachable): the
+    /// committed offset of `group` when resuming, else the latest message.
+    Resolve {
+        /// The session's offset group, for persistent sessions.
+        group: Option<String>,
+        /// Whether to use the committed offset.
+        resume: bool,
+        /// In-flight window, for DUP marking after a resume.
+        window: i64,
+    },
+}
+
+/// One reader's parameters.
+#[derive(Debug, Clone)]
+pub struct Reader {
+    /// The queue.
+    pub key: QueueKey,
+    /// Where to start.
+    pub start: Start,
+    /// Granted QoS of the subscription (deliveries are downgraded to it).
+    pub granted: QoS,
+    /// Stops the reader.
+    pub cancel: CancellationToken,
+}
+
+/// Finds where a session reads `key` from: the committed offset of `group` when resuming,
+/// else the latest message; a persistent session's start is committed at once, so a crash
+/// before the first acknowledgement resumes there. Returns the offset and whether it was
+/// a committed one.
+pub async fn resolve_start(
+    client: &Client,
+    key: &QueueKey,
+    group: Option<&str>,
+    resume: bool,
+) -> Result<(i64, bool), crate::Error> {
+    let b = client.broker(&key.broker);
+    let stored = match (group, resume) {
+        (Some(g), true) => b.query_consumer_offset(g, &key.lmq, 0).await?,
+        _ => None,
+    };
+    if let Some(o) = stored {
+        return Ok((o, true));
+    }
+    let latest = b.max_offset(&key.lmq, 0).await?;
+    if let Some(g) = group {
+        b.update_consumer_offset(g, &key.lmq, 0, latest).await?;
+    }
+    Ok((latest, false))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl Reader {
+    /// Pulls and hands messages over until cancelled or the session's channel closes.
+    pub async fn run(mut self, shared: Shared) {
+        let mut backoff = Duration::from_millis(100);
+        let (mut offset, dup_below) = loop {
+            match &self.start {
+                Start::At { offset, dup_below } => break (*offset, *dup_below),
+                Start::Resolve {
+                    group,
+                    resume,
+                    window,
+                } => {
+                    match resolve_start(&shared.client, &self.key, group.as_deref(), *resume).await
+                    {
+                        Ok((o, stored)) => {
+                            lock(&shared.tracker).start(self.key.clone(), o);
+                            break (o, if stored { o + window } else { o });
+                        }
+                        Err(e) => {
+                            debug!(lmq = %self.key.lmq, error = %e, "start offset not resolved yet");
+                            if !self.pause(backoff).await {
+                                return;
+                            }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                }
+            }
+        };
+        self.start = Start::At { offset, dup_below };
+        let mut failing = false;
+        loop {
+            let request = PullRequest::lmq(&self.key.lmq, offset, BATCH).long_poll(LONG_POLL);
+            let broker = shared.client.broker(&self.key.broker);
+            let result = tokio::select! {
+                r = broker.pull(&request) => r,
+                _ = self.cancel.cancelled() => return,
+            };
+            let next = match result {
+                Ok(PullResult::Found {
+                    messages,
+                    next_offset,
+                    ..
+                }) => {
+                    for m in messages {
+                        let Some(at) = m.lmq_offset(&self.key.lmq) else {
+                            continue;
+                        };
+                        if at < offset {
+                            continue;
+                        }
+                        if !self.hand_over(&shared, &m, at).await {
+                            return;
+                        }
+                    }
+                    next_offset
+                }
+                Ok(
+                    PullResult::NoNewMsg { next_offset } | PullResult::NoMatched { next_offset },
+                ) => next_offset.max(offset),
+                Ok(PullResult::OffsetIllegal { next_offset }) => {
+                    warn!(lmq = %self.key.lmq, offset, next_offset, "offset out of the queue; moving on");
+                    next_offset
+                }
+                Ok(PullResult::TopicNotExist) => {
+                    self.pause(Duration::from_secs(1)).await;
+                    offset
+                }
+                Err(e) => {
+                    if !failing {
+                        warn!(lmq = %self.key.lmq, broker = %self.key.broker, error = %e, "pull failed; retrying");
+                        failing = true;
+                    }
+                    if !self.pause(backoff).await {
+                        return;
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            if failing {
+                debug!(lmq = %self.key.lmq, "pulling again");
+            }
+            failing = false;
+            backoff = Duration::from_millis(100);
+            offset = next;
+            lock(&shared.tracker).skipped(&self.key, offset);
+        }
+    }
+
+    /// Sleeps unless cancelled; false when cancelled.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => true,
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+
+    /// Hands one message to the session; false when the session is gone.
+    async fn hand_over(&self, shared: &Shared, m: &crate::rocketmq::Message, at: i64) -> bool {
+        let id = m.msg_id().map_or_else(|| m.offset_msg_id(), str::to_owned);
+        let fresh = lock(&shared.seen).insert(&id);
+        let decoded = lmq_message::decode(m);
+        let (Some(mut message), true) = (decoded, fresh) else {
+            lock(&shared.tracker).skipped(&self.key, at + 1);
+            return true;
+        };
+        message.qos = message.qos.min(self.granted);
+        let tag = lock(&shared.tracker).handed(&self.key, at, at + 1);
+        let delivery = Delivery {
+            message,
+            dup: matches!(self.start, Start::At { dup_below, .. } if at < dup_below),
+            tag,
+        };
+        tokio::select! {
+            r = shared.tx.send(delivery) => r.is_ok(),
+            _ = self.cancel.cancelled() => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seen_ids_are_bounded() {
+        let mut s = SeenIds::default();
+        assert!(s.insert("a"));
+        assert!(!s.insert("a"));
+        for i in 0..SEEN_CAPACITY {
+            s.insert(&i.to_string());
+        }
+        assert!(s.insert("a"), "the oldest id was forgotten");
+        assert!(s.order.len() <= SEEN_CAPACITY);
+    }
+}

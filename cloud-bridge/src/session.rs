@@ -1,0 +1,508 @@
+//! One client's session on the bridge: its subscriptions, the readers that pull their LMQs,
+//! its implicit p2p and retry queues, and, for persistent sessions, the committed offsets
+//! and the stored subscription list (`session_store.rs`).
+//!
+//! - A subscription to an exact topic reads that topic's LMQ; a wildcard subscription reads
+//!   the wildcard's LMQ, which exists only when the filter is registered in kvconfig: an
+//!   unregistered filter is registered or refused (config `subscriptions.unregistered`),
+//!   never silently empty.
+//! - Every readable broker of the first-level topic's route is read.
+//! - A new subscription, and a new session, start at the latest message; a resumed
+//!   persistent session starts at its committed offsets.
+//! - Offsets are committed after acknowledgements, continuously (`offsets.rs`).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures_util::future::BoxFuture;
+use mqtt::broker::{Close, Delivery, Refusal, Session};
+use mqtt::packet::{Message, QoS, Reason, SubscribeOutcome, SubscriptionRequest};
+use tokio::sync::{Notify, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::auth::{self, Access};
+use crate::bridge::Bridge;
+use crate::config::UnregisteredWildcards;
+use crate::error::Error;
+use crate::lmq;
+use crate::offsets::{QueueKey, Tracker};
+use crate::reader::{self, Reader, SeenIds, Start};
+use crate::retained;
+use crate::session_store::{self, StoredSession, StoredSubscription};
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug)]
+struct Subscription {
+    qos: QoS,
+    queues: Vec<(QueueKey, CancellationToken)>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    bridge: Bridge,
+    identity: Arc<str>,
+    client_id: String,
+    group: String,
+    persistent: bool,
+    expiry_secs: u32,
+    window: i64,
+    subs: Mutex<HashMap<String, Subscription>>,
+    reader: reader::Shared,
+    cancel: CancellationToken,
+    commit: Notify,
+}
+
+/// One connected client's session.
+#[derive(Debug)]
+pub struct BridgeSession {
+    inner: Arc<Inner>,
+}
+
+/// How a session is opened.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening {
+    /// Keep offsets and subscriptions after the connection ends.
+    pub persistent: bool,
+    /// MQTT 5 session expiry, seconds.
+    pub expiry_secs: u32,
+    /// Deliveries in flight at most.
+    pub window: u16,
+}
+
+impl BridgeSession {
+    /// Opens (or resumes) a session; returns it, whether it was resumed, and its deliveries.
+    pub async fn open(
+        bridge: Bridge,
+        identity: Arc<str>,
+        client_id: String,
+        clean_start: bool,
+        opening: Opening,
+    ) -> Result<(Self, bool, mpsc::Receiver<Delivery>), Error> {
+        let ns = bridge.namesrv();
+        let stored = if opening.persistent && !clean_start {
+            session_store::load(ns, &client_id).await?
+        } else {
+            None
+        };
+        if clean_start {
+            // A clean start discards any stored session (its offsets are overwritten as
+            // subscriptions start again at the latest message).
+            if let Err(e) = session_store::delete(ns, &client_id).await {
+                debug!(client = %client_id, error = %e, "no stored session removed");
+            }
+        }
+        let (tx, rx) = mpsc::channel(usize::from(opening.window.max(1)));
+        let inner = Arc::new(Inner {
+            group: session_store::offset_group(&client_id),
+            reader: reader::Shared {
+                client: bridge.client().clone(),
+                tracker: Arc::new(Mutex::new(Tracker::default())),
+                seen: Arc::new(Mutex::new(SeenIds::default())),
+                tx,
+            },
+            bridge,
+            identity,
+            client_id,
+            persistent: opening.persistent,
+            expiry_secs: opening.expiry_secs,
+            window: i64::from(opening.window),
+            subs: Mutex::new(HashMap::new()),
+            cancel: CancellationToken::new(),
+            commit: Notify::new(),
+        });
+        let resumed = stored.is_some();
+        if let Some(stored) = &stored {
+            // Known at once, so that a save before the readers are up keeps them.
+            let mut subs = lock(&inner.subs);
+            for s in &stored.subscriptions {
+                subs.insert(
+                    s.filter.clone(),
+                    Subscription {
+                        qos: qos_of(s.qos),
+                        queues: Vec::new(),
+                    },
+                );
+            }
+        }
+        tokio::spawn(inner.clone().start_background(stored));
+        if inner.persistent {
+            inner.save(None).await;
+            tokio::spawn(inner.clone().committer());
+        }
+        Ok((Self { inner }, resumed, rx))
+    }
+}
+
+fn qos_of(level: u8) -> QoS {
+    match level {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+impl Inner {
+    /// Starts one reader per broker for an LMQ; returns their keys and stop tokens. With
+    /// `lazy`, the readers find their start offsets themselves (retrying while a broker is
+    /// away); otherwise the offsets are resolved here, so that a new subscription starts at
+    /// the latest message as of its SUBACK.
+    async fn start_queues(
+        &self,
+        lmq_name: &str,
+        brokers: &[String],
+        granted: QoS,
+        resume: bool,
+        lazy: bool,
+    ) -> Result<Vec<(QueueKey, CancellationToken)>, Error> {
+        let group = self.persistent.then(|| self.group.clone());
+        let mut readers = Vec::new();
+        for broker in brokers {
+            let key = QueueKey {
+                lmq: Arc::from(lmq_name),
+                broker: Arc::from(broker.as_str()),
+            };
+            let start = if lazy {
+                Start::Resolve {
+                    group: group.clone(),
+                    resume,
+                    window: self.window,
+                }
+            } else {
+                let (offset, stored) =
+                    reader::resolve_start(&self.reader.client, &key, group.as_deref(), resume)
+                        .await?;
+                lock(&self.reader.tracker).start(key.clone(), offset);
+                Start::At {
+                    offset,
+                    dup_below: if stored { offset + self.window } else { offset },
+                }
+            };
+            readers.push(Reader {
+                key,
+                start,
+                granted,
+                cancel: self.cancel.child_token(),
+            });
+        }
+        Ok(readers
+            .into_iter()
+            .map(|r| {
+                let handle = (r.key.clone(), r.cancel.clone());
+                tokio::spawn(r.run(self.reader.clone()));
+                handle
+            })
+            .collect())
+    }
+
+    /// Starts the implicit p2p and retry readers and resumes stored subscriptions, in the
+    /// background: CONNECT does not wait for the brokers.
+    async fn start_background(self: Arc<Self>, stored: Option<StoredSession>) {
+        let resumed = stored.is_some();
+        let mut backoff = std::time::Duration::from_millis(100);
+        let brokers = loop {
+            match self.bridge.cluster_brokers().await {
+                Ok(b) => break b,
+                Err(e) => {
+                    debug!(client = %self.client_id, error = %e, "brokers not known yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.cancel.cancelled() => return,
+                    }
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+            }
+        };
+        for lmq_name in [
+            lmq::p2p_lmq(&self.client_id),
+            lmq::retry_lmq(&self.client_id),
+        ] {
+            if let Ok(keys) = self
+                .start_queues(&lmq_name, &brokers, QoS::ExactlyOnce, resumed, true)
+                .await
+            {
+                lock(&self.subs).insert(
+                    lmq_name,
+                    Subscription {
+                        qos: QoS::ExactlyOnce,
+                        queues: keys,
+                    },
+                );
+            }
+        }
+        for s in stored.map(|s| s.subscriptions).unwrap_or_default() {
+            if let Err(refusal) = self
+                .subscribe_one(&s.filter, qos_of(s.qos), true, true)
+                .await
+            {
+                warn!(client = %self.client_id, filter = %s.filter, %refusal, "stored subscription not resumed");
+            }
+        }
+    }
+
+    /// Checks and applies one subscription.
+    async fn subscribe_one(
+        &self,
+        filter: &str,
+        qos: QoS,
+        resume: bool,
+        lazy: bool,
+    ) -> Result<bool, Refusal> {
+        let config = self.bridge.config();
+        let limits = &config.subscriptions;
+        let invalid = |why: String| Refusal::new(Reason::TopicFilterInvalid, why);
+        if filter.starts_with("$share/") {
+            return Err(Refusal::new(
+                Reason::SharedSubscriptionsNotSupported,
+                "shared subscriptions are not supported",
+            ));
+        }
+        mqtt::topic::validate_filter(filter).map_err(|e| invalid(e.to_string()))?;
+        if filter.len() > limits.max_filter_length
+            || mqtt::topic::depth(filter) > limits.max_filter_depth
+        {
+            return Err(invalid(format!(
+                "filter longer than {} bytes or deeper than {} levels",
+                limits.max_filter_length, limits.max_filter_depth
+            )));
+        }
+        if filter.contains('%') {
+            return Err(invalid("'%' is not allowed in filters".into()));
+        }
+        let first = mqtt::topic::first_level(filter);
+        if mqtt::topic::is_wildcard(first) || !self.bridge.meta().is_first_topic(first) {
+            return Err(invalid(format!(
+                "{first:?} is not a first-level topic of this service"
+            )));
+        }
+        if !auth::allowed(&config.acl, &self.identity, Access::Subscribe, filter) {
+            return Err(Refusal::new(
+                Reason::NotAuthorized,
+                format!("{} may not subscribe to {filter:?}", self.identity),
+            ));
+        }
+        let existing = !resume && lock(&self.subs).contains_key(filter);
+        if !resume && !existing && self.explicit_count() >= limits.max_per_client {
+            return Err(Refusal::new(
+                Reason::QuotaExceeded,
+                format!("more than {} subscriptions", limits.max_per_client),
+            ));
+        }
+        if mqtt::topic::is_wildcard(filter)
+            && !self
+                .bridge
+                .meta()
+                .wildcards(first)
+                .iter()
+                .any(|w| w == filter)
+        {
+            match limits.unregistered {
+                UnregisteredWildcards::Refuse => {
+                    return Err(Refusal::new(
+                        Reason::ImplementationSpecificError,
+                        format!(
+                            "wildcard {filter:?} is not registered (cloud-bridge wildcard add)"
+                        ),
+                    ));
+                }
+                UnregisteredWildcards::Register => {
+                    self.bridge.register_wildcard(filter).await.map_err(|e| {
+                        Refusal::new(
+                            Reason::UnspecifiedError,
+                            format!("registering {filter:?}: {e}"),
+                        )
+                    })?;
+                    info!(filter, "wildcard registered in kvconfig on subscribe");
+                }
+            }
+        }
+        self.unsubscribe_one(filter);
+        let brokers = self
+            .bridge
+            .route_brokers(first)
+            .await
+            .map_err(|e| Refusal::new(Reason::UnspecifiedError, e.to_string()))?;
+        let keys = self
+            .start_queues(&lmq::lmq_name(filter), &brokers, qos, resume, lazy)
+            .await
+            .map_err(|e| Refusal::new(Reason::UnspecifiedError, e.to_string()))?;
+        lock(&self.subs).insert(filter.to_owned(), Subscription { qos, queues: keys });
+        Ok(existing)
+    }
+
+    fn explicit_count(&self) -> usize {
+        lock(&self.subs)
+            .keys()
+            .filter(|k| !k.starts_with(lmq::LMQ_PREFIX))
+            .count()
+    }
+
+    fn unsubscribe_one(&self, filter: &str) -> bool {
+        let Some(sub) = lock(&self.subs).remove(filter) else {
+            return false;
+        };
+        let mut tracker = lock(&self.reader.tracker);
+        for (key, cancel) in sub.queues {
+            cancel.cancel();
+            tracker.stop(&key);
+        }
+        true
+    }
+
+    fn stored(&self, disconnected_at_ms: Option<u64>) -> StoredSession {
+        let subscriptions = lock(&self.subs)
+            .iter()
+            .filter(|(f, _)| !f.starts_with(lmq::LMQ_PREFIX))
+            .map(|(f, s)| StoredSubscription {
+                filter: f.clone(),
+                qos: s.qos.level(),
+            })
+            .collect();
+        StoredSession {
+            subscriptions,
+            expiry_secs: self.expiry_secs,
+            disconnected_at_ms,
+        }
+    }
+
+    async fn save(&self, disconnected_at_ms: Option<u64>) {
+        if !self.persistent {
+            return;
+        }
+        let stored = self.stored(disconnected_at_ms);
+        if let Err(e) = session_store::save(self.bridge.namesrv(), &self.client_id, &stored).await {
+            warn!(client = %self.client_id, error = %e, "session not stored");
+        }
+    }
+
+    async fn commit_now(&self) {
+        let batch = lock(&self.reader.tracker).to_commit();
+        for (key, offset) in batch {
+            let b = self.reader.client.broker(&key.broker);
+            if let Err(e) = b
+                .update_consumer_offset(&self.group, &key.lmq, 0, offset)
+                .await
+            {
+                warn!(client = %self.client_id, lmq = %key.lmq, error = %e, "offset not committed");
+            }
+        }
+    }
+
+    /// Commits offsets as acknowledgements come in, until the session ends.
+    async fn committer(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = self.commit.notified() => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            self.commit_now().await;
+        }
+    }
+}
+
+impl Session for BridgeSession {
+    fn publish(&self, message: Message) -> BoxFuture<'static, Result<Reason, Refusal>> {
+        Box::pin(
+            self.inner
+                .bridge
+                .clone()
+                .store(self.inner.identity.clone(), message),
+        )
+    }
+
+    fn subscribe(
+        &mut self,
+        requests: Vec<SubscriptionRequest>,
+    ) -> BoxFuture<'static, Vec<SubscribeOutcome>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let mut outcomes = Vec::with_capacity(requests.len());
+            for r in &requests {
+                let qos = r.qos;
+                match inner.subscribe_one(&r.filter, qos, false, false).await {
+                    Ok(existed) => {
+                        outcomes.push(SubscribeOutcome::Granted(qos));
+                        let send_retained =
+                            r.retain_handling == 0 || (r.retain_handling == 1 && !existed);
+                        if send_retained {
+                            tokio::spawn(send_retained_messages(
+                                inner.clone(),
+                                r.filter.clone(),
+                                qos,
+                            ));
+                        }
+                    }
+                    Err(refusal) => {
+                        info!(client = %inner.client_id, filter = %r.filter, %refusal, "subscription refused");
+                        outcomes.push(SubscribeOutcome::Refused(refusal.reason));
+                    }
+                }
+            }
+            inner.save(None).await;
+            outcomes
+        })
+    }
+
+    fn unsubscribe(&mut self, filters: Vec<String>) -> BoxFuture<'static, Vec<Reason>> {
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            let reasons = filters
+                .iter()
+                .map(|f| {
+                    if !f.starts_with(lmq::LMQ_PREFIX) && inner.unsubscribe_one(f) {
+                        Reason::Success
+                    } else {
+                        Reason::NoSubscriptionExisted
+                    }
+                })
+                .collect();
+            inner.save(None).await;
+            reasons
+        })
+    }
+
+    fn acked(&mut self, tag: u64) {
+        lock(&self.inner.reader.tracker).acked(tag);
+        if self.inner.persistent {
+            self.inner.commit.notify_one();
+        }
+    }
+
+    fn closed(self, how: Close) -> BoxFuture<'static, ()> {
+        let inner = self.inner;
+        Box::pin(async move {
+            inner.cancel.cancel();
+            if inner.persistent {
+                inner.commit_now().await;
+                if how != Close::TakenOver {
+                    inner.save(Some(session_store::now_ms())).await;
+                }
+            }
+        })
+    }
+}
+
+/// Sends the retained messages matching a new subscription (after its SUBACK).
+async fn send_retained_messages(inner: Arc<Inner>, filter: String, granted: QoS) {
+    let messages = match retained::matching(inner.bridge.namesrv(), &filter).await {
+        Ok(m) => m,
+        Err(e) => {
+            warn!(filter, error = %e, "retained messages not read");
+            return;
+        }
+    };
+    for mut message in messages {
+        message.qos = message.qos.min(granted);
+        let d = Delivery {
+            message,
+            dup: false,
+            tag: 0,
+        };
+        if inner.reader.tx.send(d).await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,107 @@
+//! Persistent sessions, kept where every bridge instance can read them: the subscriptions
+//! of a session in the name server's kvconfig (namespace [`NAMESPACE`], key = client id,
+//! value = JSON), its read positions as RocketMQ consumer offsets (group `%LMQ%{clientId}`,
+//! see `offsets.rs`). A session that reconnects to any bridge resumes from both.
+//!
+//! kvconfig is used because it is what rocketmq-mqtt's meta already lives in, it is
+//! replicated to every name server by our writes, persisted by the name server, and a
+//! session's subscription list is small and changes rarely.
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::rocketmq::NameServer;
+
+/// kvconfig namespace of persistent sessions.
+pub const NAMESPACE: &str = "MQTT_SESSION";
+
+/// The consumer group under which a client's offsets are committed.
+pub fn offset_group(client_id: &str) -> String {
+    format!("{}{client_id}", crate::lmq::LMQ_PREFIX)
+}
+
+/// One stored subscription.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSubscription {
+    /// Topic filter.
+    pub filter: String,
+    /// Granted QoS.
+    pub qos: u8,
+}
+
+/// A stored session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredSession {
+    /// Subscriptions.
+    pub subscriptions: Vec<StoredSubscription>,
+    /// Session expiry interval, seconds (`u32::MAX`: never).
+    pub expiry_secs: u32,
+    /// When the last connection ended, ms since the epoch (`None` while connected).
+    pub disconnected_at_ms: Option<u64>,
+}
+
+/// Milliseconds since the epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl StoredSession {
+    /// Whether the session expired at `now_ms`.
+    pub fn expired(&self, now_ms: u64) -> bool {
+        match self.disconnected_at_ms {
+            None => false,
+            Some(_) if self.expiry_secs == u32::MAX => false,
+            Some(at) => now_ms > at + u64::from(self.expiry_secs) * 1000,
+        }
+    }
+}
+
+/// Loads a client's session; expired or unreadable sessions count as none.
+pub async fn load(ns: &NameServer, client_id: &str) -> Result<Option<StoredSession>, Error> {
+    let Some(text) = ns.get_kv_config(NAMESPACE, client_id).await? else {
+        return Ok(None);
+    };
+    match serde_json::from_str::<StoredSession>(&text) {
+        Ok(s) if !s.expired(now_ms()) => Ok(Some(s)),
+        Ok(_) => Ok(None),
+        Err(e) => {
+            tracing::warn!(client = %client_id, error = %e, "unreadable stored session; starting a new one");
+            Ok(None)
+        }
+    }
+}
+
+/// Saves a client's session.
+pub async fn save(ns: &NameServer, client_id: &str, session: &StoredSession) -> Result<(), Error> {
+    let text = serde_json::to_string(session).map_err(|e| Error::Invalid(e.to_string()))?;
+    ns.put_kv_config(NAMESPACE, client_id, &text).await
+}
+
+/// Forgets a client's session.
+pub async fn delete(ns: &NameServer, client_id: &str) -> Result<(), Error> {
+    ns.delete_kv_config(NAMESPACE, client_id).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiry() {
+        let mut s = StoredSession {
+            subscriptions: vec![],
+            expiry_secs: 10,
+            disconnected_at_ms: None,
+        };
+        assert!(!s.expired(u64::MAX));
+        s.disconnected_at_ms = Some(1_000);
+        assert!(!s.expired(11_000));
+        assert!(s.expired(11_001));
+        s.expiry_secs = u32::MAX;
+        assert!(!s.expired(u64::MAX));
+        assert_eq!(offset_group("c1"), "%LMQ%c1");
+    }
+}
