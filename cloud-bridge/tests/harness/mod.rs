@@ -6,6 +6,7 @@
 pub mod certs;
 pub mod clients;
 pub mod raw;
+pub mod subscriber;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,0 +1,425 @@
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+//! The read path against the real broker: subscriptions on LMQs, QoS downgrade, wildcard
+//! registration policies, p2p, retained messages, plain RocketMQ producers, two bridges.
+
+mod harness;
+
+use std::time::Duration;
+
+use harness::clients::{Msg, Proto, rumqttc_publish};
+use harness::subscriber::{External, rumqttc_subscribe};
+use harness::{config_text, password, start_bridge, tool, unique};
+
+fn msg(topic: &str, qos: u8, payload: &str) -> Msg {
+    Msg {
+        topic: topic.to_owned(),
+        qos,
+        payload: payload.as_bytes().to_vec(),
+        user: Vec::new(),
+    }
+}
+
+const WAIT: Duration = Duration::from_secs(20);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_and_wildcard_subscribers_get_publishes_at_the_downgraded_qos() {
+    let first = unique("sub");
+    let plus = format!("{first}/+");
+    let (server, _) = start_bridge(&config_text(&first, &[&plus], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let exact = format!("{first}/a");
+    let mut subs = Vec::new();
+    for (proto, filter, qos) in [
+        (Proto::V311, exact.as_str(), 1u8),
+        (Proto::V5, exact.as_str(), 0u8),
+        (Proto::V311, plus.as_str(), 2u8),
+        (Proto::V5, plus.as_str(), 1u8),
+    ] {
+        let id = unique("s");
+        let s = rumqttc_subscribe(addr, proto, &id, &password(&id), true, &[(filter, qos)]).await;
+        assert_eq!(s.suback, vec![qos], "SUBACK for {filter} ({proto:?})");
+        subs.push((s, qos));
+    }
+    let id = unique("p");
+    let sent = [
+        msg(&exact, 2, "m0"),
+        msg(&exact, 1, "m1"),
+        msg(&exact, 0, "m2"),
+    ];
+    rumqttc_publish(addr, Proto::V5, None, &id, &password(&id), &sent).await;
+    for (s, granted) in &mut subs {
+        let got = s.collect(3, WAIT).await;
+        assert_eq!(got.len(), 3, "granted {granted}: {got:?}");
+        for (g, m) in got.iter().zip(&sent) {
+            assert_eq!(g.topic, exact);
+            assert_eq!(g.payload, m.payload, "order is kept");
+            assert_eq!(g.qos, m.qos.min(*granted), "min(publish, granted) QoS");
+        }
+    }
+    // Nothing else arrives (no duplicates).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for (s, _) in &mut subs {
+        assert!(s.rx.try_recv().is_err());
+    }
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn third_party_subscribers_receive_messages() {
+    let first = unique("ext");
+    let plus = format!("{first}/+");
+    let (server, _) = start_bridge(&config_text(&first, &[&plus], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let topic = format!("{first}/dev");
+    let mut externals = Vec::new();
+    for (kind, proto) in [
+        ("mosq", Proto::V311),
+        ("mosq", Proto::V5),
+        ("paho", Proto::V311),
+        ("paho", Proto::V5),
+    ] {
+        let id = unique(kind);
+        let filter = if proto == Proto::V5 {
+            plus.as_str()
+        } else {
+            topic.as_str()
+        };
+        let e = if kind == "mosq" {
+            External::mosquitto(addr, proto, &id, &password(&id), filter, 1, 2)
+        } else {
+            External::paho(addr, proto, &id, &password(&id), filter, 1, 2)
+        };
+        externals.push((kind, proto, e));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let id = unique("p");
+    rumqttc_publish(
+        addr,
+        Proto::V311,
+        None,
+        &id,
+        &password(&id),
+        &[msg(&topic, 1, "one"), msg(&topic, 1, "two")],
+    )
+    .await;
+    for (kind, proto, e) in externals {
+        let lines = tokio::task::spawn_blocking(move || e.lines())
+            .await
+            .unwrap();
+        assert_eq!(lines.len(), 2, "{kind} {proto:?}: {lines:?}");
+        assert!(
+            lines[0].starts_with(&format!("{topic} one")),
+            "{kind} {proto:?}: {lines:?}"
+        );
+        assert!(
+            lines[1].starts_with(&format!("{topic} two")),
+            "{kind} {proto:?}: {lines:?}"
+        );
+    }
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unregistered_wildcards_are_registered_or_refused_by_config() {
+    let first = unique("wild");
+    let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let filter = format!("{first}/+/temp");
+    let id = unique("s");
+    let mut s =
+        rumqttc_subscribe(addr, Proto::V5, &id, &password(&id), true, &[(&filter, 1)]).await;
+    assert_eq!(s.suback, vec![1]);
+    let kv = tool(&["get-kv", "--key", &first]).unwrap();
+    assert_eq!(kv[0]["value"], filter.as_str(), "registered in kvconfig");
+    let id = unique("p");
+    rumqttc_publish(
+        addr,
+        Proto::V5,
+        None,
+        &id,
+        &password(&id),
+        &[msg(&format!("{first}/m7/temp"), 1, "hot")],
+    )
+    .await;
+    let got = s
+        .next(WAIT)
+        .await
+        .expect("a message through the registered wildcard");
+    assert_eq!(got.payload, b"hot");
+    server.stop(Duration::from_secs(5)).await;
+
+    let first = unique("wildr");
+    let extra = "[subscriptions]\nunregistered = \"refuse\"\n";
+    let (server, _) = start_bridge(&config_text(&first, &[], extra)).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    for proto in [Proto::V311, Proto::V5] {
+        let id = unique("s");
+        let s = rumqttc_subscribe(
+            addr,
+            proto,
+            &id,
+            &password(&id),
+            true,
+            &[(&format!("{first}/+"), 1), (&format!("{first}/x"), 1)],
+        )
+        .await;
+        let refused = if proto == Proto::V5 { 0x83 } else { 0x80 };
+        assert_eq!(s.suback, vec![refused, 1], "{proto:?}");
+    }
+    assert!(tool(&["get-kv", "--key", &first]).unwrap()[0]["value"].is_null());
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_filters_and_subscription_storms_are_refused_and_the_bridge_keeps_serving() {
+    let first = unique("badsub");
+    let extra =
+        "[subscriptions]\nmax_filter_length = 64\nmax_filter_depth = 4\nmax_per_client = 5\n";
+    let (server, _) = start_bridge(&config_text(&first, &[], extra)).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let long = format!("{first}/{}", "x".repeat(80));
+    let deep = format!("{first}/a/b/c/d");
+    let cases: Vec<(String, u8)> = vec![
+        (format!("{first}/a#"), 0x8F),
+        (format!("{first}/a+/b"), 0x8F),
+        (long, 0x8F),
+        (deep, 0x8F),
+        ("#".to_string(), 0x8F),
+        ("nosuchfirst/a".to_string(), 0x8F),
+        (format!("{first}/a%b"), 0x8F),
+        (format!("$share/g/{first}/a"), 0x9E),
+    ];
+    // rumqttc refuses to send invalid filters, so a raw client sends them.
+    use rumqttc::v5::mqttbytes::v5;
+    let mut raw = harness::raw::Raw::connect(addr, true).await;
+    let id = unique("s");
+    assert_eq!(
+        raw.handshake(&id, Some("demo"), Some(&password(&id))).await,
+        0
+    );
+    let filters = cases
+        .iter()
+        .map(|(f, _)| v5::Filter::new(f.clone(), rumqttc::v5::mqttbytes::QoS::AtLeastOnce))
+        .collect();
+    raw.send5(v5::Packet::Subscribe(v5::Subscribe {
+        pkid: 1,
+        filters,
+        properties: None,
+    }))
+    .await;
+    let codes: Vec<u8> = match raw.recv(WAIT).await {
+        Some(harness::raw::Packet::V5(v5::Packet::SubAck(a))) => a
+            .return_codes
+            .iter()
+            .map(|c| match c {
+                v5::SubscribeReasonCode::Success(q) => *q as u8,
+                v5::SubscribeReasonCode::TopicFilterInvalid => 0x8F,
+                v5::SubscribeReasonCode::SharedSubscriptionsNotSupported => 0x9E,
+                _ => 0x80,
+            })
+            .collect(),
+        _ => panic!("no SUBACK"),
+    };
+    let expected: Vec<u8> = cases.iter().map(|(_, c)| *c).collect();
+    assert_eq!(codes, expected);
+
+    // A storm: 50 filters from one client; only max_per_client (5) are granted.
+    let storm: Vec<String> = (0..50).map(|i| format!("{first}/storm/{i}")).collect();
+    let filters: Vec<(&str, u8)> = storm.iter().map(|f| (f.as_str(), 0)).collect();
+    let id = unique("storm");
+    let s = rumqttc_subscribe(addr, Proto::V5, &id, &password(&id), true, &filters).await;
+    assert_eq!(s.suback.iter().filter(|c| **c == 0).count(), 5);
+    assert_eq!(s.suback.iter().filter(|c| **c == 0x97).count(), 45);
+
+    // Still serving.
+    let id = unique("ok");
+    let mut ok = rumqttc_subscribe(
+        addr,
+        Proto::V311,
+        &id,
+        &password(&id),
+        true,
+        &[(&format!("{first}/ok"), 1)],
+    )
+    .await;
+    let id = unique("p");
+    rumqttc_publish(
+        addr,
+        Proto::V311,
+        None,
+        &id,
+        &password(&id),
+        &[msg(&format!("{first}/ok"), 1, "fine")],
+    )
+    .await;
+    assert!(ok.next(WAIT).await.is_some());
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn p2p_publishes_reach_exactly_that_client() {
+    let first = unique("p2p");
+    let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let target = unique("target");
+    let other = unique("other");
+    let mut t = rumqttc_subscribe(addr, Proto::V5, &target, &password(&target), true, &[]).await;
+    let mut o = rumqttc_subscribe(addr, Proto::V311, &other, &password(&other), true, &[]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await; // the implicit readers start
+    let id = unique("p");
+    let topic = format!("{first}/p2p/{target}");
+    rumqttc_publish(
+        addr,
+        Proto::V311,
+        None,
+        &id,
+        &password(&id),
+        &[msg(&topic, 1, "for you")],
+    )
+    .await;
+    let got = t.next(WAIT).await.expect("p2p message");
+    assert_eq!(got.topic, topic);
+    assert_eq!(got.payload, b"for you");
+    assert!(
+        o.next(Duration::from_secs(2)).await.is_none(),
+        "another client got a p2p message"
+    );
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retained_messages_survive_a_bridge_restart_and_are_shared() {
+    let first = unique("ret");
+    let text = config_text(&first, &[], "");
+    let (a, _) = start_bridge(&text).await;
+    let topic = format!("{first}/state");
+    let id = unique("p");
+    let mut m = msg(&topic, 1, "on");
+    m.qos = 1;
+    {
+        use rumqttc::v5::mqttbytes::QoS;
+        use rumqttc::v5::{AsyncClient, MqttOptions};
+        let addr = a.local_addr("mqtt").unwrap();
+        let mut o = MqttOptions::new(&id, "127.0.0.1", addr.port());
+        o.set_credentials("demo", password(&id));
+        let (client, mut ev) = AsyncClient::new(o, 8);
+        client
+            .publish(topic.clone(), QoS::AtLeastOnce, true, "on")
+            .await
+            .unwrap();
+        loop {
+            match tokio::time::timeout(WAIT, ev.poll()).await {
+                Ok(Ok(rumqttc::v5::Event::Incoming(
+                    rumqttc::v5::mqttbytes::v5::Packet::PubAck(_),
+                ))) => break,
+                Ok(Ok(_)) => {}
+                other => panic!("retained publish: {other:?}"),
+            }
+        }
+    }
+    a.stop(Duration::from_secs(5)).await;
+    let (b, _) = start_bridge(&text).await;
+    let addr = b.local_addr("mqtt").unwrap();
+    for proto in [Proto::V311, Proto::V5] {
+        let id = unique("s");
+        let mut s = rumqttc_subscribe(
+            addr,
+            proto,
+            &id,
+            &password(&id),
+            true,
+            &[(&format!("{first}/+"), 1)],
+        )
+        .await;
+        let got = s.next(WAIT).await.expect("the retained message");
+        assert_eq!(
+            (got.topic.as_str(), got.payload.as_slice(), got.retain),
+            (topic.as_str(), &b"on"[..], true)
+        );
+    }
+    b.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_rocketmq_producer_reaches_mqtt_subscribers() {
+    let first = unique("plain");
+    let plus = format!("{first}/+");
+    let (server, _) = start_bridge(&config_text(&first, &[&plus], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let topic = format!("{first}/cmd");
+    let id = unique("s");
+    let mut exact =
+        rumqttc_subscribe(addr, Proto::V311, &id, &password(&id), true, &[(&topic, 1)]).await;
+    let id = unique("s");
+    let mut wild =
+        rumqttc_subscribe(addr, Proto::V5, &id, &password(&id), true, &[(&plus, 1)]).await;
+    let dispatch = format!(
+        "INNER_MULTI_DISPATCH={},{}",
+        cloud_bridge::lmq::lmq_name(&topic),
+        cloud_bridge::lmq::lmq_name(&plus)
+    );
+    let origin = format!("originMqttTopic={topic}");
+    tool(&[
+        "produce", "--topic", &first, "--body", "reboot", "--prop", &dispatch, "--prop", &origin,
+    ])
+    .unwrap();
+    // Without originMqttTopic the topic is rebuilt from the LMQ name.
+    tool(&[
+        "produce", "--topic", &first, "--body", "again", "--prop", &dispatch,
+    ])
+    .unwrap();
+    for s in [&mut exact, &mut wild] {
+        let got = s.collect(2, WAIT).await;
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(
+            (got[0].topic.as_str(), got[0].payload.as_slice()),
+            (topic.as_str(), &b"reboot"[..])
+        );
+        assert_eq!(
+            (got[1].topic.as_str(), got[1].payload.as_slice()),
+            (topic.as_str(), &b"again"[..])
+        );
+    }
+    server.stop(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_bridges_form_one_service() {
+    let first = unique("two");
+    let plus = format!("{first}/+");
+    let text = config_text(&first, &[&plus], "");
+    let (a, _) = start_bridge(&text).await;
+    let (b, _) = start_bridge(&text).await;
+    let id = unique("s");
+    let mut s = rumqttc_subscribe(
+        b.local_addr("mqtt").unwrap(),
+        Proto::V5,
+        &id,
+        &password(&id),
+        true,
+        &[(&plus, 1)],
+    )
+    .await;
+    let id = unique("p");
+    let sent: Vec<Msg> = (0..20)
+        .map(|i| msg(&format!("{first}/d{}", i % 3), 1, &format!("n{i}")))
+        .collect();
+    rumqttc_publish(
+        a.local_addr("mqtt").unwrap(),
+        Proto::V311,
+        None,
+        &id,
+        &password(&id),
+        &sent,
+    )
+    .await;
+    let got = s.collect(20, WAIT).await;
+    let payloads: Vec<Vec<u8>> = got.iter().map(|g| g.payload.clone()).collect();
+    let expected: Vec<Vec<u8>> = sent.iter().map(|m| m.payload.clone()).collect();
+    assert_eq!(
+        payloads, expected,
+        "every message, in order, through the other bridge"
+    );
+    a.stop(Duration::from_secs(5)).await;
+    b.stop(Duration::from_secs(5)).await;
+}
