@@ -1,0 +1,133 @@
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+//! A persistent session survives the death of its bridge: kill -9 the bridge process in the
+//! middle of a QoS 1 stream, reconnect to another bridge instance, and every message
+//! arrives; redeliveries stay within the in-flight window and carry DUP.
+
+mod harness;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use harness::clients::{Msg, Proto, rumqttc_publish};
+use harness::subscriber::rumqttc_subscribe;
+use harness::{config_text, password, start_bridge, unique};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Bridge(Child);
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn_bridge(config: &std::path::Path) -> Bridge {
+    let child = Command::new(env!("CARGO_BIN_EXE_cloud-bridge"))
+        .args(["--config", config.to_str().unwrap()])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("cloud-bridge binary");
+    Bridge(child)
+}
+
+async fn wait_listening(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("bridge did not listen on {port}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_moves_to_another_bridge_after_kill_9_without_loss() {
+    const N: usize = 300;
+    const WINDOW: usize = 32; // limits.max_inflight default
+    for proto in [Proto::V311, Proto::V5] {
+        let first = unique("ps");
+        let topic = format!("{first}/stream");
+        let dir = std::env::temp_dir().join(unique("ps-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = free_port();
+        let text = config_text(&first, &[], "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        let path = dir.join("a.toml");
+        std::fs::write(&path, &text).unwrap();
+
+        // The publisher's bridge and the bridge the subscriber moves to run in-process.
+        let (publisher_bridge, _) = start_bridge(&config_text(&first, &[], "")).await;
+        let pub_addr = publisher_bridge.local_addr("mqtt").unwrap();
+        let mut a = spawn_bridge(&path);
+        wait_listening(port).await;
+
+        let client_id = unique("sess");
+        let a_addr = format!("127.0.0.1:{port}").parse().unwrap();
+        let mut sub = rumqttc_subscribe(a_addr, proto, &client_id, &password(&client_id), false, &[(&topic, 1)]).await;
+        assert_eq!(sub.suback, vec![1]);
+
+        let publisher = {
+            let topic = topic.clone();
+            tokio::spawn(async move {
+                for chunk in 0..(N / 10) {
+                    let msgs: Vec<Msg> = (0..10)
+                        .map(|i| Msg {
+                            topic: topic.clone(),
+                            qos: 1,
+                            payload: format!("{}", chunk * 10 + i).into_bytes(),
+                            user: Vec::new(),
+                        })
+                        .collect();
+                    let id = format!("pub-{chunk}");
+                    rumqttc_publish(pub_addr, Proto::V311, None, &id, &password(&id), &msgs).await;
+                }
+            })
+        };
+
+        let mut received = sub.collect(N / 3, Duration::from_secs(60)).await;
+        assert!(received.len() >= N / 3, "{proto:?}: only {} before the kill", received.len());
+        a.0.kill().unwrap(); // SIGKILL
+        let _ = a.0.wait();
+        drop(sub);
+
+        let (b, _) = start_bridge(&text.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:0")).await;
+        let b_addr = b.local_addr("mqtt").unwrap();
+        // Reconnect without subscribing: the session's subscriptions come back with it.
+        let mut sub = rumqttc_subscribe(b_addr, proto, &client_id, &password(&client_id), false, &[]).await;
+        publisher.await.unwrap();
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        for r in &received {
+            *counts.entry(String::from_utf8_lossy(&r.payload).into_owned()).or_default() += 1;
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while counts.len() < N && tokio::time::Instant::now() < deadline {
+            if let Some(r) = sub.next(Duration::from_secs(5)).await {
+                let key = String::from_utf8_lossy(&r.payload).into_owned();
+                let seen = counts.entry(key.clone()).or_default();
+                *seen += 1;
+                if *seen > 1 {
+                    assert!(r.dup, "{proto:?}: redelivery of {key} without DUP");
+                }
+                received.push(r);
+            }
+        }
+        let missing: Vec<usize> = (0..N).filter(|i| !counts.contains_key(&i.to_string())).collect();
+        assert!(missing.is_empty(), "{proto:?}: lost {} messages: {missing:?}", missing.len());
+        let duplicates: usize = counts.values().map(|c| c - 1).sum();
+        assert!(duplicates <= WINDOW, "{proto:?}: {duplicates} redeliveries, more than the window {WINDOW}");
+        println!("{proto:?}: {} received, {duplicates} redelivered after kill -9", received.len());
+        b.stop(Duration::from_secs(5)).await;
+        publisher_bridge.stop(Duration::from_secs(5)).await;
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
