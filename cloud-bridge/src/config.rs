@@ -179,6 +179,9 @@ pub struct ListenerConfig {
     /// TLS files; plain TCP without.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
+    /// MQTT over WebSocket (wss with `tls`).
+    #[serde(default)]
+    pub websocket: bool,
 }
 
 /// TLS files of a listener.

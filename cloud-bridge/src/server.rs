@@ -67,6 +67,7 @@ impl Server {
                 name: l.name.clone(),
                 socket,
                 tls,
+                websocket: l.websocket,
             });
         }
 
@@ -96,7 +97,7 @@ impl Server {
         let mut addrs = Vec::new();
         for l in listeners {
             let addr = l.socket.local_addr()?;
-            info!(listener = %l.name, %addr, tls = l.tls.is_some(), "listening");
+            info!(listener = %l.name, %addr, tls = l.tls.is_some(), websocket = l.websocket, "listening");
             addrs.push((l.name.clone(), addr));
             tracker.spawn(listener::run(l, shared.clone(), limit.clone()));
         }

@@ -43,7 +43,10 @@ fn spawn_bridge(config: &std::path::Path) -> Bridge {
 
 async fn wait_listening(port: u16) {
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -61,7 +64,8 @@ async fn a_persistent_session_moves_to_another_bridge_after_kill_9_without_loss(
         let dir = std::env::temp_dir().join(unique("ps-"));
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
-        let text = config_text(&first, &[], "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+        let text =
+            config_text(&first, &[], "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
         let path = dir.join("a.toml");
         std::fs::write(&path, &text).unwrap();
 
@@ -73,7 +77,15 @@ async fn a_persistent_session_moves_to_another_bridge_after_kill_9_without_loss(
 
         let client_id = unique("sess");
         let a_addr = format!("127.0.0.1:{port}").parse().unwrap();
-        let mut sub = rumqttc_subscribe(a_addr, proto, &client_id, &password(&client_id), false, &[(&topic, 1)]).await;
+        let mut sub = rumqttc_subscribe(
+            a_addr,
+            proto,
+            &client_id,
+            &password(&client_id),
+            false,
+            &[(&topic, 1)],
+        )
+        .await;
         assert_eq!(sub.suback, vec![1]);
 
         let publisher = {
@@ -95,7 +107,11 @@ async fn a_persistent_session_moves_to_another_bridge_after_kill_9_without_loss(
         };
 
         let mut received = sub.collect(N / 3, Duration::from_secs(60)).await;
-        assert!(received.len() >= N / 3, "{proto:?}: only {} before the kill", received.len());
+        assert!(
+            received.len() >= N / 3,
+            "{proto:?}: only {} before the kill",
+            received.len()
+        );
         a.0.kill().unwrap(); // SIGKILL
         let _ = a.0.wait();
         drop(sub);
@@ -103,11 +119,14 @@ async fn a_persistent_session_moves_to_another_bridge_after_kill_9_without_loss(
         let (b, _) = start_bridge(&text.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:0")).await;
         let b_addr = b.local_addr("mqtt").unwrap();
         // Reconnect without subscribing: the session's subscriptions come back with it.
-        let mut sub = rumqttc_subscribe(b_addr, proto, &client_id, &password(&client_id), false, &[]).await;
+        let mut sub =
+            rumqttc_subscribe(b_addr, proto, &client_id, &password(&client_id), false, &[]).await;
         publisher.await.unwrap();
         let mut counts: HashMap<String, usize> = HashMap::new();
         for r in &received {
-            *counts.entry(String::from_utf8_lossy(&r.payload).into_owned()).or_default() += 1;
+            *counts
+                .entry(String::from_utf8_lossy(&r.payload).into_owned())
+                .or_default() += 1;
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         while counts.len() < N && tokio::time::Instant::now() < deadline {
@@ -121,11 +140,23 @@ async fn a_persistent_session_moves_to_another_bridge_after_kill_9_without_loss(
                 received.push(r);
             }
         }
-        let missing: Vec<usize> = (0..N).filter(|i| !counts.contains_key(&i.to_string())).collect();
-        assert!(missing.is_empty(), "{proto:?}: lost {} messages: {missing:?}", missing.len());
+        let missing: Vec<usize> = (0..N)
+            .filter(|i| !counts.contains_key(&i.to_string()))
+            .collect();
+        assert!(
+            missing.is_empty(),
+            "{proto:?}: lost {} messages: {missing:?}",
+            missing.len()
+        );
         let duplicates: usize = counts.values().map(|c| c - 1).sum();
-        assert!(duplicates <= WINDOW, "{proto:?}: {duplicates} redeliveries, more than the window {WINDOW}");
-        println!("{proto:?}: {} received, {duplicates} redelivered after kill -9", received.len());
+        assert!(
+            duplicates <= WINDOW,
+            "{proto:?}: {duplicates} redeliveries, more than the window {WINDOW}"
+        );
+        println!(
+            "{proto:?}: {} received, {duplicates} redelivered after kill -9",
+            received.len()
+        );
         b.stop(Duration::from_secs(5)).await;
         publisher_bridge.stop(Duration::from_secs(5)).await;
         let _ = std::fs::remove_dir_all(dir);

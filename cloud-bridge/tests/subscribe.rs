@@ -423,3 +423,52 @@ async fn two_bridges_form_one_service() {
     a.stop(Duration::from_secs(5)).await;
     b.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_websocket_publishes_and_subscribes() {
+    let first = unique("ws");
+    let extra = "[[listener]]\nname = \"ws\"\nbind = \"127.0.0.1:0\"\nwebsocket = true\n";
+    let (server, _) = start_bridge(&config_text(&first, &[], extra)).await;
+    let ws = server.local_addr("ws").unwrap();
+    let tcp = server.local_addr("mqtt").unwrap();
+    let topic = format!("{first}/browser");
+    let id = unique("s");
+    let mut s =
+        rumqttc_subscribe(tcp, Proto::V311, &id, &password(&id), true, &[(&topic, 1)]).await;
+
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let id = unique("wsc");
+    let mut o = MqttOptions::new(&id, format!("ws://127.0.0.1:{}/mqtt", ws.port()), ws.port());
+    o.set_transport(rumqttc::Transport::Ws);
+    o.set_credentials("demo", password(&id));
+    let (client, mut ev) = AsyncClient::new(o, 8);
+    client
+        .subscribe(topic.clone(), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .publish(topic.clone(), QoS::AtLeastOnce, false, "over ws")
+        .await
+        .unwrap();
+    let mut acked = false;
+    let mut echoed = false;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !(acked && echoed) {
+        match tokio::time::timeout_at(deadline, ev.poll()).await {
+            Ok(Ok(Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::PubAck(_)))) => acked = true,
+            Ok(Ok(Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(p)))) => {
+                assert_eq!(&p.payload[..], b"over ws");
+                echoed = true;
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("websocket client: {other:?}"),
+        }
+    }
+    let got = s
+        .next(WAIT)
+        .await
+        .expect("the TCP subscriber gets the WebSocket publish");
+    assert_eq!(got.payload, b"over ws");
+    server.stop(Duration::from_secs(5)).await;
+}

@@ -29,6 +29,9 @@ pub enum Error {
     /// TLS setup or handshake failed.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The WebSocket upgrade failed.
+    #[error("WebSocket: {0}")]
+    WebSocket(String),
     /// A certificate or key file could not be used.
     #[error("TLS file {path}: {reason}")]
     TlsFile {

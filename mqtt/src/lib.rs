@@ -11,5 +11,6 @@ pub mod packet;
 pub mod registry;
 pub mod tls;
 pub mod topic;
+pub mod websocket;
 
 pub use error::Error;

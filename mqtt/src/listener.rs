@@ -11,8 +11,11 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use tokio::io::{AsyncRead, AsyncWrite};
+
 use crate::broker::{Broker, Peer};
 use crate::connection::{Shared, serve};
+use crate::error::Error;
 use crate::tls::certificate_identity;
 
 /// A bound listener, ready to run.
@@ -24,6 +27,8 @@ pub struct Listener {
     pub socket: TcpListener,
     /// TLS, when this listener speaks it.
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// MQTT over WebSocket (inside TLS when `tls` is set).
+    pub websocket: bool,
 }
 
 /// Accepts connections until `shared.shutdown` fires. Connections count against `limit`,
@@ -31,6 +36,7 @@ pub struct Listener {
 pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: Arc<Semaphore>) {
     let acceptor = listener.tls.clone().map(TlsAcceptor::from);
     let name: Arc<str> = Arc::from(listener.name.as_str());
+    let websocket = listener.websocket;
     loop {
         let accepted = tokio::select! {
             r = listener.socket.accept() => r,
@@ -61,7 +67,7 @@ pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: A
                 tls_identity: None,
             };
             let result = match acceptor {
-                None => serve(stream, peer, shared).await,
+                None => serve_maybe_ws(stream, peer, shared, websocket).await,
                 Some(acceptor) => {
                     let handshake = tokio::time::timeout(
                         shared.config.connect_timeout,
@@ -76,7 +82,7 @@ pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: A
                                 .peer_certificates()
                                 .and_then(|c| c.first())
                                 .and_then(|c| certificate_identity(c));
-                            serve(tls, peer, shared).await
+                            serve_maybe_ws(tls, peer, shared, websocket).await
                         }
                         Ok(Err(e)) => {
                             info!(listener = %name, peer = %addr, error = %e, "TLS handshake failed");
@@ -95,4 +101,28 @@ pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: A
             drop(permit);
         });
     }
+}
+
+/// Serves a connection, after the WebSocket upgrade when the listener speaks WebSocket
+/// (the upgrade must finish within the connect timeout).
+async fn serve_maybe_ws<B, S>(
+    stream: S,
+    peer: Peer,
+    shared: Arc<Shared<B>>,
+    websocket: bool,
+) -> Result<(), Error>
+where
+    B: Broker,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    if !websocket {
+        return serve(stream, peer, shared).await;
+    }
+    let upgrade = tokio::time::timeout(
+        shared.config.connect_timeout,
+        crate::websocket::accept(stream, shared.config.max_packet_size),
+    )
+    .await
+    .map_err(|_| Error::ConnectTimeout)??;
+    serve(upgrade, peer, shared).await
 }
