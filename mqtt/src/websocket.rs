@@ -21,6 +21,8 @@ pub async fn accept<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // The error type is tungstenite's Callback signature, not ours to shrink.
+    #[allow(clippy::result_large_err)]
     let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         let offers_mqtt = request
             .headers()
