@@ -27,6 +27,7 @@ use crate::meta::{self, Meta};
 use crate::retained;
 use crate::rocketmq::{NameServer, Producer};
 use crate::session::{BridgeSession, Opening};
+use crate::will_store;
 
 /// How long a topic's broker list is used before it is looked up again.
 const ROUTE_TTL: Duration = Duration::from_secs(30);
@@ -44,6 +45,7 @@ struct Inner {
     namesrv: Arc<NameServer>,
     producer: Producer,
     routes: Mutex<HashMap<String, (Instant, Vec<String>)>>,
+    instance: String,
 }
 
 impl Bridge {
@@ -61,8 +63,14 @@ impl Bridge {
                 namesrv,
                 producer,
                 routes: Mutex::new(HashMap::new()),
+                instance: format!("{:016x}", rand::random::<u64>()),
             }),
         }
+    }
+
+    /// This bridge instance's id (random per process), owner of its clients' wills.
+    pub fn instance(&self) -> &str {
+        &self.inner.instance
     }
 
     /// The configuration.
@@ -242,14 +250,26 @@ impl Broker for Bridge {
         let result = auth::authenticate(&self.inner.config.auth, connect, peer);
         let client_id = connect.client_id.clone();
         let clean_start = connect.clean_start;
+        let will = connect.will.clone();
         let opening = Opening {
             persistent: connect.session_expiry_interval > 0,
             expiry_secs: connect.session_expiry_interval,
             window: self.inner.config.limits.max_inflight,
+            has_will: false,
         };
         let bridge = self.clone();
         Box::pin(async move {
             let identity: Arc<str> = Arc::from(result?.as_str());
+            if let Some(will) = &will
+                && let Err(e) =
+                    will_store::put(bridge.namesrv(), &client_id, bridge.instance(), will).await
+            {
+                warn!(client = %client_id, error = %e, "will not kept in kvconfig; only this bridge holds it");
+            }
+            let opening = Opening {
+                has_will: will.is_some(),
+                ..opening
+            };
             let (session, session_present, deliveries) =
                 BridgeSession::open(bridge, identity, client_id.clone(), clean_start, opening)
                     .await

@@ -16,5 +16,6 @@ pub mod rocketmq;
 pub mod server;
 pub mod session;
 pub mod session_store;
+pub mod will_store;
 
 pub use error::Error;

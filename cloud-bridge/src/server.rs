@@ -18,6 +18,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::meta::Meta;
 use crate::rocketmq::{Client, ClientConfig, NameServer, Producer, ProducerConfig};
+use crate::will_store;
 
 /// A running bridge.
 #[derive(Debug)]
@@ -48,6 +49,8 @@ impl Server {
             warn!(error = %e, "cannot read kvconfig yet; using the configured topics and wildcards");
         }
 
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
         let mut listeners = Vec::new();
         for l in &config.listeners {
             let tls = match &l.tls {
@@ -71,15 +74,10 @@ impl Server {
             });
         }
 
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
+        let bridge = Bridge::new(config.clone(), meta.clone(), namesrv.clone(), producer);
+        tracker.spawn(will_sweeper(bridge.clone(), shutdown.clone()));
         let shared = Arc::new(Shared {
-            broker: Arc::new(Bridge::new(
-                config.clone(),
-                meta.clone(),
-                namesrv.clone(),
-                producer,
-            )),
+            broker: Arc::new(bridge),
             config: ConnectionConfig {
                 max_packet_size: config.limits.max_packet_size,
                 connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
@@ -148,4 +146,37 @@ impl Server {
         info!("shutting down");
         self.stop(Duration::from_secs(10)).await;
     }
+}
+
+/// How often a bridge writes its heartbeat and looks for orphaned wills.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A bridge whose heartbeat is older than this is taken for dead.
+const STALE: Duration = Duration::from_secs(15);
+
+/// Writes this bridge's heartbeat and publishes the wills of clients whose bridge died.
+async fn will_sweeper(bridge: Bridge, shutdown: CancellationToken) {
+    loop {
+        let now = crate::session_store::now_ms();
+        let ns = bridge.namesrv();
+        if let Err(e) = will_store::heartbeat(ns, bridge.instance(), now).await {
+            warn!(error = %e, "heartbeat not written");
+        }
+        match will_store::take_orphans(ns, now, STALE.as_millis() as u64).await {
+            Ok(orphans) => {
+                for (client_id, message) in orphans {
+                    info!(client = %client_id, topic = %message.topic, "publishing the will of a client whose bridge is gone");
+                    let identity: Arc<str> = Arc::from(client_id.as_str());
+                    if let Err(refusal) = bridge.clone().store(identity, message).await {
+                        warn!(client = %client_id, %refusal, "orphaned will not published");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "wills not swept"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = shutdown.cancelled() => break,
+        }
+    }
+    let _ = will_store::retire(bridge.namesrv(), bridge.instance()).await;
 }

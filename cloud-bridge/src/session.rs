@@ -30,6 +30,7 @@ use crate::offsets::{QueueKey, Tracker};
 use crate::reader::{self, Reader, SeenIds, Start};
 use crate::retained;
 use crate::session_store::{self, StoredSession, StoredSubscription};
+use crate::will_store;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -50,6 +51,7 @@ struct Inner {
     persistent: bool,
     expiry_secs: u32,
     window: i64,
+    has_will: bool,
     subs: Mutex<HashMap<String, Subscription>>,
     reader: reader::Shared,
     cancel: CancellationToken,
@@ -71,6 +73,8 @@ pub struct Opening {
     pub expiry_secs: u32,
     /// Deliveries in flight at most.
     pub window: u16,
+    /// Whether the connection has a will (kept in kvconfig until the session closes).
+    pub has_will: bool,
 }
 
 impl BridgeSession {
@@ -110,6 +114,7 @@ impl BridgeSession {
             persistent: opening.persistent,
             expiry_secs: opening.expiry_secs,
             window: i64::from(opening.window),
+            has_will: opening.has_will,
             subs: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),
             commit: Notify::new(),
@@ -475,6 +480,15 @@ impl Session for BridgeSession {
         let inner = self.inner;
         Box::pin(async move {
             inner.cancel.cancel();
+            if inner.has_will && how != Close::TakenOver {
+                // Published by the connection already, or discarded by a normal DISCONNECT.
+                let ns = inner.bridge.namesrv();
+                if let Err(e) =
+                    will_store::delete(ns, &inner.client_id, inner.bridge.instance()).await
+                {
+                    warn!(client = %inner.client_id, error = %e, "will copy not removed from kvconfig");
+                }
+            }
             if inner.persistent {
                 inner.commit_now().await;
                 if how != Close::TakenOver {

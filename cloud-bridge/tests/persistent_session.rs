@@ -162,3 +162,42 @@ async fn a_persistent_session_moves_to_another_bridge_after_kill_9_without_loss(
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_will_of_a_client_whose_bridge_was_killed_is_published_by_another_bridge() {
+    let first = unique("orphan");
+    let dir = std::env::temp_dir().join(unique("orphan-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let text = config_text(&first, &[], "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = dir.join("a.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut a = spawn_bridge(&path);
+    wait_listening(port).await;
+
+    let id = unique("dev");
+    let will_topic = format!("{first}/status/{id}");
+    let mut raw =
+        harness::raw::Raw::connect(format!("127.0.0.1:{port}").parse().unwrap(), false).await;
+    let mut c = rumqttc::mqttbytes::v4::Connect::new(id.clone());
+    c.set_login("demo", password(&id));
+    c.last_will = Some(rumqttc::mqttbytes::v4::LastWill::new(
+        will_topic.clone(),
+        "offline",
+        rumqttc::QoS::AtLeastOnce,
+        false,
+    ));
+    raw.send4(rumqttc::mqttbytes::v4::Packet::Connect(c)).await;
+    assert!(raw.recv(Duration::from_secs(10)).await.is_some(), "CONNACK");
+
+    // The bridge dies with the client connected: nobody on it can publish the will.
+    a.0.kill().unwrap();
+    let _ = a.0.wait();
+    let (b, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let got = harness::consume(&first, 1);
+    assert_eq!(got[0]["properties"]["originMqttTopic"], will_topic.as_str());
+    assert_eq!(got[0]["body_utf8"], "offline");
+    b.stop(Duration::from_secs(5)).await;
+    drop(raw);
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -1,0 +1,120 @@
+//! Wills that outlive their bridge. A connection's will is published by the bridge that
+//! serves it when the connection ends abnormally (`mqtt::connection`); a copy is kept in the
+//! name server's kvconfig (namespace [`NAMESPACE`], key = client id) with the serving
+//! bridge's instance id, and every bridge writes a heartbeat (namespace [`LIVENESS`]). When
+//! a bridge dies with clients connected, another bridge finds their wills under an owner
+//! whose heartbeat stopped, and publishes them. A will may then be published twice if two
+//! bridges sweep at the same moment: at least once, never lost.
+
+use base64::Engine;
+use bytes::Bytes;
+use mqtt::packet::{Message, MessageProperties, QoS, Will};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::rocketmq::NameServer;
+
+/// kvconfig namespace of wills.
+pub const NAMESPACE: &str = "MQTT_WILL";
+/// kvconfig namespace of bridge heartbeats (instance id -> ms since the epoch).
+pub const LIVENESS: &str = "MQTT_BRIDGE";
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Stored {
+    owner: String,
+    topic: String,
+    qos: u8,
+    retain: bool,
+    payload: String,
+    #[serde(default)]
+    user_properties: Vec<(String, String)>,
+}
+
+/// Keeps a copy of `will` for `client_id`, owned by bridge `owner`.
+pub async fn put(ns: &NameServer, client_id: &str, owner: &str, will: &Will) -> Result<(), Error> {
+    let m = &will.message;
+    let stored = Stored {
+        owner: owner.to_owned(),
+        topic: m.topic.clone(),
+        qos: m.qos.level(),
+        retain: m.retain,
+        payload: base64::engine::general_purpose::STANDARD.encode(&m.payload),
+        user_properties: m.properties.user_properties.clone(),
+    };
+    let text = serde_json::to_string(&stored).map_err(|e| Error::Invalid(e.to_string()))?;
+    ns.put_kv_config(NAMESPACE, client_id, &text).await
+}
+
+/// Drops the copy of a client's will if `owner` still owns it.
+pub async fn delete(ns: &NameServer, client_id: &str, owner: &str) -> Result<(), Error> {
+    let Some(text) = ns.get_kv_config(NAMESPACE, client_id).await? else {
+        return Ok(());
+    };
+    match serde_json::from_str::<Stored>(&text) {
+        Ok(s) if s.owner != owner => Ok(()),
+        _ => ns.delete_kv_config(NAMESPACE, client_id).await,
+    }
+}
+
+/// Records that bridge `instance` is alive at `now_ms`.
+pub async fn heartbeat(ns: &NameServer, instance: &str, now_ms: u64) -> Result<(), Error> {
+    ns.put_kv_config(LIVENESS, instance, &now_ms.to_string())
+        .await
+}
+
+/// Removes bridge `instance`'s heartbeat (clean shutdown).
+pub async fn retire(ns: &NameServer, instance: &str) -> Result<(), Error> {
+    ns.delete_kv_config(LIVENESS, instance).await
+}
+
+/// Wills whose owner has not sent a heartbeat for `stale_ms`: removed from kvconfig and
+/// returned for publishing, with their client ids.
+pub async fn take_orphans(
+    ns: &NameServer,
+    now_ms: u64,
+    stale_ms: u64,
+) -> Result<Vec<(String, Message)>, Error> {
+    let wills = ns.kv_list(NAMESPACE).await?;
+    if wills.is_empty() {
+        return Ok(Vec::new());
+    }
+    let alive = ns.kv_list(LIVENESS).await?;
+    let is_alive = |owner: &str| {
+        alive
+            .get(owner)
+            .and_then(|t| t.parse::<u64>().ok())
+            .is_some_and(|t| now_ms.saturating_sub(t) < stale_ms)
+    };
+    let mut out = Vec::new();
+    for (client_id, text) in wills {
+        let Ok(s) = serde_json::from_str::<Stored>(&text) else {
+            ns.delete_kv_config(NAMESPACE, &client_id).await?;
+            continue;
+        };
+        if is_alive(&s.owner) {
+            continue;
+        }
+        ns.delete_kv_config(NAMESPACE, &client_id).await?;
+        let Ok(payload) = base64::engine::general_purpose::STANDARD.decode(&s.payload) else {
+            continue;
+        };
+        out.push((
+            client_id,
+            Message {
+                topic: s.topic,
+                payload: Bytes::from(payload),
+                qos: match s.qos {
+                    0 => QoS::AtMostOnce,
+                    1 => QoS::AtLeastOnce,
+                    _ => QoS::ExactlyOnce,
+                },
+                retain: s.retain,
+                properties: MessageProperties {
+                    user_properties: s.user_properties,
+                    ..MessageProperties::default()
+                },
+            },
+        ));
+    }
+    Ok(out)
+}
