@@ -32,7 +32,11 @@ impl Server {
     /// Binds every listener and starts serving. Fails on a bad TLS file or a busy port.
     pub async fn start(config: Config) -> Result<Self, Error> {
         let config = Arc::new(config);
-        let client = Client::new(ClientConfig::default());
+        // Every session long-polls its queues through one connection per broker.
+        let client = Client::new(ClientConfig {
+            max_in_flight: 1 << 17,
+            ..ClientConfig::default()
+        });
         let namesrv = Arc::new(NameServer::new(client, config.rocketmq.namesrv.clone())?);
         let producer = Producer::new(
             namesrv.clone(),

@@ -92,12 +92,11 @@ impl BridgeSession {
         } else {
             None
         };
-        if clean_start {
+        if clean_start && session_store::load(ns, &client_id).await?.is_some() {
             // A clean start discards any stored session (its offsets are overwritten as
-            // subscriptions start again at the latest message).
-            if let Err(e) = session_store::delete(ns, &client_id).await {
-                debug!(client = %client_id, error = %e, "no stored session removed");
-            }
+            // subscriptions start again at the latest message). Read first: most
+            // connections have none, and a name server write is persisted to its disk.
+            session_store::delete(ns, &client_id).await?;
         }
         let (tx, rx) = mpsc::channel(usize::from(opening.window.max(1)));
         let inner = Arc::new(Inner {
@@ -221,10 +220,12 @@ impl Inner {
                 }
             }
         };
-        for lmq_name in [
-            lmq::p2p_lmq(&self.client_id),
-            lmq::retry_lmq(&self.client_id),
-        ] {
+        // Only a persistent session has retries to read.
+        let mut implicit = vec![lmq::p2p_lmq(&self.client_id)];
+        if self.persistent {
+            implicit.push(lmq::retry_lmq(&self.client_id));
+        }
+        for lmq_name in implicit {
             if let Ok(keys) = self
                 .start_queues(&lmq_name, &brokers, QoS::ExactlyOnce, resumed, true)
                 .await
