@@ -133,6 +133,19 @@ pub enum Error {
     #[error("internal error: {0}")]
     Internal(String),
 
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
+
+    /// The MQTT layer failed (TLS files of a listener, for example).
+    #[error(transparent)]
+    Mqtt(#[from] mqtt::Error),
+
     /// Writing the export stream failed.
     #[error("export failed: {0}")]
     Export(#[source] io::Error),

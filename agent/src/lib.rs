@@ -1,9 +1,13 @@
-//! edge-agent: the gateway agent. Today it holds the durable journal ([`journal`]) that
-//! the local MQTT broker appends uplink-bound messages to and the uplink drains; the
-//! broker and the uplink come in later modules.
+//! edge-agent: the gateway agent. It runs a local MQTT broker for devices ([`broker`],
+//! on the shared `mqtt` crate), appends every uplink-bound message to the durable journal
+//! ([`journal`]) before acknowledging it, and (next) sends the journal to the cloud.
 
+pub mod auth;
+pub mod broker;
+pub mod config;
 pub mod error;
 pub mod journal;
+pub mod server;
 pub mod state_dir;
 
 pub use error::{Error, Result};

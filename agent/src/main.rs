@@ -1,7 +1,11 @@
 //! edge-agent command line.
 //!
-//! - `edge-agent [--state-dir DIR]`: run the agent (the local broker is not implemented
-//!   yet: this exits with an error).
+//! - `edge-agent [--config FILE] [--state-dir DIR] [run]`: run the agent (local broker,
+//!   journal) until SIGTERM or SIGINT. Without `--config`, the built-in defaults
+//!   (`conf/edge-agent.toml`): 127.0.0.1:1883, anonymous clients on loopback.
+//! - `edge-agent validate [--config FILE]`: check a configuration and exit.
+//! - `edge-agent passwd`: read a password from standard input, print its Argon2 hash for
+//!   `[[auth.users]] password_hash`.
 //! - `edge-agent journal stats|peek|export|check`: look at the journal offline or while
 //!   the agent runs (read-only).
 //!
@@ -14,8 +18,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
+use edge_agent::config::Config;
 use edge_agent::journal::{self, Clock, Journal, render_entry, render_stats};
-use edge_agent::state_dir;
+use edge_agent::server::Agent;
+use edge_agent::{auth, state_dir};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -28,12 +35,27 @@ struct Cli {
     /// if writable, else $XDG_STATE_HOME/edge-agent or ~/.local/state/edge-agent]
     #[arg(long, global = true, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Configuration file (TOML) [default: the built-in conf/edge-agent.toml]
+    #[arg(
+        long,
+        short,
+        global = true,
+        value_name = "FILE",
+        env = "EDGE_AGENT_CONFIG"
+    )]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Check a configuration file (or the built-in defaults) and exit.
+    Validate,
+    /// Hash a password read from standard input (one line) for `[[auth.users]]`.
+    Passwd,
     /// Inspect the durable journal (read-only; safe while the agent runs).
     Journal {
         /// Journal file [default: <state dir>/journal.db]
@@ -76,21 +98,81 @@ enum ExportFormat {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let Some(Command::Journal { file, action }) = cli.command else {
-        bail!(
-            "the local MQTT broker is not implemented yet; \
-             only `edge-agent journal stats|peek|export|check` works so far"
-        );
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Journal { file, action } => {
+            let path = match file {
+                Some(f) => f,
+                None => state_dir::resolve(cli.state_dir.as_deref())?.join(journal::FILE_NAME),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(journal_command(path, action))
+        }
+        Command::Validate => {
+            Config::load(cli.config.as_deref())?;
+            println!(
+                "{}: valid",
+                cli.config
+                    .as_deref()
+                    .map_or("built-in defaults".into(), |p| p.display().to_string())
+            );
+            Ok(())
+        }
+        Command::Passwd => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            if password.is_empty() {
+                bail!("empty password");
+            }
+            println!("{}", auth::hash_password(password)?);
+            Ok(())
+        }
+        Command::Run => {
+            let config = Config::load(cli.config.as_deref())?;
+            let explicit = cli.state_dir.or_else(|| config.state_dir.clone());
+            let dir = state_dir::resolve(explicit.as_deref())?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(async move {
+                let agent = Agent::start(config, &dir).await?;
+                let stop = CancellationToken::new();
+                let signal_stop = stop.clone();
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    signal_stop.cancel();
+                });
+                agent.run_until(stop).await?;
+                Ok(())
+            })
+        }
+    }
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
     };
-    let path = match file {
-        Some(f) => f,
-        None => state_dir::resolve(cli.state_dir.as_deref())?.join(journal::FILE_NAME),
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(journal_command(path, action))
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 async fn journal_command(path: PathBuf, action: JournalAction) -> anyhow::Result<()> {

@@ -1,5 +1,5 @@
 //! The `edge-agent` binary: `journal stats|peek|export|check` on a real journal, and the
-//! bare command's "not implemented yet" refusal.
+//! `validate` and `passwd` subcommands.
 #![allow(clippy::expect_used, clippy::unwrap_used)]
 
 use std::path::Path;
@@ -79,7 +79,7 @@ async fn journal_subcommands_read_a_real_journal() {
 }
 
 #[test]
-fn missing_journal_and_bare_command_fail_clearly() {
+fn missing_journal_fails_clearly() {
     let dir = tempfile::tempdir().expect("tempdir");
     let state = dir.path().to_str().expect("utf-8 path");
     let out = agent(&["journal", "--state-dir", state, "stats"]);
@@ -93,12 +93,46 @@ fn missing_journal_and_bare_command_fail_clearly() {
         !dir.path().join(FILE_NAME).exists(),
         "the CLI created a journal"
     );
+}
 
-    let out = agent(&["--state-dir", state]);
+#[test]
+fn validate_passwd_and_bad_config() {
+    let out = agent(&["validate"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("built-in defaults: valid"));
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[limits]\nmax_conections = 3\n").expect("write");
+    let out = agent(&["validate", "--config", bad.to_str().expect("utf-8")]);
     assert!(!out.status.success());
     assert!(
-        text(&out.stderr).contains("not implemented yet"),
+        text(&out.stderr).contains("max_conections"),
         "{}",
         text(&out.stderr)
     );
+
+    let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+        .arg("passwd")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"s3cret\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success());
+    let hash = text(&out.stdout).trim().to_owned();
+    assert!(hash.starts_with("$argon2id$"), "{hash}");
+    assert!(edge_agent::auth::verify_password("s3cret", &hash));
+
+    // The shipped file is the compiled-in default and validates as a file too.
+    let shipped = concat!(env!("CARGO_MANIFEST_DIR"), "/../conf/edge-agent.toml");
+    let out = agent(&["validate", "--config", shipped]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
 }

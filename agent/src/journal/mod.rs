@@ -103,6 +103,17 @@ use writer::{Command, Op};
 /// File name of the journal inside the state directory.
 pub const FILE_NAME: &str = "journal.db";
 
+/// An append queued by [`Journal::submit`], not yet known to be committed.
+#[derive(Debug)]
+pub struct Pending(oneshot::Receiver<Result<u64>>);
+
+impl Pending {
+    /// Waits for the commit; returns the entry's sequence number.
+    pub async fn committed(self) -> Result<u64> {
+        self.0.await.map_err(|_| Error::Closed)?
+    }
+}
+
 /// Handle to an open journal. Clones share the same journal thread.
 #[derive(Debug, Clone)]
 pub struct Journal {
@@ -203,6 +214,14 @@ impl Journal {
     /// [`Error::QuotaExceeded`] when the policy refuses it, [`Error::DiskFull`] when
     /// SQLite finds the disk full (nothing stored is lost either way).
     pub async fn append(&self, entry: NewEntry) -> Result<u64> {
+        self.submit(entry).await?.committed().await
+    }
+
+    /// Queues `entry` for the journal thread and returns as soon as it is queued; the
+    /// returned [`Pending`] yields its sequence number once committed. Entries are
+    /// committed in the order they were submitted, so one publisher can keep several
+    /// appends in flight (sharing fsyncs) without reordering them.
+    pub async fn submit(&self, entry: NewEntry) -> Result<Pending> {
         if entry.topic.is_empty() {
             return Err(Error::InvalidEntry("empty topic".to_owned()));
         }
@@ -219,7 +238,12 @@ impl Journal {
             user_properties: entry.user_properties,
             size,
         };
-        self.call(|tx| Op::Append(record, tx)).await
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Command::Run(Op::Append(record, reply)))
+            .await
+            .map_err(|_| Error::Closed)?;
+        Ok(Pending(answer))
     }
 
     /// Up to `limit` unexpired entries after `cursor` (at most 10 000 per call). Advance

@@ -1,0 +1,296 @@
+//! The agent's configuration: TOML, unknown keys refused, every key with a default.
+//!
+//! `conf/edge-agent.toml` is the documented default and is compiled in, so `edge-agent`
+//! without `--config` runs exactly that file: one TCP listener on 127.0.0.1:1883,
+//! anonymous clients allowed (loopback only), data in the state directory.
+//! `edge-agent validate [--config FILE]` checks a file (listeners, TLS files, users'
+//! password hashes, filters, journal rules) without starting anything.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+use crate::journal::JournalConfig;
+
+/// The shipped defaults.
+pub const DEFAULT_CONFIG: &str = include_str!("../../conf/edge-agent.toml");
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the agent keeps its data; unset: see `state_dir` (the `--state-dir` flag wins).
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// MQTT listeners.
+    #[serde(default, rename = "listener")]
+    pub listeners: Vec<ListenerConfig>,
+    /// Who may connect.
+    #[serde(default)]
+    pub auth: AuthConfig,
+    /// Connection and memory limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Persistent sessions and retained messages.
+    #[serde(default)]
+    pub sessions: SessionsConfig,
+    /// Which topics go to the cloud through the journal.
+    #[serde(default)]
+    pub uplink: UplinkConfig,
+    /// The durable journal.
+    #[serde(default)]
+    pub journal: JournalConfig,
+}
+
+/// One listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name for logs.
+    pub name: String,
+    /// Address to bind.
+    pub bind: SocketAddr,
+    /// TLS files; plain TCP without.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Speak MQTT over WebSocket (subprotocol `mqtt`) on this listener.
+    #[serde(default)]
+    pub websocket: bool,
+}
+
+/// TLS files of a listener.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// Server key (PEM).
+    pub key: PathBuf,
+    /// CA for client certificates (PEM); enables mutual TLS.
+    #[serde(default)]
+    pub client_ca: Option<PathBuf>,
+    /// Refuse clients without a certificate.
+    #[serde(default)]
+    pub require_client_cert: bool,
+}
+
+/// Authentication: a verified client certificate, a user with a password, or anonymous.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept clients that send no user name (and no certificate).
+    pub allow_anonymous: bool,
+    /// Users and their password hashes (PHC strings, `edge-agent passwd` makes one).
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: true,
+            users: Vec::new(),
+        }
+    }
+}
+
+/// One user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The MQTT user name.
+    pub name: String,
+    /// Argon2 PHC string, for example `$argon2id$v=19$m=19456,t=2,p=1$...`.
+    pub password_hash: String,
+}
+
+/// Limits of client connections and of memory.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Connections across all listeners; more are closed at accept.
+    pub max_connections: usize,
+    /// Largest packet accepted, bytes.
+    pub max_packet_size: usize,
+    /// Time allowed between accept and CONNECT (and for a TLS handshake), seconds.
+    pub connect_timeout_secs: u64,
+    /// MQTT 5 receive maximum advertised to clients.
+    pub receive_maximum: u16,
+    /// Publishes of one connection being stored at once (in order; they share fsyncs).
+    pub publish_pipeline: usize,
+    /// Messages waiting in memory for one connected subscriber.
+    pub subscriber_queue: usize,
+    /// How long a publish waits for room in a full subscriber queue before that
+    /// subscriber misses the message (counted), milliseconds.
+    pub subscriber_wait_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 1024,
+            max_packet_size: 256 * 1024,
+            connect_timeout_secs: 10,
+            receive_maximum: 128,
+            publish_pipeline: 64,
+            subscriber_queue: 1000,
+            subscriber_wait_ms: 5000,
+        }
+    }
+}
+
+/// Persistent sessions and retained messages (kept in `<state dir>/broker.db`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionsConfig {
+    /// Messages kept for one disconnected persistent session; later ones are dropped
+    /// (and counted) until the client comes back.
+    pub max_queued_messages: usize,
+    /// Upper bound of a session's expiry (3.1.1 clean-session-false sessions get this).
+    pub max_session_expiry_secs: u32,
+    /// Most retained topics; a retained publish to a new topic beyond it is not retained.
+    pub max_retained: usize,
+}
+
+impl Default for SessionsConfig {
+    fn default() -> Self {
+        Self {
+            max_queued_messages: 1000,
+            max_session_expiry_secs: 7 * 24 * 3600,
+            max_retained: 10_000,
+        }
+    }
+}
+
+/// Which topics the uplink sends to the cloud.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UplinkConfig {
+    /// Topic filters; a publish matching any of them is appended to the journal (and
+    /// acknowledged only after the commit).
+    pub topics: Vec<String>,
+}
+
+impl Default for UplinkConfig {
+    fn default() -> Self {
+        Self {
+            topics: vec!["#".to_owned()],
+        }
+    }
+}
+
+fn bad(field: impl Into<String>, reason: impl Into<String>) -> Error {
+    Error::Config {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses a configuration text and checks it; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self> {
+        let config: Config = toml::from_str(text).map_err(|e| bad(origin, e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Loads a file, or the compiled-in defaults when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self> {
+        match path {
+            None => Self::parse(DEFAULT_CONFIG, "built-in defaults"),
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
+                    path: p.to_path_buf(),
+                    source,
+                })?;
+                Self::parse(&text, &p.display().to_string())
+            }
+        }
+    }
+
+    /// Checks every value; errors name the key.
+    pub fn check(&self) -> Result<()> {
+        if self.listeners.is_empty() {
+            return Err(bad("listener", "at least one [[listener]] is needed"));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            if !names.insert(&l.name) {
+                return Err(bad(format!("listener[{i}].name"), "used twice"));
+            }
+            if let Some(t) = &l.tls
+                && t.require_client_cert
+                && t.client_ca.is_none()
+            {
+                return Err(bad(
+                    format!("listener[{i}].tls.require_client_cert"),
+                    "needs client_ca",
+                ));
+            }
+        }
+        for (i, u) in self.auth.users.iter().enumerate() {
+            if u.name.is_empty() {
+                return Err(bad(format!("auth.users[{i}].name"), "empty"));
+            }
+            crate::auth::parse_hash(&u.password_hash)
+                .map_err(|e| bad(format!("auth.users[{i}].password_hash"), e))?;
+        }
+        let l = &self.limits;
+        if l.max_packet_size < mqtt::codec::MIN_PACKET_SIZE {
+            return Err(bad(
+                "limits.max_packet_size",
+                format!("must be at least {}", mqtt::codec::MIN_PACKET_SIZE),
+            ));
+        }
+        for (field, v) in [
+            ("limits.max_connections", l.max_connections),
+            ("limits.publish_pipeline", l.publish_pipeline),
+            ("limits.subscriber_queue", l.subscriber_queue),
+            ("limits.receive_maximum", usize::from(l.receive_maximum)),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be greater than 0"));
+            }
+        }
+        for (i, f) in self.uplink.topics.iter().enumerate() {
+            mqtt::topic::validate_filter(f)
+                .map_err(|e| bad(format!("uplink.topics[{i}]"), e.to_string()))?;
+        }
+        self.journal.validate()
+    }
+
+    /// The connect timeout.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.limits.connect_timeout_secs)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_defaults_are_valid_and_listen_on_loopback() {
+        let c = Config::load(None).expect("defaults");
+        assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.listeners[0].bind, "127.0.0.1:1883".parse().expect("addr"));
+        assert!(c.auth.allow_anonymous);
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused() {
+        let text = DEFAULT_CONFIG.replace("[limits]", "[limits]\nfoo = 1");
+        let e = Config::parse(&text, "x.toml").expect_err("foo").to_string();
+        assert!(e.contains("x.toml") && e.contains("foo"), "{e}");
+        let text = DEFAULT_CONFIG.replace("topics = [\"#\"]", "topics = [\"a/#/b\"]");
+        assert_ne!(text, DEFAULT_CONFIG);
+        assert!(Config::parse(&text, "x").is_err());
+        let text =
+            format!("{DEFAULT_CONFIG}\n[[auth.users]]\nname = \"u\"\npassword_hash = \"plain\"\n");
+        let e = Config::parse(&text, "x").expect_err("hash").to_string();
+        assert!(e.contains("auth.users[0].password_hash"), "{e}");
+    }
+}

@@ -1,0 +1,205 @@
+//! Starting and stopping the agent: journal, broker database, listeners, sweepers.
+//!
+//! Shutdown (`Agent::stop`, on SIGTERM/SIGINT from `main`): the token is cancelled, so
+//! listeners stop accepting and every connection ends (MQTT 5 clients get DISCONNECT
+//! 0x8B); pending delayed wills are published; the session pipelines answer what they
+//! had queued; persistent sessions' in-memory queues are written to `broker.db`. Then
+//! the journal thread finishes its queue and closes the file. Every task is in one
+//! `TaskTracker`, so "stopped" means stopped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use mqtt::connection::{ConnectionConfig, Shared};
+use mqtt::listener::{self, Listener};
+use mqtt::tls::{self, TlsFiles};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::broker::{BrokerStore, CounterValues, LocalBroker, store};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::journal::{self, Journal};
+
+/// A running agent.
+#[derive(Debug)]
+pub struct Agent {
+    addrs: Vec<(String, SocketAddr)>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+    journal: Journal,
+    broker: LocalBroker,
+    state_dir: PathBuf,
+}
+
+impl Agent {
+    /// Opens the state in `state_dir` (created if missing), binds every listener and
+    /// starts serving. Fails on a bad TLS file, a busy port or an unusable journal.
+    pub async fn start(config: Config, state_dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(state_dir).map_err(|source| Error::Io {
+            path: state_dir.to_path_buf(),
+            source,
+        })?;
+        let mut listeners = Vec::new();
+        for l in &config.listeners {
+            if l.websocket {
+                return Err(Error::Config {
+                    field: format!("listener {:?}: websocket", l.name),
+                    reason: "WebSocket listeners are not available in this build yet".into(),
+                });
+            }
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => Some(tls::server_config(&TlsFiles {
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                    client_ca: t.client_ca.clone(),
+                    require_client_cert: t.require_client_cert,
+                })?),
+            };
+            let socket = TcpListener::bind(l.bind)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: l.bind,
+                    source,
+                })?;
+            listeners.push(Listener {
+                name: l.name.clone(),
+                socket,
+                tls,
+                // Set from the listener's config once the agent's config has the option.
+                websocket: false,
+            });
+        }
+        let journal = Journal::open(state_dir.join(journal::FILE_NAME), &config.journal).await?;
+        let (store, snapshot) = match BrokerStore::open(
+            &state_dir.join(store::FILE_NAME),
+            config.journal.synchronous,
+        )
+        .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = journal.close().await;
+                return Err(e);
+            }
+        };
+        // Sessions that were connected when the agent stopped count as disconnected now.
+        for s in snapshot
+            .sessions
+            .iter()
+            .filter(|s| s.disconnected_ms.is_none())
+        {
+            store
+                .disconnected(&s.client_id, crate::broker::now_ms())
+                .await?;
+        }
+
+        let shutdown = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let broker = LocalBroker::new(&config, journal.clone(), store, snapshot, tracker.clone());
+        let shared = Arc::new(Shared {
+            broker: Arc::new(broker.clone()),
+            config: ConnectionConfig {
+                max_packet_size: config.limits.max_packet_size,
+                connect_timeout: config.connect_timeout(),
+                receive_maximum: config.limits.receive_maximum,
+                publish_pipeline: config.limits.publish_pipeline,
+                retain_available: true,
+                ..ConnectionConfig::default()
+            },
+            registry: Default::default(),
+            shutdown: shutdown.clone(),
+            tracker: tracker.clone(),
+        });
+        let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+        let mut addrs = Vec::new();
+        for l in listeners {
+            let addr = l.socket.local_addr().map_err(|source| Error::Bind {
+                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+                source,
+            })?;
+            info!(listener = %l.name, %addr, tls = l.tls.is_some(), "listening");
+            addrs.push((l.name.clone(), addr));
+            tracker.spawn(listener::run(l, shared.clone(), limit.clone()));
+        }
+        let j = journal.clone();
+        tracker.spawn({
+            let cancel = shutdown.clone();
+            async move { j.run_sweeper(Duration::from_secs(60), cancel).await }
+        });
+        let b = broker.clone();
+        tracker.spawn({
+            let cancel = shutdown.clone();
+            async move { b.run_session_expiry(Duration::from_secs(60), cancel).await }
+        });
+        info!(state_dir = %state_dir.display(), "edge-agent running");
+        Ok(Self {
+            addrs,
+            shutdown,
+            tracker,
+            journal,
+            broker,
+            state_dir: state_dir.to_path_buf(),
+        })
+    }
+
+    /// The bound address of a listener.
+    pub fn local_addr(&self, listener: &str) -> Option<SocketAddr> {
+        self.addrs
+            .iter()
+            .find(|(n, _)| n == listener)
+            .map(|(_, a)| *a)
+    }
+
+    /// The journal (for the uplink and for tests).
+    pub fn journal(&self) -> &Journal {
+        &self.journal
+    }
+
+    /// The broker's delivery counters.
+    pub fn counters(&self) -> CounterValues {
+        self.broker.counters()
+    }
+
+    /// The state directory in use.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// A token that stops the agent when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Stops everything (see the module doc), waiting up to `grace` for connections.
+    pub async fn stop(self, grace: Duration) -> Result<()> {
+        self.shutdown.cancel();
+        self.tracker.close();
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            warn!("some tasks did not stop within the shutdown grace period");
+        }
+        drop(self.broker);
+        self.journal.close().await?;
+        info!("edge-agent stopped");
+        Ok(())
+    }
+
+    /// Runs until `stop` is cancelled, then stops.
+    pub async fn run_until(self, stop: CancellationToken) -> Result<()> {
+        tokio::select! {
+            _ = stop.cancelled() => {}
+            _ = self.shutdown.cancelled() => {}
+        }
+        info!("shutting down");
+        self.stop(Duration::from_secs(10)).await
+    }
+}
