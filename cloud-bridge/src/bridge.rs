@@ -88,6 +88,11 @@ impl Bridge {
         &self.inner.namesrv
     }
 
+    /// The producer.
+    pub fn producer(&self) -> &Producer {
+        &self.inner.producer
+    }
+
     /// The RocketMQ client.
     pub fn client(&self) -> &crate::rocketmq::Client {
         self.inner.namesrv.client()

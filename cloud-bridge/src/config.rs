@@ -155,6 +155,11 @@ pub struct SubscriptionsConfig {
     pub max_filter_depth: usize,
     /// Subscriptions per client.
     pub max_per_client: usize,
+    /// Connections in a row that may end with the same message unacknowledged before it
+    /// is moved to the client's retry queue (clientRetryTopic), unblocking the queue.
+    pub max_resends: u32,
+    /// Times a message may go through the retry queue before it is dropped.
+    pub max_retry_times: u32,
 }
 
 impl Default for SubscriptionsConfig {
@@ -164,6 +169,8 @@ impl Default for SubscriptionsConfig {
             max_filter_length: 256,
             max_filter_depth: 8,
             max_per_client: 64,
+            max_resends: 3,
+            max_retry_times: 3,
         }
     }
 }

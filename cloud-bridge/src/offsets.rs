@@ -23,6 +23,8 @@ pub struct QueueKey {
 struct QueueState {
     pending: BTreeSet<i64>,
     position: i64,
+    /// One past the last offset handed to the client.
+    handed_to: i64,
     committed: i64,
     removed: bool,
 }
@@ -48,6 +50,7 @@ impl Tracker {
             key,
             QueueState {
                 position: offset,
+                handed_to: offset,
                 committed: offset,
                 ..QueueState::default()
             },
@@ -68,6 +71,7 @@ impl Tracker {
         if let Some(q) = self.queues.get_mut(key) {
             q.pending.insert(offset);
             q.position = q.position.max(next);
+            q.handed_to = q.handed_to.max(offset + 1);
         }
         self.next_tag = self.next_tag.wrapping_add(1);
         self.tags.insert(self.next_tag, (key.clone(), offset));
@@ -103,6 +107,34 @@ impl Tracker {
             !q.removed
         });
         out
+    }
+
+    /// Per queue, one past the last offset handed to the client: what a resumed session
+    /// redelivers below it goes out with DUP.
+    pub fn handed_marks(&self) -> Vec<(QueueKey, i64)> {
+        self.queues
+            .iter()
+            .filter(|(_, q)| !q.removed)
+            .map(|(k, q)| (k.clone(), q.handed_to))
+            .collect()
+    }
+
+    /// The first unacknowledged offset of every queue that has one.
+    pub fn unacked_heads(&self) -> Vec<(QueueKey, i64)> {
+        self.queues
+            .iter()
+            .filter(|(_, q)| !q.removed)
+            .filter_map(|(k, q)| q.pending.first().map(|o| (k.clone(), *o)))
+            .collect()
+    }
+
+    /// Gives up on the delivery at `offset` (moved to the retry queue): it no longer holds
+    /// the commit point back.
+    pub fn release(&mut self, key: &QueueKey, offset: i64) {
+        if let Some(q) = self.queues.get_mut(key) {
+            q.pending.remove(&offset);
+        }
+        self.tags.retain(|_, (k, o)| !(k == key && *o == offset));
     }
 
     /// Deliveries handed but not acknowledged.

@@ -89,6 +89,9 @@ pub enum Start {
         resume: bool,
         /// In-flight window, for DUP marking after a resume.
         window: i64,
+        /// How far the last connection handed this queue out, when it ended cleanly:
+        /// exact DUP marking instead of the window estimate.
+        handed_to: Option<i64>,
     },
 }
 
@@ -145,12 +148,18 @@ impl Reader {
                     group,
                     resume,
                     window,
+                    handed_to,
                 } => {
                     match resolve_start(&shared.client, &self.key, group.as_deref(), *resume).await
                     {
                         Ok((o, stored)) => {
                             lock(&shared.tracker).start(self.key.clone(), o);
-                            break (o, if stored { o + window } else { o });
+                            let dup_below = match (stored, handed_to) {
+                                (false, _) => o,
+                                (true, Some(h)) => *h,
+                                (true, None) => o + window,
+                            };
+                            break (o, dup_below);
                         }
                         Err(e) => {
                             debug!(lmq = %self.key.lmq, error = %e, "start offset not resolved yet");

@@ -29,7 +29,7 @@ use crate::lmq;
 use crate::offsets::{QueueKey, Tracker};
 use crate::reader::{self, Reader, SeenIds, Start};
 use crate::retained;
-use crate::session_store::{self, StoredSession, StoredSubscription};
+use crate::session_store::{self, Handed, Stall, StoredSession, StoredSubscription};
 use crate::will_store;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -53,6 +53,8 @@ struct Inner {
     window: i64,
     has_will: bool,
     subs: Mutex<HashMap<String, Subscription>>,
+    stalls: Mutex<Vec<Stall>>,
+    handed: Vec<Handed>,
     reader: reader::Shared,
     cancel: CancellationToken,
     commit: Notify,
@@ -115,6 +117,16 @@ impl BridgeSession {
             window: i64::from(opening.window),
             has_will: opening.has_will,
             subs: Mutex::new(HashMap::new()),
+            stalls: Mutex::new(
+                stored
+                    .as_ref()
+                    .map(|s| s.stalls.clone())
+                    .unwrap_or_default(),
+            ),
+            handed: stored
+                .as_ref()
+                .map(|s| s.handed.clone())
+                .unwrap_or_default(),
             cancel: CancellationToken::new(),
             commit: Notify::new(),
         });
@@ -169,11 +181,17 @@ impl Inner {
                 lmq: Arc::from(lmq_name),
                 broker: Arc::from(broker.as_str()),
             };
+            let handed_to = self
+                .handed
+                .iter()
+                .find(|h| *h.lmq == *key.lmq && *h.broker == *key.broker)
+                .map(|h| h.to);
             let start = if lazy {
                 Start::Resolve {
                     group: group.clone(),
                     resume,
                     window: self.window,
+                    handed_to,
                 }
             } else {
                 let (offset, stored) =
@@ -182,7 +200,11 @@ impl Inner {
                 lock(&self.reader.tracker).start(key.clone(), offset);
                 Start::At {
                     offset,
-                    dup_below: if stored { offset + self.window } else { offset },
+                    dup_below: match (stored, handed_to) {
+                        (false, _) => offset,
+                        (true, Some(h)) => h,
+                        (true, None) => offset + self.window,
+                    },
                 }
             };
             readers.push(Reader {
@@ -367,8 +389,25 @@ impl Inner {
                 qos: s.qos.level(),
             })
             .collect();
+        // Marks are only exact when the connection ended here: a bridge that died leaves
+        // the marks of the last clean end, and the window estimate covers the rest.
+        let handed = if disconnected_at_ms.is_some() {
+            lock(&self.reader.tracker)
+                .handed_marks()
+                .into_iter()
+                .map(|(k, to)| Handed {
+                    lmq: k.lmq.to_string(),
+                    broker: k.broker.to_string(),
+                    to,
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         StoredSession {
             subscriptions,
+            stalls: lock(&self.stalls).clone(),
+            handed,
             expiry_secs: self.expiry_secs,
             disconnected_at_ms,
         }
@@ -382,6 +421,104 @@ impl Inner {
         if let Err(e) = session_store::save(self.bridge.namesrv(), &self.client_id, &stored).await {
             warn!(client = %self.client_id, error = %e, "session not stored");
         }
+    }
+
+    /// At the end of a connection: counts, per queue, the connections in a row that left
+    /// the same head message unacknowledged, and moves a head that reached
+    /// `max_resends` to the client's retry queue, so the queue behind it flows again.
+    async fn settle_stalls(&self) {
+        let limits = &self.bridge.config().subscriptions;
+        let heads = lock(&self.reader.tracker).unacked_heads();
+        let previous = lock(&self.stalls).clone();
+        let mut stalls = Vec::new();
+        for (key, offset) in heads {
+            let count = previous
+                .iter()
+                .find(|s| *s.lmq == *key.lmq && *s.broker == *key.broker && s.offset == offset)
+                .map_or(1, |s| s.count + 1);
+            if count >= limits.max_resends {
+                match self.move_to_retry(&key, offset).await {
+                    Ok(()) => {
+                        lock(&self.reader.tracker).release(&key, offset);
+                        continue;
+                    }
+                    Err(e) => {
+                        warn!(client = %self.client_id, lmq = %key.lmq, offset, error = %e, "message not moved to the retry queue")
+                    }
+                }
+            }
+            stalls.push(Stall {
+                lmq: key.lmq.to_string(),
+                broker: key.broker.to_string(),
+                offset,
+                count,
+            });
+        }
+        *lock(&self.stalls) = stalls;
+    }
+
+    /// Re-puts the message at `offset` of `key` into the client's retry queue (topic
+    /// `clientRetryTopic`, LMQ `%LMQ%%retry%{clientId}%`, `retryTimes` + 1), or drops it
+    /// when it has been retried `max_retry_times` already.
+    async fn move_to_retry(&self, key: &QueueKey, offset: i64) -> Result<(), Error> {
+        use crate::lmq_message::prop;
+        use crate::rocketmq::{PullRequest, PullResult};
+        let b = self.reader.client.broker(&key.broker);
+        let PullResult::Found { messages, .. } =
+            b.pull(&PullRequest::lmq(&key.lmq, offset, 1)).await?
+        else {
+            return Err(Error::Invalid(format!(
+                "message {offset} of {} is gone",
+                key.lmq
+            )));
+        };
+        let Some(m) = messages
+            .into_iter()
+            .find(|m| m.lmq_offset(&key.lmq) == Some(offset))
+        else {
+            return Err(Error::Invalid(format!(
+                "message {offset} of {} not found",
+                key.lmq
+            )));
+        };
+        let config = self.bridge.config();
+        let tries: u32 = m
+            .property(prop::RETRY_TIMES)
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0)
+            + 1;
+        if tries > config.subscriptions.max_retry_times {
+            warn!(client = %self.client_id, lmq = %key.lmq, offset, tries, "message dropped after its retries");
+            return Ok(());
+        }
+        let tries = tries.to_string();
+        let retry_lmq = lmq::retry_lmq(&self.client_id);
+        const BROKER_SET: [&str; 5] = [
+            prop::INNER_MULTI_DISPATCH,
+            prop::INNER_MULTI_QUEUE_OFFSET,
+            "MIN_OFFSET",
+            "MAX_OFFSET",
+            "CLUSTER",
+        ];
+        let mut properties: Vec<(&str, &str)> = m
+            .properties
+            .iter()
+            .filter(|(k, _)| !BROKER_SET.contains(&k.as_str()) && k.as_str() != prop::RETRY_TIMES)
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        properties.push((prop::INNER_MULTI_DISPATCH, retry_lmq.as_str()));
+        properties.push((prop::RETRY_TIMES, tries.as_str()));
+        self.bridge
+            .producer()
+            .send(
+                &config.topics.client_retry_topic,
+                &properties,
+                m.body.clone(),
+                &self.client_id,
+            )
+            .await?;
+        info!(client = %self.client_id, lmq = %key.lmq, offset, "unacknowledged message moved to the retry queue");
+        Ok(())
     }
 
     async fn commit_now(&self) {
@@ -491,6 +628,9 @@ impl Session for BridgeSession {
                 }
             }
             if inner.persistent {
+                if how != Close::TakenOver {
+                    inner.settle_stalls().await;
+                }
                 inner.commit_now().await;
                 if how != Close::TakenOver {
                     inner.save(Some(session_store::now_ms())).await;

@@ -29,11 +29,42 @@ pub struct StoredSubscription {
     pub qos: u8,
 }
 
+/// A message at the head of a queue that the client left unacknowledged when its
+/// connection ended, and how many connections in a row did so.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stall {
+    /// LMQ name.
+    pub lmq: String,
+    /// Broker address.
+    pub broker: String,
+    /// LMQ offset of the message.
+    pub offset: i64,
+    /// Connections that ended with it unacknowledged.
+    pub count: u32,
+}
+
+/// How far a queue was handed to the client when its last connection ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handed {
+    /// LMQ name.
+    pub lmq: String,
+    /// Broker address.
+    pub broker: String,
+    /// One past the last offset handed.
+    pub to: i64,
+}
+
 /// A stored session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredSession {
     /// Subscriptions.
     pub subscriptions: Vec<StoredSubscription>,
+    /// Unacknowledged queue heads (see `session.rs`, retries).
+    #[serde(default)]
+    pub stalls: Vec<Stall>,
+    /// Delivery marks at the last clean end of a connection (for DUP flags).
+    #[serde(default)]
+    pub handed: Vec<Handed>,
     /// Session expiry interval, seconds (`u32::MAX`: never).
     pub expiry_secs: u32,
     /// When the last connection ended, ms since the epoch (`None` while connected).
@@ -93,6 +124,8 @@ mod tests {
     fn expiry() {
         let mut s = StoredSession {
             subscriptions: vec![],
+            stalls: vec![],
+            handed: vec![],
             expiry_secs: 10,
             disconnected_at_ms: None,
         };

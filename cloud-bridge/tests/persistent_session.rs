@@ -201,3 +201,90 @@ async fn the_will_of_a_client_whose_bridge_was_killed_is_published_by_another_br
     drop(raw);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Connects a persistent 3.1.1 session, optionally subscribes, and returns the publishes
+/// received within a few seconds (acknowledging those `ack` accepts), then DISCONNECTs.
+async fn session_round(
+    addr: std::net::SocketAddr,
+    client_id: &str,
+    subscribe: Option<&str>,
+    after_subscribe: impl std::future::Future<Output = ()>,
+    ack: impl Fn(&str) -> bool,
+) -> Vec<(String, bool)> {
+    use rumqttc::mqttbytes::v4;
+    let mut raw = harness::raw::Raw::connect(addr, false).await;
+    let mut c = v4::Connect::new(client_id);
+    c.clean_session = false;
+    c.set_login("demo", password(client_id));
+    raw.send4(v4::Packet::Connect(c)).await;
+    assert!(raw.recv(Duration::from_secs(10)).await.is_some(), "CONNACK");
+    if let Some(filter) = subscribe {
+        raw.send4(v4::Packet::Subscribe(v4::Subscribe::new(
+            filter,
+            rumqttc::QoS::AtLeastOnce,
+        )))
+        .await;
+        assert!(raw.recv(Duration::from_secs(10)).await.is_some(), "SUBACK");
+    }
+    after_subscribe.await;
+    let mut got = Vec::new();
+    while let Some(p) = raw.recv(Duration::from_secs(3)).await {
+        if let harness::raw::Packet::V4(v4::Packet::Publish(p)) = p {
+            let body = String::from_utf8_lossy(&p.payload).into_owned();
+            if ack(&body) {
+                raw.send4(v4::Packet::PubAck(v4::PubAck::new(p.pkid))).await;
+            }
+            got.push((body, p.dup));
+        }
+    }
+    raw.send4(v4::Packet::Disconnect).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_left_unacknowledged_connection_after_connection_moves_to_the_retry_queue() {
+    let first = unique("retry");
+    let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let topic = format!("{first}/cmd");
+    let client_id = unique("stuck");
+    let publish = async {
+        let id = unique("p");
+        let msgs = [("poison", 1u8), ("next", 1u8)].map(|(b, q)| Msg {
+            topic: topic.clone(),
+            qos: q,
+            payload: b.as_bytes().to_vec(),
+            user: Vec::new(),
+        });
+        rumqttc_publish(addr, Proto::V311, None, &id, &password(&id), &msgs).await;
+    };
+    // Three connections in a row end with "poison" unacknowledged (limit max_resends = 3).
+    let round1 = session_round(addr, &client_id, Some(&topic), publish, |b| b != "poison").await;
+    assert_eq!(
+        round1,
+        vec![("poison".into(), false), ("next".into(), false)]
+    );
+    for _ in 0..2 {
+        let again = session_round(addr, &client_id, None, async {}, |b| b != "poison").await;
+        // The committed offset stops at the unacknowledged head, so what follows it comes
+        // again too, with DUP.
+        assert_eq!(
+            again,
+            vec![("poison".into(), true), ("next".into(), true)],
+            "redelivered with DUP"
+        );
+    }
+    // It went to the client's retry queue; the session's own queue moved past it.
+    let retry = cloud_bridge::lmq::retry_lmq(&client_id);
+    assert_eq!(harness::max_offset(&retry), 1, "one message in {retry}");
+    let last = session_round(addr, &client_id, None, async {}, |_| true).await;
+    assert_eq!(
+        last,
+        vec![("poison".into(), false)],
+        "delivered once more from the retry queue"
+    );
+    let after = session_round(addr, &client_id, None, async {}, |_| true).await;
+    assert!(after.is_empty(), "nothing left: {after:?}");
+    server.stop(Duration::from_secs(5)).await;
+}
