@@ -275,7 +275,11 @@ impl Router {
                     if st.persistent && qos != QoS::AtMostOnce {
                         lock(&client.inflight).insert(tag, message.clone());
                     }
-                    p.send(Delivery { message, dup, tag });
+                    p.send(Delivery {
+                        message: Box::new(message),
+                        dup,
+                        tag,
+                    });
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     return;
                 }
