@@ -1,0 +1,228 @@
+//! Limits and bad input: journal quota under both policies (MQTT 5 PUBACK 0x97, 3.1.1
+//! disconnect, counters), malformed and oversized packets, a connection flood past
+//! `max_connections`: each ends in a clean refusal, the agent keeps serving, and nothing
+//! stored is lost.
+#![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+
+mod support;
+
+use std::time::Duration;
+
+use edge_agent::journal::{Counter, WhenFull};
+use rumqttc::v5::mqttbytes::v5::PubAckReason;
+use support::{WAIT, config, raw, start, stop, v5};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Publishes `n` QoS 1 messages of 100 bytes to `topic`; returns the PUBACK reasons.
+async fn publish_n(c: &mut v5::Client, topic: &str, n: usize) -> Vec<PubAckReason> {
+    for i in 0..n {
+        c.client
+            .publish(
+                topic,
+                v5::QoS::AtLeastOnce,
+                false,
+                vec![b'0' + (i % 10) as u8; 100],
+            )
+            .await
+            .unwrap();
+    }
+    let mut reasons = Vec::new();
+    while reasons.len() < n {
+        match c.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await {
+            v5::Packet::PubAck(a) => reasons.push(a.reason),
+            _ => unreachable!(),
+        }
+    }
+    reasons
+}
+
+#[tokio::test]
+async fn reject_new_answers_quota_exceeded_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.journal.max_bytes = 1000; // ~9 messages of 100 + 4 topic bytes
+    c.journal.when_full = WhenFull::RejectNew;
+    c.limits.publish_pipeline = 1;
+    let (agent, addr) = start(c, dir.path()).await;
+    let (mut p, _) = v5::Client::connect(v5::options(addr, "p")).await;
+    let reasons = publish_n(&mut p, "q/a", 15).await;
+    let ok = reasons
+        .iter()
+        .filter(|r| **r == PubAckReason::Success)
+        .count();
+    let refused = reasons
+        .iter()
+        .filter(|r| **r == PubAckReason::QuotaExceeded)
+        .count();
+    assert_eq!((ok, refused), (9, 6), "{reasons:?}");
+    assert!(reasons[..9].iter().all(|r| *r == PubAckReason::Success));
+    let stats = agent.journal().stats().await.unwrap();
+    assert_eq!(stats.entries, 9);
+    assert_eq!(stats.counters.get(Counter::RejectedQuota), 6);
+
+    // 3.1.1 has no reason codes: the connection is closed without PUBACK.
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(&raw::connect_v311("old", 30)).await.unwrap();
+    let mut connack = [0u8; 4];
+    sock.read_exact(&mut connack).await.unwrap();
+    sock.write_all(&raw::publish_v311("q/a", 1, 1, &[b'x'; 100]))
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(WAIT, sock.read(&mut buf))
+        .await
+        .expect("closed in time")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without PUBACK, got {:?}", &buf[..n]);
+    assert_eq!(
+        agent.journal().stats().await.unwrap().entries,
+        9,
+        "nothing lost"
+    );
+    p.disconnect().await;
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_newest_and_counts_the_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.journal.max_bytes = 1000;
+    c.journal.when_full = WhenFull::DropOldest;
+    let (agent, addr) = start(c, dir.path()).await;
+    let (mut p, _) = v5::Client::connect(v5::options(addr, "p")).await;
+    let reasons = publish_n(&mut p, "q/a", 25).await;
+    assert!(
+        reasons.iter().all(|r| *r == PubAckReason::Success),
+        "{reasons:?}"
+    );
+    let stats = agent.journal().stats().await.unwrap();
+    assert_eq!(stats.entries, 9);
+    assert_eq!(stats.counters.get(Counter::QuotaDropOldest), 16);
+    assert_eq!(stats.counters.get(Counter::Appended), 25);
+    let entries = agent.journal().peek(100).await.unwrap();
+    let last: Vec<u8> = entries.iter().map(|e| e.payload[0]).collect();
+    let expected: Vec<u8> = (16..25).map(|i| b'0' + (i % 10) as u8).collect();
+    assert_eq!(last, expected, "the newest 9 remain, in order");
+    p.disconnect().await;
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn malformed_and_oversized_packets_end_the_connection_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.limits.max_packet_size = 1024;
+    c.uplink.topics = vec!["#".into()];
+    let (agent, addr) = start(c, dir.path()).await;
+    let (mut p, _) = v5::Client::connect(v5::options(addr, "keeper")).await;
+    publish_n(&mut p, "b/a", 3).await;
+
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("garbage first packet", vec![0xFF; 32]),
+        ("bad protocol name", {
+            let mut v = raw::connect_v311("x", 30);
+            v[4] = b'X';
+            v
+        }),
+        (
+            "remaining length overflow",
+            vec![0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F],
+        ),
+        ("oversized CONNECT", {
+            let mut v = vec![0x10];
+            v.extend(raw::remaining_length(1_000_000));
+            v.extend(vec![0u8; 4096]);
+            v
+        }),
+        ("oversized PUBLISH after CONNECT", {
+            let mut v = raw::connect_v311("big", 30);
+            v.extend(raw::publish_v311("b/x", 1, 1, &[0u8; 4096]));
+            v
+        }),
+        ("PUBLISH with a wildcard topic", {
+            let mut v = raw::connect_v311("wild", 30);
+            v.extend(raw::publish_v311("b/#", 1, 1, b"x"));
+            v
+        }),
+        ("CONNECT twice", {
+            let mut v = raw::connect_v311("twice", 30);
+            v.extend(raw::connect_v311("twice", 30));
+            v
+        }),
+    ];
+    for (what, bytes) in cases {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = sock.write_all(&bytes).await;
+        let mut buf = vec![0u8; 64];
+        // Read until the server closes; at most a CONNACK comes back, never a PUBACK.
+        let mut got = Vec::new();
+        loop {
+            match tokio::time::timeout(WAIT, sock.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+                Err(_) => panic!("{what}: connection not closed"),
+            }
+        }
+        assert!(!got.contains(&0x40), "{what}: acknowledged: {got:?}");
+    }
+    // Still serving, nothing lost.
+    let reasons = publish_n(&mut p, "b/a", 2).await;
+    assert!(reasons.iter().all(|r| *r == PubAckReason::Success));
+    assert_eq!(agent.journal().stats().await.unwrap().entries, 5);
+    p.disconnect().await;
+    stop(agent).await;
+}
+
+#[tokio::test]
+async fn a_connection_flood_is_limited_by_max_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.limits.max_connections = 4;
+    let (agent, addr) = start(c, dir.path()).await;
+    let mut held = Vec::new();
+    for i in 0..4 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(&raw::connect_v311(&format!("c{i}"), 0))
+            .await
+            .unwrap();
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).await.unwrap();
+        assert_eq!(connack, [0x20, 2, 0, 0]);
+        held.push(s);
+    }
+    // Bounded flood: 200 more connections, each closed at once.
+    for _ in 0..200 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let _ = s.write_all(&raw::connect_v311("flood", 0)).await;
+        let mut buf = [0u8; 4];
+        let n = tokio::time::timeout(WAIT, s.read(&mut buf))
+            .await
+            .expect("closed in time")
+            .unwrap_or(0);
+        assert_eq!(n, 0, "no CONNACK past the limit");
+    }
+    drop(held);
+    // Slots come back once the held connections are gone.
+    let mut ok = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if raw_connack(addr).await == Some(0) {
+            ok = true;
+            break;
+        }
+    }
+    assert!(ok, "accepting again after the flood");
+    stop(agent).await;
+}
+
+async fn raw_connack(addr: std::net::SocketAddr) -> Option<u8> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(&raw::connect_v311("again", 0)).await.ok()?;
+    let mut connack = [0u8; 4];
+    tokio::time::timeout(WAIT, s.read_exact(&mut connack))
+        .await
+        .ok()?
+        .ok()?;
+    Some(connack[3])
+}
