@@ -302,3 +302,74 @@ pub mod raw {
         }
     }
 }
+
+/// The `edge-agent` binary as a child process.
+pub mod process {
+    use std::io::{BufRead, BufReader};
+    use std::net::SocketAddr;
+    use std::path::Path;
+    use std::process::{Child, Command, Stdio};
+
+    /// Starts `edge-agent` with `extra` appended to a config whose TCP listener binds
+    /// 127.0.0.1:0; returns the child and the bound address (read from its log).
+    pub fn spawn(dir: &Path, extra: &str) -> (Child, SocketAddr) {
+        let config = dir.join("agent.toml");
+        let text = edge_agent::config::DEFAULT_CONFIG
+            .replace("127.0.0.1:1883", "127.0.0.1:0")
+            .replace("[journal]", &format!("{extra}\n[journal]"));
+        std::fs::write(&config, text).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .env("RUST_LOG", "info")
+            .env_remove("STATE_DIRECTORY")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn edge-agent");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if !line.contains(" INFO ") {
+                    eprintln!("edge-agent: {line}");
+                }
+                if !sent
+                    && line.contains("listening")
+                    && let Some(addr) = line.split("addr=").nth(1)
+                {
+                    let addr = addr
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned();
+                    let _ = tx.send(addr);
+                    sent = true;
+                }
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .expect("edge-agent reports its address")
+            .parse()
+            .expect("address");
+        (child, addr)
+    }
+
+    /// Runs `edge-agent journal ...` on the state directory.
+    pub fn journal(dir: &Path, args: &[&str]) -> std::process::Output {
+        Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .arg("journal")
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .args(args)
+            .env_remove("STATE_DIRECTORY")
+            .output()
+            .expect("run edge-agent journal")
+    }
+}
