@@ -253,7 +253,7 @@ impl Reader {
         message.qos = message.qos.min(self.granted);
         let tag = lock(&shared.tracker).handed(&self.key, at, at + 1);
         let delivery = Delivery {
-            message,
+            message: Box::new(message),
             dup: matches!(self.start, Start::At { dup_below, .. } if at < dup_below),
             tag,
         };

@@ -652,7 +652,7 @@ async fn send_retained_messages(inner: Arc<Inner>, filter: String, granted: QoS)
     for mut message in messages {
         message.qos = message.qos.min(granted);
         let d = Delivery {
-            message,
+            message: Box::new(message),
             dup: false,
             tag: 0,
         };

@@ -55,10 +55,13 @@ impl std::fmt::Display for Refusal {
 }
 
 /// A message the backend hands to the connection for delivery to the client.
+///
+/// The message is boxed: a session's delivery channel allocates its slots up front, and
+/// idle sessions are the common case.
 #[derive(Debug, Clone)]
 pub struct Delivery {
     /// The message; `qos` is already min(message QoS, granted QoS).
-    pub message: Message,
+    pub message: Box<Message>,
     /// Set on a retransmission of a message sent before.
     pub dup: bool,
     /// The backend's handle, given back in [`Session::acked`].

@@ -538,7 +538,7 @@ impl<B: Broker> Conn<B> {
                 .feed(Outbound::Publish {
                     pkid: 0,
                     dup: false,
-                    message: d.message,
+                    message: *d.message,
                 })
                 .await?;
             self.session.acked(d.tag);
@@ -550,7 +550,7 @@ impl<B: Broker> Conn<B> {
             .feed(Outbound::Publish {
                 pkid,
                 dup: d.dup,
-                message: d.message,
+                message: *d.message,
             })
             .await?;
         Ok(Step::Continue)
