@@ -472,3 +472,40 @@ async fn mqtt_over_websocket_publishes_and_subscribes() {
     assert_eq!(got.payload, b"over ws");
     server.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_follow_acls_and_overlapping_ones_deliver_one_copy() {
+    let first = unique("sacl");
+    let plus = format!("{first}/+/cmd");
+    let extra = format!(
+        "[[acl]]\nclients = [\"gw-*\"]\npublish = [\"{first}/#\"]\nsubscribe = [\"{first}/{{client}}/#\"]\n"
+    );
+    let (server, _) = start_bridge(&config_text(&first, &[&plus], &extra)).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let mine = format!("{first}/gw-1/cmd");
+    let theirs = format!("{first}/gw-2/cmd");
+    let mut s = rumqttc_subscribe(
+        addr,
+        Proto::V5,
+        "gw-1",
+        &password("gw-1"),
+        true,
+        &[(&mine, 1), (&theirs, 1), (&format!("{first}/gw-1/#"), 1)],
+    )
+    .await;
+    assert_eq!(s.suback, vec![1, 0x87, 1], "ACL on subscribe");
+    rumqttc_publish(
+        addr,
+        Proto::V311,
+        None,
+        "gw-9",
+        &password("gw-9"),
+        &[msg(&mine, 1, "once")],
+    )
+    .await;
+    // The message is in both subscribed LMQs; the session delivers it once.
+    let got = s.collect(2, Duration::from_secs(5)).await;
+    assert_eq!(got.len(), 1, "{got:?}");
+    assert_eq!(got[0].payload, b"once");
+    server.stop(Duration::from_secs(5)).await;
+}
