@@ -509,3 +509,90 @@ async fn subscriptions_follow_acls_and_overlapping_ones_deliver_one_copy() {
     assert_eq!(got[0].payload, b"once");
     server.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_maximum_bounds_deliveries_in_flight_and_unsubscribe_stops_them() {
+    use bytes::Bytes;
+    use harness::raw::{Packet, Raw};
+    use rumqttc::v5::mqttbytes::v5;
+    let first = unique("rmax");
+    let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let topic = format!("{first}/q");
+    let mut raw = Raw::connect(addr, true).await;
+    let id = unique("slow");
+    let props = v5::ConnectProperties {
+        receive_maximum: Some(2),
+        ..v5::ConnectProperties::new()
+    };
+    raw.send5(v5::Packet::Connect(
+        v5::Connect {
+            keep_alive: 30,
+            client_id: id.clone(),
+            clean_start: true,
+            properties: Some(props),
+        },
+        None,
+        Some(v5::Login::new("demo", password(&id))),
+    ))
+    .await;
+    assert!(matches!(
+        raw.recv(WAIT).await,
+        Some(Packet::V5(v5::Packet::ConnAck(_)))
+    ));
+    raw.send5(v5::Packet::Subscribe(v5::Subscribe {
+        pkid: 1,
+        filters: vec![v5::Filter::new(
+            topic.clone(),
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        )],
+        properties: None,
+    }))
+    .await;
+    assert!(matches!(
+        raw.recv(WAIT).await,
+        Some(Packet::V5(v5::Packet::SubAck(_)))
+    ));
+    let pid = unique("p");
+    let msgs: Vec<Msg> = (0..5).map(|i| msg(&topic, 1, &format!("m{i}"))).collect();
+    rumqttc_publish(addr, Proto::V311, None, &pid, &password(&pid), &msgs).await;
+
+    // Receive maximum 2: two deliveries, then nothing until one is acknowledged.
+    let mut pkids = Vec::new();
+    while let Some(Packet::V5(v5::Packet::Publish(p))) = raw.recv(Duration::from_secs(3)).await {
+        pkids.push((p.pkid, p.payload.clone()));
+    }
+    assert_eq!(pkids.len(), 2, "in flight beyond receive maximum");
+    assert_eq!(pkids[0].1, Bytes::from_static(b"m0"));
+    raw.send5(v5::Packet::PubAck(v5::PubAck::new(pkids[0].0, None)))
+        .await;
+    match raw.recv(Duration::from_secs(5)).await {
+        Some(Packet::V5(v5::Packet::Publish(p))) => assert_eq!(&p.payload[..], b"m2"),
+        _ => panic!("no delivery after an acknowledgement"),
+    }
+
+    // UNSUBSCRIBE: success, then "no subscription existed".
+    for (pkid, expected) in [
+        (7u16, v5::UnsubAckReason::Success),
+        (8, v5::UnsubAckReason::NoSubscriptionExisted),
+    ] {
+        raw.send5(v5::Packet::Unsubscribe(v5::Unsubscribe {
+            pkid,
+            filters: vec![topic.clone()],
+            properties: None,
+        }))
+        .await;
+        loop {
+            match raw.recv(WAIT).await {
+                Some(Packet::V5(v5::Packet::UnsubAck(a))) => {
+                    assert_eq!(a.pkid, pkid);
+                    assert_eq!(a.reasons, vec![expected]);
+                    break;
+                }
+                Some(Packet::V5(v5::Packet::Publish(_))) => {}
+                _ => panic!("no UNSUBACK"),
+            }
+        }
+    }
+    server.stop(Duration::from_secs(5)).await;
+}
