@@ -82,7 +82,9 @@ async fn latency(addr: std::net::SocketAddr, first: &str, seconds: u64) {
     )
     .await;
     let (client, task, _) = publisher(addr, harness::unique("lat-pub")).await;
-    let total = seconds * 1000;
+    // The first 2 s warm up the broker's JIT and the connections and are not counted.
+    let warmup = 2000u64;
+    let total = seconds * 1000 + warmup;
     let sender = {
         let topic = topic.clone();
         tokio::spawn(async move {
@@ -105,8 +107,10 @@ async fn latency(addr: std::net::SocketAddr, first: &str, seconds: u64) {
         let sent: u64 = String::from_utf8_lossy(&m.payload).parse().unwrap_or(0);
         lat.push(micros_since_epoch().saturating_sub(sent));
     }
+    let lat: Vec<u64> = lat.into_iter().skip(warmup as usize).collect();
     sender.await.unwrap();
     task.abort();
+    let mut lat = lat;
     lat.sort_unstable();
     println!(
         "latency QoS 1 at 1k msg/s, {} messages: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
