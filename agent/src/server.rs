@@ -47,12 +47,6 @@ impl Agent {
         })?;
         let mut listeners = Vec::new();
         for l in &config.listeners {
-            if l.websocket {
-                return Err(Error::Config {
-                    field: format!("listener {:?}: websocket", l.name),
-                    reason: "WebSocket listeners are not available in this build yet".into(),
-                });
-            }
             let tls = match &l.tls {
                 None => None,
                 Some(t) => Some(tls::server_config(&TlsFiles {
@@ -73,7 +67,7 @@ impl Agent {
                 socket,
                 tls,
                 // Set from the listener's config once the agent's config has the option.
-                websocket: false,
+                websocket: l.websocket,
             });
         }
         let journal = Journal::open(state_dir.join(journal::FILE_NAME), &config.journal).await?;
@@ -124,7 +118,7 @@ impl Agent {
                 addr: SocketAddr::from(([0, 0, 0, 0], 0)),
                 source,
             })?;
-            info!(listener = %l.name, %addr, tls = l.tls.is_some(), "listening");
+            info!(listener = %l.name, %addr, tls = l.tls.is_some(), websocket = l.websocket, "listening");
             addrs.push((l.name.clone(), addr));
             tracker.spawn(listener::run(l, shared.clone(), limit.clone()));
         }

@@ -202,3 +202,50 @@ async fn paho_mqtt_311_and_5() {
     .unwrap();
     stop(agent).await;
 }
+
+const PAHO_WS: &str = r#"
+import sys, threading, paho.mqtt.client as mqtt
+port = int(sys.argv[1])
+got = threading.Event()
+def on_message(c, u, m):
+    if m.payload == b"over-ws":
+        got.set()
+c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ws-client", protocol=mqtt.MQTTv5, transport="websockets")
+c.ws_set_options(path="/mqtt")
+c.on_message = on_message
+c.connect("127.0.0.1", port, keepalive=30)
+c.loop_start()
+c.subscribe("ws/#", qos=1)
+import time; time.sleep(0.3)
+c.publish("ws/t", b"over-ws", qos=1).wait_for_publish(10)
+assert got.wait(10), "no message over WebSocket"
+c.disconnect()
+c.loop_stop()
+print("OK")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paho_over_websocket() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.listeners.push(edge_agent::config::ListenerConfig {
+        name: "ws".into(),
+        bind: "127.0.0.1:0".parse().unwrap(),
+        tls: None,
+        websocket: true,
+    });
+    let (agent, _) = start(c, dir.path()).await;
+    let port = agent.local_addr("ws").expect("ws listener").port();
+    let out = tokio::task::spawn_blocking(move || {
+        run(Command::new("timeout").args(["60", "python3", "-c", PAHO_WS, &port.to_string()]))
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success() && text(&out.stdout).starts_with("OK"),
+        "paho ws: {}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    stop(agent).await;
+}
