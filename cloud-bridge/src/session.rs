@@ -144,7 +144,11 @@ impl BridgeSession {
                 );
             }
         }
-        tokio::spawn(inner.clone().start_background(stored));
+        let (started, implicit_started) = tokio::sync::oneshot::channel();
+        tokio::spawn(inner.clone().start_background(stored, started));
+        // CONNACK waits (a bounded time) for the implicit queues, not for stored
+        // subscriptions, which resume from committed offsets anyway.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), implicit_started).await;
         if inner.persistent {
             inner.save(None).await;
             tokio::spawn(inner.clone().committer());
@@ -226,40 +230,19 @@ impl Inner {
 
     /// Starts the implicit p2p and retry readers and resumes stored subscriptions, in the
     /// background: CONNECT does not wait for the brokers.
-    async fn start_background(self: Arc<Self>, stored: Option<StoredSession>) {
+    async fn start_background(
+        self: Arc<Self>,
+        stored: Option<StoredSession>,
+        started: tokio::sync::oneshot::Sender<()>,
+    ) {
         let resumed = stored.is_some();
-        let mut backoff = std::time::Duration::from_millis(100);
-        let brokers = loop {
-            match self.bridge.cluster_brokers().await {
-                Ok(b) => break b,
-                Err(e) => {
-                    debug!(client = %self.client_id, error = %e, "brokers not known yet");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.cancel.cancelled() => return,
-                    }
-                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
-                }
-            }
-        };
-        // Only a persistent session has retries to read.
-        let mut implicit = vec![lmq::p2p_lmq(&self.client_id)];
-        if self.persistent {
-            implicit.push(lmq::retry_lmq(&self.client_id));
-        }
-        for lmq_name in implicit {
-            if let Ok(keys) = self
-                .start_queues(&lmq_name, &brokers, QoS::ExactlyOnce, resumed, true)
-                .await
-            {
-                lock(&self.subs).insert(
-                    lmq_name,
-                    Subscription {
-                        qos: QoS::ExactlyOnce,
-                        queues: keys,
-                    },
-                );
-            }
+        // Start the implicit queues at a known offset first, so that a p2p message sent
+        // right after CONNACK is read; when the brokers are away, they start later, at the
+        // latest offset they find then (or the committed one).
+        let eager = self.start_implicit(resumed, false).await;
+        let _ = started.send(());
+        if !eager {
+            self.start_implicit(resumed, true).await;
         }
         for s in stored.map(|s| s.subscriptions).unwrap_or_default() {
             if let Err(refusal) = self
@@ -269,6 +252,52 @@ impl Inner {
                 warn!(client = %self.client_id, filter = %s.filter, %refusal, "stored subscription not resumed");
             }
         }
+    }
+
+    /// Starts the p2p (and, for persistent sessions, retry) readers; false when the
+    /// brokers could not be reached (with `lazy`, it retries until it can or the session
+    /// ends).
+    async fn start_implicit(&self, resumed: bool, lazy: bool) -> bool {
+        let mut backoff = std::time::Duration::from_millis(100);
+        let brokers = loop {
+            match self.bridge.cluster_brokers().await {
+                Ok(b) => break b,
+                Err(e) if lazy => {
+                    debug!(client = %self.client_id, error = %e, "brokers not known yet");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.cancel.cancelled() => return false,
+                    }
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(5));
+                }
+                Err(_) => return false,
+            }
+        };
+        let mut implicit = vec![lmq::p2p_lmq(&self.client_id)];
+        if self.persistent {
+            implicit.push(lmq::retry_lmq(&self.client_id));
+        }
+        for lmq_name in implicit {
+            if lock(&self.subs).contains_key(&lmq_name) {
+                continue;
+            }
+            match self
+                .start_queues(&lmq_name, &brokers, QoS::ExactlyOnce, resumed, lazy)
+                .await
+            {
+                Ok(keys) => {
+                    lock(&self.subs).insert(
+                        lmq_name,
+                        Subscription {
+                            qos: QoS::ExactlyOnce,
+                            queues: keys,
+                        },
+                    );
+                }
+                Err(_) => return false,
+            }
+        }
+        true
     }
 
     /// Checks and applies one subscription.
