@@ -46,6 +46,8 @@ struct Inner {
     producer: Producer,
     routes: Mutex<HashMap<String, (Instant, Vec<String>)>>,
     instance: String,
+    /// Persistent sessions connected here: client id -> owner tag.
+    local_sessions: Mutex<HashMap<String, String>>,
 }
 
 impl Bridge {
@@ -64,6 +66,7 @@ impl Bridge {
                 producer,
                 routes: Mutex::new(HashMap::new()),
                 instance: format!("{:016x}", rand::random::<u64>()),
+                local_sessions: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -71,6 +74,61 @@ impl Bridge {
     /// This bridge instance's id (random per process), owner of its clients' wills.
     pub fn instance(&self) -> &str {
         &self.inner.instance
+    }
+
+    /// Notes a persistent session connected here, with its owner tag.
+    pub fn remember_local_session(&self, client_id: &str, owner: &str) {
+        self.inner
+            .local_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(client_id.to_owned(), owner.to_owned());
+    }
+
+    /// Forgets a persistent session that ended here.
+    pub fn forget_local_session(&self, client_id: &str, owner: &str) {
+        let mut m = self
+            .inner
+            .local_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if m.get(client_id).is_some_and(|o| o == owner) {
+            m.remove(client_id);
+        }
+    }
+
+    /// Client ids of persistent sessions connected here whose stored owner is another
+    /// connection (it connected on another bridge): they must be closed.
+    pub async fn sessions_taken_elsewhere(&self) -> Result<Vec<String>, Error> {
+        let local: Vec<(String, String)> = self
+            .inner
+            .local_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if local.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored = self
+            .inner
+            .namesrv
+            .kv_list(crate::session_store::NAMESPACE)
+            .await?;
+        Ok(local
+            .into_iter()
+            .filter(|(client_id, owner)| {
+                stored
+                    .get(client_id)
+                    .and_then(|t| {
+                        serde_json::from_str::<crate::session_store::StoredSession>(t).ok()
+                    })
+                    .and_then(|s| s.owner)
+                    .is_some_and(|o| o != *owner)
+            })
+            .map(|(client_id, _)| client_id)
+            .collect())
     }
 
     /// The configuration.

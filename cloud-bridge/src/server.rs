@@ -79,9 +79,8 @@ impl Server {
         }
 
         let bridge = Bridge::new(config.clone(), meta.clone(), namesrv.clone(), producer);
-        tracker.spawn(will_sweeper(bridge.clone(), shutdown.clone()));
         let shared = Arc::new(Shared {
-            broker: Arc::new(bridge),
+            broker: Arc::new(bridge.clone()),
             config: ConnectionConfig {
                 max_packet_size: config.limits.max_packet_size,
                 connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
@@ -95,6 +94,7 @@ impl Server {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
         });
+        tracker.spawn(sweeper(bridge, shared.clone(), shutdown.clone()));
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut addrs = Vec::new();
         for l in listeners {
@@ -157,9 +157,20 @@ const HEARTBEAT: Duration = Duration::from_secs(5);
 /// A bridge whose heartbeat is older than this is taken for dead.
 const STALE: Duration = Duration::from_secs(15);
 
-/// Writes this bridge's heartbeat and publishes the wills of clients whose bridge died.
-async fn will_sweeper(bridge: Bridge, shutdown: CancellationToken) {
+/// Writes this bridge's heartbeat, publishes the wills of clients whose bridge died, and
+/// closes connections whose persistent session was taken over on another bridge.
+async fn sweeper(bridge: Bridge, shared: Arc<Shared<Bridge>>, shutdown: CancellationToken) {
     loop {
+        match bridge.sessions_taken_elsewhere().await {
+            Ok(ids) => {
+                for client_id in ids {
+                    if shared.registry.kick(&client_id) {
+                        info!(client = %client_id, "session taken over on another bridge; closing here");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "session owners not checked"),
+        }
         let now = crate::session_store::now_ms();
         let ns = bridge.namesrv();
         if let Err(e) = will_store::heartbeat(ns, bridge.instance(), now).await {

@@ -55,6 +55,7 @@ struct Inner {
     subs: Mutex<HashMap<String, Subscription>>,
     stalls: Mutex<Vec<Stall>>,
     handed: Vec<Handed>,
+    owner: String,
     reader: reader::Shared,
     cancel: CancellationToken,
     commit: Notify,
@@ -101,6 +102,7 @@ impl BridgeSession {
             session_store::delete(ns, &client_id).await?;
         }
         let (tx, rx) = mpsc::channel(usize::from(opening.window.max(1)));
+        let bridge_instance = bridge.instance().to_owned();
         let inner = Arc::new(Inner {
             group: session_store::offset_group(&client_id),
             reader: reader::Shared {
@@ -127,6 +129,7 @@ impl BridgeSession {
                 .as_ref()
                 .map(|s| s.handed.clone())
                 .unwrap_or_default(),
+            owner: format!("{}/{:016x}", bridge_instance, rand::random::<u64>()),
             cancel: CancellationToken::new(),
             commit: Notify::new(),
         });
@@ -151,6 +154,9 @@ impl BridgeSession {
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), implicit_started).await;
         if inner.persistent {
             inner.save(None).await;
+            inner
+                .bridge
+                .remember_local_session(&inner.client_id, &inner.owner);
             tokio::spawn(inner.clone().committer());
         }
         Ok((Self { inner }, resumed, rx))
@@ -437,6 +443,7 @@ impl Inner {
             subscriptions,
             stalls: lock(&self.stalls).clone(),
             handed,
+            owner: disconnected_at_ms.is_none().then(|| self.owner.clone()),
             expiry_secs: self.expiry_secs,
             disconnected_at_ms,
         }
@@ -550,6 +557,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Whether the stored session still names this connection (or nobody) as its owner.
+    async fn still_owner(&self) -> bool {
+        match session_store::load(self.bridge.namesrv(), &self.client_id).await {
+            Ok(Some(stored)) => stored.owner.is_none_or(|o| o == self.owner),
+            Ok(None) => true,
+            Err(_) => true,
+        }
+    }
+
     async fn commit_now(&self) {
         let batch = lock(&self.reader.tracker).to_commit();
         for (key, offset) in batch {
@@ -661,7 +677,10 @@ impl Session for BridgeSession {
                     inner.settle_stalls().await;
                 }
                 inner.commit_now().await;
-                if how != Close::TakenOver {
+                inner
+                    .bridge
+                    .forget_local_session(&inner.client_id, &inner.owner);
+                if how != Close::TakenOver && inner.still_owner().await {
                     inner.save(Some(session_store::now_ms())).await;
                 }
             }

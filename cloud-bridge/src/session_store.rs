@@ -65,6 +65,11 @@ pub struct StoredSession {
     /// Delivery marks at the last clean end of a connection (for DUP flags).
     #[serde(default)]
     pub handed: Vec<Handed>,
+    /// The connection that holds the session (`{bridge instance}/{nonce}`), while one
+    /// does: a bridge whose connection is no longer the owner closes it (takeover across
+    /// bridges).
+    #[serde(default)]
+    pub owner: Option<String>,
     /// Session expiry interval, seconds (`u32::MAX`: never).
     pub expiry_secs: u32,
     /// When the last connection ended, ms since the epoch (`None` while connected).
@@ -126,6 +131,7 @@ mod tests {
             subscriptions: vec![],
             stalls: vec![],
             handed: vec![],
+            owner: None,
             expiry_secs: 10,
             disconnected_at_ms: None,
         };

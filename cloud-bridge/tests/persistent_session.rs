@@ -288,3 +288,49 @@ async fn a_message_left_unacknowledged_connection_after_connection_moves_to_the_
     assert!(after.is_empty(), "nothing left: {after:?}");
     server.stop(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_taken_over_on_another_bridge_is_closed_on_the_first() {
+    use rumqttc::v5::mqttbytes::v5;
+    let first = unique("takeover");
+    let text = config_text(&first, &[], "");
+    let (a, _) = start_bridge(&text).await;
+    let (b, _) = start_bridge(&text).await;
+    let id = unique("roamer");
+    let connect = |id: &str| {
+        let props = v5::ConnectProperties {
+            session_expiry_interval: Some(3600),
+            ..v5::ConnectProperties::new()
+        };
+        v5::Packet::Connect(
+            v5::Connect {
+                keep_alive: 60,
+                client_id: id.to_owned(),
+                clean_start: false,
+                properties: Some(props),
+            },
+            None,
+            Some(v5::Login::new("demo", password(id))),
+        )
+    };
+    let mut old = harness::raw::Raw::connect(a.local_addr("mqtt").unwrap(), true).await;
+    old.send5(connect(&id)).await;
+    assert!(
+        old.recv(Duration::from_secs(10)).await.is_some(),
+        "CONNACK on A"
+    );
+    let mut new = harness::raw::Raw::connect(b.local_addr("mqtt").unwrap(), true).await;
+    new.send5(connect(&id)).await;
+    assert!(
+        new.recv(Duration::from_secs(10)).await.is_some(),
+        "CONNACK on B"
+    );
+    // A notices within a sweep period (5 s) and closes its connection as taken over.
+    let (closed, seen) = old.closed_within(Duration::from_secs(15)).await;
+    assert!(closed, "the old connection on A must be closed");
+    assert!(seen.iter().any(|p| matches!(p, harness::raw::Packet::V5(v5::Packet::Disconnect(d)) if d.reason_code == v5::DisconnectReasonCode::SessionTakenOver)));
+    let (closed, _) = new.closed_within(Duration::from_secs(2)).await;
+    assert!(!closed, "the new connection on B stays");
+    a.stop(Duration::from_secs(5)).await;
+    b.stop(Duration::from_secs(5)).await;
+}

@@ -69,6 +69,22 @@ impl Registry {
         }
     }
 
+    /// Closes the connection of `client_id`, if there is one here, as taken over (its
+    /// session moved to a connection elsewhere).
+    pub fn kick(&self, client_id: &str) -> bool {
+        let m = match self.clients.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match m.get(client_id) {
+            Some(e) => {
+                e.kick.cancel();
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Number of connected clients.
     pub fn len(&self) -> usize {
         match self.clients.lock() {
