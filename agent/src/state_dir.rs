@@ -1,4 +1,5 @@
-//! Where the agent keeps its data (the journal, later sessions and retained messages).
+//! Where the agent keeps its data: `journal.db` (the uplink journal) and `broker.db`
+//! (persistent sessions, their offline queues, retained messages).
 //!
 //! The first that applies wins:
 //! 1. `--state-dir DIR` on the command line (or the config file's value);

@@ -226,3 +226,55 @@ async fn raw_connack(addr: std::net::SocketAddr) -> Option<u8> {
         .ok()?;
     Some(connack[3])
 }
+
+#[tokio::test]
+async fn a_subscriber_that_never_acknowledges_is_bounded_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.limits.subscriber_queue = 10;
+    c.limits.subscriber_wait_ms = 20;
+    let (agent, addr) = start(c, dir.path()).await;
+    // A raw 3.1.1 subscriber at QoS 1 that reads nothing and acknowledges nothing.
+    let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+    sock.write_all(&raw::connect_v311("stuck", 0))
+        .await
+        .unwrap();
+    let mut connack = [0u8; 4];
+    sock.read_exact(&mut connack).await.unwrap();
+    let filter = b"slow/#";
+    let mut sub = vec![
+        0x82,
+        (2 + 2 + filter.len() + 1) as u8,
+        0,
+        1,
+        0,
+        filter.len() as u8,
+    ];
+    sub.extend_from_slice(filter);
+    sub.push(1);
+    sock.write_all(&sub).await.unwrap();
+    let mut suback = [0u8; 5];
+    sock.read_exact(&mut suback).await.unwrap();
+    assert_eq!(suback[0], 0x90);
+
+    let (mut p, _) = v5::Client::connect(v5::options(addr, "fast")).await;
+    let start_t = std::time::Instant::now();
+    let reasons = publish_n(&mut p, "slow/t", 100).await;
+    assert!(
+        reasons
+            .iter()
+            .all(|r| *r == PubAckReason::Success || *r == PubAckReason::NoMatchingSubscribers)
+    );
+    // At most the in-flight window plus the queue reached the subscriber; the rest were
+    // dropped after a bounded wait each, and counted.
+    let counters = agent.counters();
+    assert!(
+        counters.dropped_subscriber_full >= 100 - 32 - 10 - 1,
+        "{counters:?}"
+    );
+    assert!(counters.delivered <= 32 + 10 + 1, "{counters:?}");
+    assert!(start_t.elapsed() < Duration::from_secs(20));
+    drop(sock);
+    p.disconnect().await;
+    stop(agent).await;
+}
