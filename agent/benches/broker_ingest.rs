@@ -27,8 +27,11 @@ fn main() {
         run_rumqttd(port.parse().expect("port"));
         return;
     }
-    if std::env::args().any(|a| a == "--list") {
-        return; // `cargo bench -- --list`
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs bench binaries
+    // without it: then this is not a benchmark run, and nothing is measured.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("broker_ingest: run it with `cargo bench -p edge-agent --bench broker_ingest`");
+        return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
