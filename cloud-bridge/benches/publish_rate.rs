@@ -28,6 +28,15 @@ fn env(name: &str, default: u64) -> u64 {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo test --all-targets` runs bench binaries too, without `--bench`: measure only
+    // under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "{} measures only under `cargo bench`",
+            env!("CARGO_CRATE_NAME")
+        );
+        return;
+    }
     let seconds = env("BENCH_SECONDS", 10);
     let publishers = env("BENCH_PUBLISHERS", 10);
     let pipeline = env("BENCH_PIPELINE", 1);

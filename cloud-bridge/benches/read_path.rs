@@ -258,6 +258,15 @@ async fn idle_connections(first: &str, count: u64) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
+    // `cargo test --all-targets` runs bench binaries too, without `--bench`: measure only
+    // under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!(
+            "{} measures only under `cargo bench`",
+            env!("CARGO_CRATE_NAME")
+        );
+        return;
+    }
     let seconds = env("BENCH_SECONDS", 10);
     let first = harness::unique("readbench");
     let plus = format!("{first}/+");
