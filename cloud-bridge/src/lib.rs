@@ -12,6 +12,7 @@ pub mod meta;
 pub mod offsets;
 pub mod reader;
 pub mod retained;
+pub mod retry;
 pub mod rocketmq;
 pub mod server;
 pub mod session;

@@ -29,6 +29,7 @@ use crate::lmq;
 use crate::offsets::{QueueKey, Tracker};
 use crate::reader::{self, Reader, SeenIds, Start};
 use crate::retained;
+use crate::retry;
 use crate::session_store::{self, Handed, Stall, StoredSession, StoredSubscription};
 use crate::will_store;
 
@@ -473,7 +474,7 @@ impl Inner {
                 .find(|s| *s.lmq == *key.lmq && *s.broker == *key.broker && s.offset == offset)
                 .map_or(1, |s| s.count + 1);
             if count >= limits.max_resends {
-                match self.move_to_retry(&key, offset).await {
+                match retry::move_to_retry(&self.bridge, &self.client_id, &key, offset).await {
                     Ok(()) => {
                         lock(&self.reader.tracker).release(&key, offset);
                         continue;
@@ -491,70 +492,6 @@ impl Inner {
             });
         }
         *lock(&self.stalls) = stalls;
-    }
-
-    /// Re-puts the message at `offset` of `key` into the client's retry queue (topic
-    /// `clientRetryTopic`, LMQ `%LMQ%%retry%{clientId}%`, `retryTimes` + 1), or drops it
-    /// when it has been retried `max_retry_times` already.
-    async fn move_to_retry(&self, key: &QueueKey, offset: i64) -> Result<(), Error> {
-        use crate::lmq_message::prop;
-        use crate::rocketmq::{PullRequest, PullResult};
-        let b = self.reader.client.broker(&key.broker);
-        let PullResult::Found { messages, .. } =
-            b.pull(&PullRequest::lmq(&key.lmq, offset, 1)).await?
-        else {
-            return Err(Error::Invalid(format!(
-                "message {offset} of {} is gone",
-                key.lmq
-            )));
-        };
-        let Some(m) = messages
-            .into_iter()
-            .find(|m| m.lmq_offset(&key.lmq) == Some(offset))
-        else {
-            return Err(Error::Invalid(format!(
-                "message {offset} of {} not found",
-                key.lmq
-            )));
-        };
-        let config = self.bridge.config();
-        let tries: u32 = m
-            .property(prop::RETRY_TIMES)
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0)
-            + 1;
-        if tries > config.subscriptions.max_retry_times {
-            warn!(client = %self.client_id, lmq = %key.lmq, offset, tries, "message dropped after its retries");
-            return Ok(());
-        }
-        let tries = tries.to_string();
-        let retry_lmq = lmq::retry_lmq(&self.client_id);
-        const BROKER_SET: [&str; 5] = [
-            prop::INNER_MULTI_DISPATCH,
-            prop::INNER_MULTI_QUEUE_OFFSET,
-            "MIN_OFFSET",
-            "MAX_OFFSET",
-            "CLUSTER",
-        ];
-        let mut properties: Vec<(&str, &str)> = m
-            .properties
-            .iter()
-            .filter(|(k, _)| !BROKER_SET.contains(&k.as_str()) && k.as_str() != prop::RETRY_TIMES)
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        properties.push((prop::INNER_MULTI_DISPATCH, retry_lmq.as_str()));
-        properties.push((prop::RETRY_TIMES, tries.as_str()));
-        self.bridge
-            .producer()
-            .send(
-                &config.topics.client_retry_topic,
-                &properties,
-                m.body.clone(),
-                &self.client_id,
-            )
-            .await?;
-        info!(client = %self.client_id, lmq = %key.lmq, offset, "unacknowledged message moved to the retry queue");
-        Ok(())
     }
 
     /// Whether the stored session still names this connection (or nobody) as its owner.
