@@ -20,6 +20,10 @@ use crate::packet::{
     Connect, Inbound, Message, MessageProperties, Outbound, QoS, Reason, SubscribeOutcome,
     SubscriptionRequest, Version, Will,
 };
+use crate::reason_codes::{
+    v4_connect_code, v5_connect_code, v5_disconnect_reason, v5_puback_reason, v5_pubrec_reason,
+    v5_suback_code, v5_unsuback_reason,
+};
 
 fn qos_from_v4(q: rumqttc::mqttbytes::QoS) -> QoS {
     match q {
@@ -45,7 +49,7 @@ fn qos_from_v5(q: rumqttc::v5::mqttbytes::QoS) -> QoS {
     }
 }
 
-fn qos_to_v5(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
+pub(crate) fn qos_to_v5(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
     match q {
         QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
         QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
@@ -398,18 +402,6 @@ impl Encoder<Outbound> for Codec {
     }
 }
 
-fn v4_connect_code(r: Reason) -> v4::ConnectReturnCode {
-    use v4::ConnectReturnCode as C;
-    match r {
-        Reason::Success => C::Success,
-        Reason::UnsupportedProtocolVersion => C::RefusedProtocolVersion,
-        Reason::ClientIdentifierNotValid => C::BadClientId,
-        Reason::BadUserNameOrPassword => C::BadUserNamePassword,
-        Reason::NotAuthorized => C::NotAuthorized,
-        _ => C::ServiceUnavailable,
-    }
-}
-
 /// 3.1.1 has no reason codes on acks and no server DISCONNECT: those become `None` or a
 /// plain ack (the caller closes the connection where 3.1.1 says so).
 fn to_v4(item: Outbound) -> Option<v4::Packet> {
@@ -448,108 +440,6 @@ fn to_v4(item: Outbound) -> Option<v4::Packet> {
         Outbound::PingResp => v4::Packet::PingResp,
         Outbound::Disconnect { .. } => return None,
     })
-}
-
-fn v5_connect_code(r: Reason) -> v5::ConnectReturnCode {
-    use v5::ConnectReturnCode as C;
-    match r {
-        Reason::Success => C::Success,
-        Reason::UnsupportedProtocolVersion => C::UnsupportedProtocolVersion,
-        Reason::ClientIdentifierNotValid => C::ClientIdentifierNotValid,
-        Reason::BadUserNameOrPassword => C::BadUserNamePassword,
-        Reason::NotAuthorized => C::NotAuthorized,
-        Reason::ServerUnavailable => C::ServerUnavailable,
-        Reason::ServerBusy => C::ServerBusy,
-        Reason::MalformedPacket => C::MalformedPacket,
-        Reason::ProtocolError => C::ProtocolError,
-        Reason::PacketTooLarge => C::PacketTooLarge,
-        Reason::QuotaExceeded => C::QuotaExceeded,
-        Reason::ImplementationSpecificError => C::ImplementationSpecificError,
-        _ => C::UnspecifiedError,
-    }
-}
-
-fn v5_puback_reason(r: Reason) -> v5::PubAckReason {
-    use v5::PubAckReason as P;
-    match r {
-        Reason::Success => P::Success,
-        Reason::NoMatchingSubscribers => P::NoMatchingSubscribers,
-        Reason::ImplementationSpecificError => P::ImplementationSpecificError,
-        Reason::NotAuthorized => P::NotAuthorized,
-        Reason::TopicNameInvalid => P::TopicNameInvalid,
-        Reason::PacketIdentifierInUse => P::PacketIdentifierInUse,
-        Reason::QuotaExceeded => P::QuotaExceeded,
-        Reason::PayloadFormatInvalid => P::PayloadFormatInvalid,
-        _ => P::UnspecifiedError,
-    }
-}
-
-fn v5_pubrec_reason(r: Reason) -> v5::PubRecReason {
-    use v5::PubRecReason as P;
-    match r {
-        Reason::Success => P::Success,
-        Reason::NoMatchingSubscribers => P::NoMatchingSubscribers,
-        Reason::ImplementationSpecificError => P::ImplementationSpecificError,
-        Reason::NotAuthorized => P::NotAuthorized,
-        Reason::TopicNameInvalid => P::TopicNameInvalid,
-        Reason::PacketIdentifierInUse => P::PacketIdentifierInUse,
-        Reason::QuotaExceeded => P::QuotaExceeded,
-        Reason::PayloadFormatInvalid => P::PayloadFormatInvalid,
-        _ => P::UnspecifiedError,
-    }
-}
-
-fn v5_suback_code(o: SubscribeOutcome) -> v5::SubscribeReasonCode {
-    use v5::SubscribeReasonCode as S;
-    match o {
-        SubscribeOutcome::Granted(q) => S::Success(qos_to_v5(q)),
-        SubscribeOutcome::Refused(r) => match r {
-            Reason::ImplementationSpecificError => S::ImplementationSpecific,
-            Reason::NotAuthorized => S::NotAuthorized,
-            Reason::TopicFilterInvalid => S::TopicFilterInvalid,
-            Reason::PacketIdentifierInUse => S::PkidInUse,
-            Reason::QuotaExceeded => S::QuotaExceeded,
-            Reason::SharedSubscriptionsNotSupported => S::SharedSubscriptionsNotSupported,
-            Reason::WildcardSubscriptionsNotSupported => S::WildcardSubscriptionsNotSupported,
-            _ => S::Unspecified,
-        },
-    }
-}
-
-fn v5_unsuback_reason(r: Reason) -> v5::UnsubAckReason {
-    use v5::UnsubAckReason as U;
-    match r {
-        Reason::Success => U::Success,
-        Reason::NoSubscriptionExisted => U::NoSubscriptionExisted,
-        Reason::ImplementationSpecificError => U::ImplementationSpecificError,
-        Reason::NotAuthorized => U::NotAuthorized,
-        Reason::TopicFilterInvalid => U::TopicFilterInvalid,
-        Reason::PacketIdentifierInUse => U::PacketIdentifierInUse,
-        _ => U::UnspecifiedError,
-    }
-}
-
-fn v5_disconnect_reason(r: Reason) -> v5::DisconnectReasonCode {
-    use v5::DisconnectReasonCode as D;
-    match r {
-        Reason::Success => D::NormalDisconnection,
-        Reason::MalformedPacket => D::MalformedPacket,
-        Reason::ProtocolError => D::ProtocolError,
-        Reason::ImplementationSpecificError => D::ImplementationSpecificError,
-        Reason::NotAuthorized => D::NotAuthorized,
-        Reason::ServerBusy => D::ServerBusy,
-        Reason::ServerShuttingDown => D::ServerShuttingDown,
-        Reason::KeepAliveTimeout => D::KeepAliveTimeout,
-        Reason::SessionTakenOver => D::SessionTakenOver,
-        Reason::TopicFilterInvalid => D::TopicFilterInvalid,
-        Reason::TopicNameInvalid => D::TopicNameInvalid,
-        Reason::ReceiveMaximumExceeded => D::ReceiveMaximumExceeded,
-        Reason::TopicAliasInvalid => D::TopicAliasInvalid,
-        Reason::PacketTooLarge => D::PacketTooLarge,
-        Reason::QuotaExceeded => D::QuotaExceeded,
-        Reason::PayloadFormatInvalid => D::PayloadFormatInvalid,
-        _ => D::UnspecifiedError,
-    }
 }
 
 fn reason_props<T>(s: Option<String>, f: impl FnOnce(String) -> T) -> Option<T> {

@@ -8,6 +8,7 @@ pub mod connection;
 pub mod error;
 pub mod listener;
 pub mod packet;
+mod reason_codes;
 pub mod registry;
 pub mod tls;
 pub mod topic;
