@@ -91,7 +91,8 @@ async fn third_party_subscribers_receive_messages() {
         };
         externals.push((kind, proto, e));
     }
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // mosquitto_sub prints nothing on SUBACK: give the four processes time to subscribe.
+    tokio::time::sleep(Duration::from_secs(5)).await;
     let id = unique("p");
     rumqttc_publish(
         addr,
@@ -265,7 +266,6 @@ async fn p2p_publishes_reach_exactly_that_client() {
     let other = unique("other");
     let mut t = rumqttc_subscribe(addr, Proto::V5, &target, &password(&target), true, &[]).await;
     let mut o = rumqttc_subscribe(addr, Proto::V311, &other, &password(&other), true, &[]).await;
-    tokio::time::sleep(Duration::from_secs(2)).await; // the implicit readers start
     let id = unique("p");
     let topic = format!("{first}/p2p/{target}");
     rumqttc_publish(

@@ -67,7 +67,6 @@ pub async fn rumqttc_subscribe(
     let (tx, rx) = mpsc::channel(10_000);
     let (ack_tx, mut ack_rx) = mpsc::channel(1);
     let filters: Vec<(String, u8)> = filters.iter().map(|(f, q)| (f.to_string(), *q)).collect();
-    let expect_suback = !filters.is_empty();
     let task = match proto {
         Proto::V311 => {
             use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
@@ -82,6 +81,9 @@ pub async fn rumqttc_subscribe(
                     match ev.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) if !subscribed => {
                             subscribed = true;
+                            if filters.is_empty() {
+                                let _ = ack_tx.send(Vec::new()).await;
+                            }
                             let many: Vec<_> = filters
                                 .iter()
                                 .map(|(f, q)| {
@@ -143,6 +145,9 @@ pub async fn rumqttc_subscribe(
                     match ev.poll().await {
                         Ok(Event::Incoming(Packet::ConnAck(_))) if !subscribed => {
                             subscribed = true;
+                            if filters.is_empty() {
+                                let _ = ack_tx.send(Vec::new()).await;
+                            }
                             let many: Vec<_> = filters
                                 .iter()
                                 .map(|(f, q)| {
@@ -191,14 +196,12 @@ pub async fn rumqttc_subscribe(
             })
         }
     };
-    let mut suback = Vec::new();
-    if expect_suback {
-        suback = tokio::time::timeout(Duration::from_secs(20), ack_rx.recv())
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-    }
+    // The SUBACK, or the CONNACK when there is nothing to subscribe to.
+    let suback = tokio::time::timeout(Duration::from_secs(20), ack_rx.recv())
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     Sub { rx, task, suback }
 }
 
