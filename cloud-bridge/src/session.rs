@@ -96,11 +96,19 @@ impl BridgeSession {
         } else {
             None
         };
-        if clean_start && session_store::load(ns, &client_id).await?.is_some() {
+        if clean_start {
             // A clean start discards any stored session (its offsets are overwritten as
             // subscriptions start again at the latest message). Read first: most
             // connections have none, and a name server write is persisted to its disk.
-            session_store::delete(ns, &client_id).await?;
+            // A name server that cannot be reached does not stop a clean session.
+            let discarded = match session_store::load(ns, &client_id).await {
+                Ok(Some(_)) => session_store::delete(ns, &client_id).await,
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = discarded {
+                warn!(client = %client_id, error = %e, "stored session not discarded");
+            }
         }
         let (tx, rx) = mpsc::channel(usize::from(opening.window.max(1)));
         let bridge_instance = bridge.instance().to_owned();
