@@ -6,7 +6,6 @@
 //! `edge-agent validate [--config FILE]` checks a file (listeners, TLS files, users'
 //! password hashes, filters, journal rules) without starting anything.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,37 +44,10 @@ pub struct Config {
     pub journal: JournalConfig,
 }
 
-/// One listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// Name for logs.
-    pub name: String,
-    /// Address to bind.
-    pub bind: SocketAddr,
-    /// TLS files; plain TCP without.
-    #[serde(default)]
-    pub tls: Option<TlsConfig>,
-    /// Speak MQTT over WebSocket (subprotocol `mqtt`) on this listener.
-    #[serde(default)]
-    pub websocket: bool,
-}
-
-/// TLS files of a listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Server certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Server key (PEM).
-    pub key: PathBuf,
-    /// CA for client certificates (PEM); enables mutual TLS.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
-    /// Refuse clients without a certificate.
-    #[serde(default)]
-    pub require_client_cert: bool,
-}
+/// One listener (shared with the other binary: `mqtt::listener::ListenerConfig`).
+pub use mqtt::listener::ListenerConfig;
+/// TLS files of a listener (`mqtt::tls::TlsFiles`).
+pub use mqtt::tls::TlsFiles as TlsConfig;
 
 /// Authentication: a verified client certificate, a user with a password, or anonymous.
 #[derive(Debug, Clone, Deserialize)]

@@ -153,25 +153,13 @@ fn main() -> anyhow::Result<()> {
                 let stop = CancellationToken::new();
                 let signal_stop = stop.clone();
                 tokio::spawn(async move {
-                    wait_for_signal().await;
+                    mqtt::signal::terminated().await;
                     signal_stop.cancel();
                 });
                 agent.run_until(stop).await?;
                 Ok(())
             })
         }
-    }
-}
-
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut term) = signal(SignalKind::terminate()) else {
-        let _ = tokio::signal::ctrl_c().await;
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 

@@ -13,9 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqtt::connection::{ConnectionConfig, Shared};
-use mqtt::listener::{self, Listener};
-use mqtt::tls::{self, TlsFiles};
-use tokio::net::TcpListener;
+use mqtt::listener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -45,31 +43,7 @@ impl Agent {
             path: state_dir.to_path_buf(),
             source,
         })?;
-        let mut listeners = Vec::new();
-        for l in &config.listeners {
-            let tls = match &l.tls {
-                None => None,
-                Some(t) => Some(tls::server_config(&TlsFiles {
-                    cert: t.cert.clone(),
-                    key: t.key.clone(),
-                    client_ca: t.client_ca.clone(),
-                    require_client_cert: t.require_client_cert,
-                })?),
-            };
-            let socket = TcpListener::bind(l.bind)
-                .await
-                .map_err(|source| Error::Bind {
-                    addr: l.bind,
-                    source,
-                })?;
-            listeners.push(Listener {
-                name: l.name.clone(),
-                socket,
-                tls,
-                // Set from the listener's config once the agent's config has the option.
-                websocket: l.websocket,
-            });
-        }
+        let listeners = listener::bind_all(&config.listeners).await?;
         let journal = Journal::open(state_dir.join(journal::FILE_NAME), &config.journal).await?;
         let (store, snapshot) = match BrokerStore::open(
             &state_dir.join(store::FILE_NAME),

@@ -1,8 +1,7 @@
 //! Configuration: TOML, unknown keys refused, defaults in `conf/cloud-bridge.toml`, which is
 //! compiled in so that the bridge runs without a file.
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -175,37 +174,10 @@ impl Default for SubscriptionsConfig {
     }
 }
 
-/// One listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ListenerConfig {
-    /// Name for logs.
-    pub name: String,
-    /// Address to bind.
-    pub bind: SocketAddr,
-    /// TLS files; plain TCP without.
-    #[serde(default)]
-    pub tls: Option<TlsConfig>,
-    /// MQTT over WebSocket (wss with `tls`).
-    #[serde(default)]
-    pub websocket: bool,
-}
-
-/// TLS files of a listener.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsConfig {
-    /// Server certificate chain (PEM).
-    pub cert: PathBuf,
-    /// Server key (PEM).
-    pub key: PathBuf,
-    /// CA for client certificates (PEM); enables mutual TLS.
-    #[serde(default)]
-    pub client_ca: Option<PathBuf>,
-    /// Refuse clients without a certificate.
-    #[serde(default)]
-    pub require_client_cert: bool,
-}
+/// One listener (shared with the other binary: `mqtt::listener::ListenerConfig`).
+pub use mqtt::listener::ListenerConfig;
+/// TLS files of a listener (`mqtt::tls::TlsFiles`).
+pub use mqtt::tls::TlsFiles as TlsConfig;
 
 /// One ACL rule.
 #[derive(Debug, Clone, Deserialize)]

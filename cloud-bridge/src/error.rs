@@ -18,15 +18,6 @@ pub enum Error {
         reason: String,
     },
 
-    /// A listener could not bind its address.
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        /// The address.
-        addr: std::net::SocketAddr,
-        /// Why.
-        source: io::Error,
-    },
-
     /// An argument or request that makes no sense (for example an unregistered filter).
     #[error("{0}")]
     Invalid(String),

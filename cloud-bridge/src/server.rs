@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mqtt::connection::{ConnectionConfig, Shared};
-use mqtt::listener::{self, Listener};
-use mqtt::tls::{self, TlsFiles};
-use tokio::net::TcpListener;
+use mqtt::listener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,28 +53,7 @@ impl Server {
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let mut listeners = Vec::new();
-        for l in &config.listeners {
-            let tls = match &l.tls {
-                None => None,
-                Some(t) => Some(tls::server_config(&TlsFiles {
-                    cert: t.cert.clone(),
-                    key: t.key.clone(),
-                    client_ca: t.client_ca.clone(),
-                    require_client_cert: t.require_client_cert,
-                })?),
-            };
-            let socket = TcpListener::bind(l.bind).await.map_err(|e| Error::Bind {
-                addr: l.bind,
-                source: e,
-            })?;
-            listeners.push(Listener {
-                name: l.name.clone(),
-                socket,
-                tls,
-                websocket: l.websocket,
-            });
-        }
+        let listeners = listener::bind_all(&config.listeners).await?;
 
         let bridge = Bridge::new(config.clone(), meta.clone(), namesrv.clone(), producer);
         let shared = Arc::new(Shared {

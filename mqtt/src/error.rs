@@ -29,6 +29,14 @@ pub enum Error {
     /// TLS setup or handshake failed.
     #[error("TLS: {0}")]
     Tls(String),
+    /// A listener could not bind its address.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: io::Error,
+    },
     /// The WebSocket upgrade failed.
     #[error("WebSocket: {0}")]
     WebSocket(String),

@@ -10,6 +10,7 @@ pub mod listener;
 pub mod packet;
 mod reason_codes;
 pub mod registry;
+pub mod signal;
 pub mod tls;
 pub mod topic;
 pub mod websocket;

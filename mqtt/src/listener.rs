@@ -18,6 +18,47 @@ use crate::connection::{Shared, serve};
 use crate::error::Error;
 use crate::tls::certificate_identity;
 
+/// One listener as configured (`[[listener]]` in both binaries' TOML).
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Name for logs.
+    pub name: String,
+    /// Address to bind.
+    pub bind: std::net::SocketAddr,
+    /// TLS files; plain TCP without.
+    #[serde(default)]
+    pub tls: Option<crate::tls::TlsFiles>,
+    /// Speak MQTT over WebSocket (subprotocol `mqtt`; wss with `tls`).
+    #[serde(default)]
+    pub websocket: bool,
+}
+
+/// Loads the TLS files of every configured listener and binds it. Fails on a bad TLS file
+/// or a busy port, before anything is served.
+pub async fn bind_all(configs: &[ListenerConfig]) -> Result<Vec<Listener>, Error> {
+    let mut listeners = Vec::with_capacity(configs.len());
+    for l in configs {
+        let tls = match &l.tls {
+            None => None,
+            Some(files) => Some(crate::tls::server_config(files)?),
+        };
+        let socket = TcpListener::bind(l.bind)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: l.bind,
+                source,
+            })?;
+        listeners.push(Listener {
+            name: l.name.clone(),
+            socket,
+            tls,
+            websocket: l.websocket,
+        });
+    }
+    Ok(listeners)
+}
+
 /// A bound listener, ready to run.
 #[derive(Debug)]
 pub struct Listener {

@@ -13,16 +13,19 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::Error;
 
-/// Which certificate files a TLS listener uses.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Which certificate files a TLS listener uses (the `tls = {...}` of a listener's config).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// Server certificate chain, PEM.
     pub cert: PathBuf,
     /// Server private key, PEM.
     pub key: PathBuf,
     /// CA bundle that client certificates must chain to, PEM. Enables mutual TLS.
+    #[serde(default)]
     pub client_ca: Option<PathBuf>,
     /// Refuse clients without a valid certificate (only with `client_ca`).
+    #[serde(default)]
     pub require_client_cert: bool,
 }
 
