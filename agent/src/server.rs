@@ -130,6 +130,11 @@ impl Agent {
         &self.journal
     }
 
+    /// The local broker, for in-process publishers (sensors, the downlink).
+    pub fn broker(&self) -> &LocalBroker {
+        &self.broker
+    }
+
     /// The broker's delivery counters.
     pub fn counters(&self) -> CounterValues {
         self.broker.counters()

@@ -150,6 +150,25 @@ impl LocalBroker {
         self.core.router.len()
     }
 
+    /// Publishes `message` from inside the agent (sensors, the downlink) as if client
+    /// `publisher` had sent it: journal (only when `journal` is true and the topic is an
+    /// uplink topic), retained table, then every matching local subscription. Returns
+    /// once the message is committed to the journal (if journaled) and handed to every
+    /// subscriber's queue — the point where the caller may consider it delivered.
+    /// Downlink messages pass `journal = false`, so they never loop back to the cloud.
+    pub async fn publish(
+        &self,
+        publisher: &str,
+        message: Message,
+        journal: bool,
+    ) -> Result<Reason, Refusal> {
+        if journal {
+            self.core.ingest(publisher, message).await
+        } else {
+            self.core.route(publisher, message, false).await
+        }
+    }
+
     /// Deletes expired persistent sessions every `every` until `cancel` fires.
     pub async fn run_session_expiry(&self, every: Duration, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(every);
