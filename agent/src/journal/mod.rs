@@ -86,7 +86,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{Classifier, JournalConfig, Priority, SyncMode, TopicRule, WhenFull};
@@ -105,12 +105,19 @@ pub const FILE_NAME: &str = "journal.db";
 
 /// An append queued by [`Journal::submit`], not yet known to be committed.
 #[derive(Debug)]
-pub struct Pending(oneshot::Receiver<Result<u64>>);
+pub struct Pending(oneshot::Receiver<Result<u64>>, Arc<watch::Sender<u64>>);
 
 impl Pending {
-    /// Waits for the commit; returns the entry's sequence number.
+    /// Waits for the commit; returns the entry's sequence number (and tells
+    /// [`Journal::committed_seq`] watchers).
     pub async fn committed(self) -> Result<u64> {
-        self.0.await.map_err(|_| Error::Closed)?
+        let seq = self.0.await.map_err(|_| Error::Closed)??;
+        self.1.send_if_modified(|last| {
+            let newer = seq > *last;
+            *last = (*last).max(seq);
+            newer
+        });
+        Ok(seq)
     }
 }
 
@@ -121,6 +128,7 @@ pub struct Journal {
     classifier: Arc<Classifier>,
     path: Arc<PathBuf>,
     read_only: bool,
+    committed: Arc<watch::Sender<u64>>,
 }
 
 impl Journal {
@@ -183,6 +191,7 @@ impl Journal {
             classifier: Arc::new(classifier),
             path: Arc::new(path.to_path_buf()),
             read_only,
+            committed: Arc::new(watch::Sender::new(0)),
         })
     }
 
@@ -194,6 +203,12 @@ impl Journal {
     /// Whether this handle was opened read-only.
     pub fn is_read_only(&self) -> bool {
         self.read_only
+    }
+
+    /// The highest sequence number whose append was committed through this handle (or
+    /// a clone) and awaited; 0 before the first. The uplink waits on it for new entries.
+    pub fn committed_seq(&self) -> watch::Receiver<u64> {
+        self.committed.subscribe()
     }
 
     /// The priority class and TTL the rules give `topic`.
@@ -243,7 +258,7 @@ impl Journal {
             .send(Command::Run(Op::Append(record, reply)))
             .await
             .map_err(|_| Error::Closed)?;
-        Ok(Pending(answer))
+        Ok(Pending(answer, self.committed.clone()))
     }
 
     /// Up to `limit` unexpired entries after `cursor` (at most 10 000 per call). Advance
