@@ -1,0 +1,148 @@
+//! Reads the journal for one connection of the uplink and hands entries, in sending
+//! order, to the link through a bounded channel (so at most `capacity` entries are in
+//! memory, however large the backlog). It starts at the beginning of the journal: what
+//! a previous connection sent but did not get acknowledged is sent again. New entries
+//! wake it through [`Journal::committed_seq`] (and a one-second poll, for appends made
+//! by other processes). The optional rate cap uses `governor`'s token bucket.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+use tokio::sync::{mpsc, watch};
+
+use super::config::DrainPolicy;
+use crate::error::Error;
+use crate::journal::{Cursor, Entry, Journal, ReadOrder};
+
+/// Entries read per journal call while live traffic or a FIFO backlog flows.
+const READ_BATCH: usize = 512;
+/// Backlog entries read per call under `live-first` (small, so live traffic waits little).
+const BACKLOG_BATCH: usize = 64;
+/// Poll interval when idle (appends from other processes do not wake the watch).
+const IDLE_POLL: Duration = Duration::from_secs(1);
+
+/// Starts a feeder task; it ends when the receiver is dropped or the journal closes.
+pub(crate) fn spawn(
+    journal: Journal,
+    policy: DrainPolicy,
+    max_rate: u32,
+    capacity: usize,
+) -> (mpsc::Receiver<Entry>, tokio::task::JoinHandle<()>) {
+    let (tx, rx) = mpsc::channel(capacity.max(1));
+    let limiter = NonZeroU32::new(max_rate).map(|r| RateLimiter::direct(Quota::per_second(r)));
+    let task = tokio::spawn(async move {
+        let mut feeder = Feeder {
+            commits: journal.committed_seq(),
+            journal,
+            tx,
+            limiter,
+        };
+        let result = match policy {
+            DrainPolicy::Fifo => feeder.fifo().await,
+            DrainPolicy::LiveFirst => feeder.live_first().await,
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "uplink: journal reader stopped");
+        }
+    });
+    (rx, task)
+}
+
+struct Feeder {
+    journal: Journal,
+    commits: watch::Receiver<u64>,
+    tx: mpsc::Sender<Entry>,
+    limiter: Option<DefaultDirectRateLimiter>,
+}
+
+/// Why the feeder stopped: the link went away (normal) or the journal failed.
+enum Stop {
+    LinkGone,
+    Journal(Error),
+}
+
+impl From<Error> for Stop {
+    fn from(e: Error) -> Self {
+        Stop::Journal(e)
+    }
+}
+
+impl Feeder {
+    async fn fifo(&mut self) -> Result<(), Error> {
+        let mut cursor = Cursor::start(ReadOrder::Fifo);
+        loop {
+            match self.step(&mut cursor, READ_BATCH, u64::MAX).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    if !self.idle().await {
+                        return Ok(());
+                    }
+                }
+                Err(Stop::LinkGone) => return Ok(()),
+                Err(Stop::Journal(e)) => return Err(e),
+            }
+        }
+    }
+
+    async fn live_first(&mut self) -> Result<(), Error> {
+        // Everything up to `boundary` is backlog; what is appended after it is live.
+        let boundary = self.journal.stats().await?.last_seq;
+        let mut live = Cursor::fifo_after(boundary);
+        let mut backlog = Cursor::start(ReadOrder::Fifo);
+        let mut backlog_left = boundary > 0;
+        loop {
+            let sent = match self.step(&mut live, READ_BATCH, u64::MAX).await {
+                Ok(true) => true,
+                Ok(false) if backlog_left => {
+                    match self.step(&mut backlog, BACKLOG_BATCH, boundary).await {
+                        Ok(more) => {
+                            backlog_left = more;
+                            more
+                        }
+                        Err(Stop::LinkGone) => return Ok(()),
+                        Err(Stop::Journal(e)) => return Err(e),
+                    }
+                }
+                Ok(false) => false,
+                Err(Stop::LinkGone) => return Ok(()),
+                Err(Stop::Journal(e)) => return Err(e),
+            };
+            if !sent && !self.idle().await {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Reads up to `limit` entries after `cursor` (none beyond `until`) and hands them
+    /// on. Ok(false): nothing (more) to read.
+    async fn step(&mut self, cursor: &mut Cursor, limit: usize, until: u64) -> Result<bool, Stop> {
+        self.commits.borrow_and_update();
+        let batch = self.journal.next_batch(*cursor, limit).await?;
+        cursor.advance_past(&batch);
+        let mut any = false;
+        for entry in batch.into_iter().take_while(|e| e.seq <= until) {
+            if let Some(l) = &self.limiter {
+                l.until_ready().await;
+            }
+            self.tx.send(entry).await.map_err(|_| Stop::LinkGone)?;
+            any = true;
+        }
+        Ok(any)
+    }
+
+    /// Waits for a new commit (or the idle poll). False: the link is gone.
+    async fn idle(&mut self) -> bool {
+        tokio::select! {
+            _ = self.tx.closed() => false,
+            changed = self.commits.changed() => {
+                if changed.is_err() {
+                    // The journal is closing: no more wake-ups, poll until the link ends.
+                    tokio::time::sleep(IDLE_POLL).await;
+                }
+                true
+            }
+            _ = tokio::time::sleep(IDLE_POLL) => true,
+        }
+    }
+}

@@ -1,0 +1,158 @@
+//! The uplink: an MQTT 5 client of cloud-bridge (TLS with a pinned CA, optional mutual
+//! TLS) that drains the journal to the cloud and brings cloud messages down.
+//!
+//! # Guarantees
+//! - An entry leaves the journal only after the bridge acknowledged it (PUBACK success,
+//!   which cloud-bridge sends only after RocketMQ stored it). Everything else is sent
+//!   again on the next connection, so delivery is at least once; duplicates happen only
+//!   for what was in flight (at most `window` messages) when a connection or the agent
+//!   died, and they carry the same stable id: user property `msg-key` =
+//!   `{gateway}:{journal seq}`, which the bridge puts in the RocketMQ KEYS.
+//! - Order per topic: one connection, entries sent in journal order (`fifo`), and the
+//!   bridge stores one connection's publishes in order. Under `live-first`, live traffic
+//!   may overtake the backlog (see [`config::DrainPolicy`]).
+//! - Downlink messages are acknowledged to the bridge only after
+//!   [`LocalBroker::publish`] took them (queued for every matching local subscriber,
+//!   persistent sessions included); they are not journaled, so they never go back up.
+//! - Reconnects back off exponentially with jitter (`backoff_min_ms` … `backoff_max_ms`);
+//!   a refusal of our credentials or certificates, or of the bridge's certificate, waits
+//!   the longest delay each time, says why in the log (error level) and in
+//!   [`UplinkStatus`], and loses nothing.
+//!
+//! # Tasks
+//! The connection loop (`link.rs`), a journal reader per connection (`feeder.rs`), a
+//! downlink task per connection, and one confirmer that deletes acknowledged entries in
+//! batches. All are bounded: the reader reads ahead at most `max(window, 512)` entries,
+//! the downlink holds `downlink.window` messages.
+
+pub mod config;
+mod feeder;
+mod link;
+pub mod status;
+pub mod topic_map;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsConnector;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::{DownlinkConfig, DrainPolicy, TopicRule, UplinkConfig, UplinkTls};
+pub use link::{DOWNLINK_PUBLISHER, MSG_KEY};
+pub use status::{LinkState, UplinkStatus};
+pub use topic_map::TopicMap;
+
+use crate::broker::LocalBroker;
+use crate::error::Result;
+use crate::journal::Journal;
+use link::{Ctx, Failure};
+
+/// Starts the uplink when `[uplink] bridge` is set (else the status says `disabled` and
+/// messages wait in the journal). Its tasks run in `tracker` until `cancel`.
+pub fn start(
+    uplink: &UplinkConfig,
+    downlink: &DownlinkConfig,
+    journal: Journal,
+    broker: LocalBroker,
+    tracker: &TaskTracker,
+    cancel: CancellationToken,
+) -> Result<Arc<UplinkStatus>> {
+    let status = Arc::new(UplinkStatus::default());
+    let Some(bridge) = uplink.bridge.clone() else {
+        status.set_state(LinkState::Disabled);
+        return Ok(status);
+    };
+    let tls = uplink.client_tls()?.map(TlsConnector::from);
+    let (confirm, confirm_rx) = mpsc::channel(16);
+    tracker.spawn(confirmer(journal.clone(), confirm_rx));
+    let ctx = Ctx {
+        gateway: uplink.gateway(),
+        client_id: uplink.client(),
+        map: TopicMap::new(uplink.rules()),
+        cfg: uplink.clone(),
+        down: downlink.clone(),
+        journal,
+        broker,
+        status: status.clone(),
+        tls,
+        confirm,
+    };
+    tracing::info!(%bridge, client_id = %ctx.client_id, gateway = %ctx.gateway, tls = ctx.tls.is_some(), "uplink starting");
+    tracker.spawn(run(ctx, cancel));
+    Ok(status)
+}
+
+fn backoff(cfg: &UplinkConfig) -> impl Iterator<Item = Duration> {
+    let (min, max) = cfg.backoff();
+    ExponentialBuilder::default()
+        .with_min_delay(min)
+        .with_max_delay(max)
+        .with_factor(2.0)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Connects, runs, and reconnects until `cancel`.
+async fn run(ctx: Ctx, cancel: CancellationToken) {
+    let status = ctx.status.clone();
+    let (_, longest) = ctx.cfg.backoff();
+    let mut delays = backoff(&ctx.cfg);
+    loop {
+        status.set_state(LinkState::Connecting);
+        let outcome = tokio::select! {
+            _ = cancel.cancelled() => break,
+            c = link::connect(&ctx) => c,
+        };
+        let failure = match outcome {
+            Ok((conn, ack)) => {
+                status.set_state(LinkState::Connected);
+                status.set_error(None);
+                UplinkStatus::add(&status.connects, 1);
+                tracing::info!(session_present = ack.session_present, "uplink connected");
+                delays = backoff(&ctx.cfg);
+                match link::run(&ctx, conn, ack, &cancel).await {
+                    Ok(()) => break,
+                    Err(f) => f,
+                }
+            }
+            Err(f) => f,
+        };
+        UplinkStatus::add(&status.failures, 1);
+        status.set_error(Some(failure.to_string()));
+        let wait = match &failure {
+            Failure::Refused(why) => {
+                status.set_state(LinkState::Refused);
+                tracing::error!(reason = %why, retry_in = ?longest, "uplink refused");
+                longest
+            }
+            Failure::Transient(why) => {
+                status.set_state(LinkState::Backoff);
+                let wait = delays.next().unwrap_or(longest);
+                tracing::warn!(reason = %why, retry_in = ?wait, "uplink down");
+                wait
+            }
+        };
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+    }
+    status.set_state(LinkState::Stopped);
+}
+
+/// Deletes acknowledged entries from the journal, a batch at a time. A failed confirm
+/// leaves the entries in the journal: they are sent again (duplicates, not losses).
+async fn confirmer(journal: Journal, mut rx: mpsc::Receiver<Vec<u64>>) {
+    while let Some(mut seqs) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            seqs.extend(more);
+        }
+        if let Err(e) = journal.confirm(&seqs).await {
+            tracing::warn!(error = %e, entries = seqs.len(), "uplink: confirming acknowledged entries failed; they will be sent again");
+        }
+    }
+}
