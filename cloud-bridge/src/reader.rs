@@ -256,6 +256,7 @@ impl Reader {
             message: Box::new(message),
             dup: matches!(self.start, Start::At { dup_below, .. } if at < dup_below),
             tag,
+            expires_ms: None,
         };
         tokio::select! {
             r = shared.tx.send(delivery) => r.is_ok(),

@@ -648,6 +648,7 @@ async fn send_retained_messages(inner: Arc<Inner>, filter: String, granted: QoS)
             message: Box::new(message),
             dup: false,
             tag: 0,
+            expires_ms: None,
         };
         if inner.reader.tx.send(d).await.is_err() {
             return;

@@ -66,6 +66,33 @@ pub struct Delivery {
     pub dup: bool,
     /// The backend's handle, given back in [`Session::acked`].
     pub tag: u64,
+    /// When the message expires (MQTT 5 message expiry), Unix milliseconds. The
+    /// connection does not send an expired message (it reports it as acked), and sends
+    /// the others with the expiry interval reduced to the time left (MQTT 5 §3.3.2.3.3).
+    pub expires_ms: Option<i64>,
+}
+
+/// Now, in Unix milliseconds (the clock of [`Delivery::expires_ms`]).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+/// Sets `message`'s expiry interval to the whole seconds (rounded up) left until
+/// `expires_ms`; `false` (message untouched) if it has expired by `now_ms`.
+pub fn apply_expiry(message: &mut Message, expires_ms: Option<i64>, now_ms: i64) -> bool {
+    let Some(at) = expires_ms else {
+        return true;
+    };
+    let left = at.saturating_sub(now_ms);
+    if left <= 0 {
+        return false;
+    }
+    let secs = left.saturating_add(999) / 1000;
+    message.properties.message_expiry_interval = Some(u32::try_from(secs).unwrap_or(u32::MAX));
+    true
 }
 
 /// An accepted CONNECT.
@@ -84,8 +111,13 @@ pub struct Accepted<S> {
 /// How a connection ended, for [`Session::closed`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Close {
-    /// The client sent DISCONNECT (reason 0).
-    Normal,
+    /// The client sent DISCONNECT (reason 0, or 0x04 "with will").
+    Normal {
+        /// The session expiry interval the client set in its MQTT 5 DISCONNECT, if it
+        /// set one: it replaces the CONNECT's. Never a change from 0 to non-0 (the
+        /// connection treats that as a protocol error, closed as `Abnormal`).
+        session_expiry: Option<u32>,
+    },
     /// Anything else: the will, if any, has been handed to the connection's will logic.
     Abnormal,
     /// A newer connection with the same client identifier took the session over.

@@ -11,7 +11,10 @@
 //! - a QoS 2 publish is stored once: a DUP retransmission of a packet id awaiting PUBREL
 //!   is answered with PUBREC again and not stored twice;
 //! - at most the client's receive-maximum deliveries are in flight to it;
-//! - the will is published when the connection ends without a normal DISCONNECT.
+//! - the will is published when the connection ends without a normal DISCONNECT;
+//! - an MQTT 5 DISCONNECT's session expiry interval reaches the backend
+//!   (`Close::Normal`); changing it from 0 (in CONNECT) to non-0 is a protocol error
+//!   (server DISCONNECT 0x82, the will is published).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, sleep_until};
@@ -31,6 +34,7 @@ use tracing::{debug, info, warn};
 use crate::broker::{Accepted, Broker, Close, Delivery, Peer, Refusal, Session};
 use crate::codec::Codec;
 use crate::error::Error;
+use crate::metrics::ServerCounters;
 use crate::packet::{ConnAckInfo, Connect, Inbound, Message, Outbound, QoS, Reason, Version};
 use crate::registry::Registry;
 use crate::topic;
@@ -82,6 +86,8 @@ pub struct Shared<B> {
     pub shutdown: CancellationToken,
     /// Tracks delayed-will tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
+    /// Connection and publish counters (the metrics endpoint reads them).
+    pub counters: Arc<ServerCounters>,
 }
 
 type Stored = BoxFuture<'static, (u16, QoS, Result<Reason, Refusal>)>;
@@ -141,6 +147,7 @@ where
         })
         .await?;
     debug!(peer = %peer.addr, client = %client_id, ?version, "connected");
+    let _connected = shared.counters.client_connected();
 
     let mut conn = Conn {
         version,
@@ -156,7 +163,9 @@ where
                 .min(shared.config.max_inflight_deliveries.max(1)),
         ),
         pipeline: shared.config.publish_pipeline.max(1),
+        connect_expiry: connect.session_expiry_interval,
         broker: shared.broker.clone(),
+        counters: shared.counters.clone(),
     };
     let ended = conn
         .run(
@@ -169,12 +178,21 @@ where
         .await;
     shared.registry.unregister(&client_id, registration.conn);
     let (how, publish_will, result) = match ended {
-        End::Normal { will } => (Close::Normal, will, Ok(())),
+        End::Normal {
+            will,
+            session_expiry,
+        } => (Close::Normal { session_expiry }, will, Ok(())),
         End::TakenOver => (Close::TakenOver, true, Ok(())),
         End::Abnormal(e) => (Close::Abnormal, true, e),
     };
     if let (true, Some(will)) = (publish_will, connect.will) {
-        let delay = will.delay_interval.min(connect.session_expiry_interval);
+        let expiry = match how {
+            Close::Normal {
+                session_expiry: Some(e),
+            } => e,
+            _ => connect.session_expiry_interval,
+        };
+        let delay = will.delay_interval.min(expiry);
         if delay > 0 && how != Close::TakenOver {
             let fut = shared.broker.publish_will(&client_id, will.message);
             shared.registry.schedule_will(
@@ -274,7 +292,10 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
 }
 
 enum End {
-    Normal { will: bool },
+    Normal {
+        will: bool,
+        session_expiry: Option<u32>,
+    },
     TakenOver,
     Abnormal(Result<(), Error>),
 }
@@ -292,7 +313,10 @@ struct Conn<B: Broker> {
     next_pkid: u16,
     client_receive_maximum: usize,
     pipeline: usize,
+    /// The CONNECT's session expiry interval (a DISCONNECT may not raise it from 0).
+    connect_expiry: u32,
     broker: Arc<B>,
+    counters: Arc<ServerCounters>,
 }
 
 impl<B: Broker> Conn<B> {
@@ -307,24 +331,50 @@ impl<B: Broker> Conn<B> {
         // MQTT: the server closes after 1.5 keepalive periods without a packet; 0 = off.
         let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
         let mut deadline = grace.map(|g| Instant::now() + g);
+        // Events that are ready at once are handled before one flush: a burst of acks
+        // (and deliveries) leaves in one write instead of one write each.
+        let mut streak = 0;
         loop {
-            let can_read = self.stores.len() < self.pipeline;
-            let can_deliver =
-                deliveries.is_some() && self.outgoing.len() < self.client_receive_maximum;
-            let step = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => {
-                    self.disconnect(framed, Reason::ServerShuttingDown, None).await;
+            let ready = if streak < MAX_UNFLUSHED {
+                self.next_event(framed, &mut deliveries, deadline, kicked, shutdown)
+                    .now_or_never()
+            } else {
+                None
+            };
+            let event = match ready {
+                Some(event) => {
+                    streak += 1;
+                    event
+                }
+                None => {
+                    streak = 0;
+                    // A client that stops reading blocks this flush; shutdown and
+                    // takeover still win.
+                    let flushed = tokio::select! {
+                        r = framed.flush() => r,
+                        _ = shutdown.cancelled() => return End::Abnormal(Ok(())),
+                        _ = kicked.cancelled() => return End::TakenOver,
+                    };
+                    if let Err(e) = flushed {
+                        return End::Abnormal(Err(e));
+                    }
+                    self.next_event(framed, &mut deliveries, deadline, kicked, shutdown)
+                        .await
+                }
+            };
+            let step = match event {
+                Event::Shutdown => {
+                    self.disconnect(framed, Reason::ServerShuttingDown, None)
+                        .await;
                     return End::Abnormal(Ok(()));
                 }
-                _ = kicked.cancelled() => {
-                    self.disconnect(framed, Reason::SessionTakenOver, None).await;
+                Event::Kicked => {
+                    self.disconnect(framed, Reason::SessionTakenOver, None)
+                        .await;
                     return End::TakenOver;
                 }
-                Some((pkid, qos, result)) = self.stores.next(), if !self.stores.is_empty() => {
-                    self.stored(framed, pkid, qos, result).await
-                }
-                packet = framed.next(), if can_read => {
+                Event::Stored(pkid, qos, result) => self.stored(framed, pkid, qos, result).await,
+                Event::Packet(packet) => {
                     deadline = grace.map(|g| Instant::now() + g);
                     match packet {
                         None => return End::Abnormal(Ok(())),
@@ -340,20 +390,35 @@ impl<B: Broker> Conn<B> {
                         Some(Ok(p)) => self.handle(framed, p).await,
                     }
                 }
-                d = recv(&mut deliveries), if can_deliver => {
-                    match d {
-                        Some(d) => self.deliver(framed, d).await,
-                        None => { deliveries = None; Ok(Step::Continue) }
-                    }
+                Event::Delivery(Some(d)) => self.deliver(framed, d).await,
+                Event::Delivery(None) => {
+                    deliveries = None;
+                    Ok(Step::Continue)
                 }
-                _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
-                    self.disconnect(framed, Reason::KeepAliveTimeout, None).await;
+                Event::KeepAlive => {
+                    self.disconnect(framed, Reason::KeepAliveTimeout, None)
+                        .await;
                     return End::Abnormal(Err(Error::KeepAliveTimeout));
                 }
             };
             match step {
                 Ok(Step::Continue) => {}
-                Ok(Step::Disconnect { will }) => return End::Normal { will },
+                Ok(Step::Disconnect {
+                    will,
+                    session_expiry,
+                }) => {
+                    if self.connect_expiry == 0 && session_expiry.is_some_and(|e| e > 0) {
+                        let why = "session expiry changed from 0 in DISCONNECT";
+                        self.disconnect(framed, Reason::ProtocolError, Some(why.to_owned()))
+                            .await;
+                        return End::Abnormal(Err(Error::Protocol(why)));
+                    }
+                    let _ = framed.flush().await;
+                    return End::Normal {
+                        will,
+                        session_expiry,
+                    };
+                }
                 Ok(Step::Close(refusal)) => {
                     self.disconnect(framed, refusal.reason, Some(refusal.message.clone()))
                         .await;
@@ -361,14 +426,32 @@ impl<B: Broker> Conn<B> {
                 }
                 Err(e) => return End::Abnormal(Err(e)),
             }
-            // A client that stops reading blocks this flush; shutdown and takeover still win.
-            let flushed = tokio::select! {
-                r = framed.flush() => r,
-                _ = shutdown.cancelled() => return End::Abnormal(Ok(())),
-                _ = kicked.cancelled() => return End::TakenOver,
-            };
-            if let Err(e) = flushed {
-                return End::Abnormal(Err(e));
+        }
+    }
+
+    /// The next thing to do. Every branch is cancel-safe, so this may be polled once
+    /// (`now_or_never`) and dropped.
+    async fn next_event<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<IO, Codec>,
+        deliveries: &mut Option<mpsc::Receiver<Delivery>>,
+        deadline: Option<Instant>,
+        kicked: &CancellationToken,
+        shutdown: &CancellationToken,
+    ) -> Event {
+        let can_read = self.stores.len() < self.pipeline;
+        let can_deliver = deliveries.is_some() && self.outgoing.len() < self.client_receive_maximum;
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => Event::Shutdown,
+            _ = kicked.cancelled() => Event::Kicked,
+            Some((pkid, qos, result)) = self.stores.next(), if !self.stores.is_empty() => {
+                Event::Stored(pkid, qos, result)
+            }
+            packet = framed.next(), if can_read => Event::Packet(packet),
+            d = recv(deliveries), if can_deliver => Event::Delivery(d),
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                Event::KeepAlive
             }
         }
     }
@@ -403,7 +486,10 @@ impl<B: Broker> Conn<B> {
                 pkid,
                 dup: _,
                 message,
-            } => self.publish(pkid, message),
+            } => {
+                self.counters.publish_received(message.qos);
+                self.publish(pkid, message)
+            }
             Inbound::PubRel(pkid) => {
                 self.awaiting_rel.remove(&pkid);
                 framed.feed(Outbound::PubComp(pkid)).await?;
@@ -427,6 +513,7 @@ impl<B: Broker> Conn<B> {
                 subscriptions,
             } => {
                 let outcomes = self.session.subscribe(subscriptions).await;
+                self.counters.subscribed();
                 framed
                     .feed(Outbound::SubAck {
                         pkid,
@@ -438,6 +525,7 @@ impl<B: Broker> Conn<B> {
             }
             Inbound::Unsubscribe { pkid, filters } => {
                 let reasons = self.session.unsubscribe(filters).await;
+                self.counters.unsubscribed();
                 framed.feed(Outbound::UnsubAck { pkid, reasons }).await?;
                 Ok(Step::Continue)
             }
@@ -445,8 +533,12 @@ impl<B: Broker> Conn<B> {
                 framed.feed(Outbound::PingResp).await?;
                 Ok(Step::Continue)
             }
-            Inbound::Disconnect { reason, .. } => Ok(Step::Disconnect {
+            Inbound::Disconnect {
+                reason,
+                session_expiry_interval,
+            } => Ok(Step::Disconnect {
                 will: reason == 0x04,
+                session_expiry: session_expiry_interval,
             }),
             Inbound::Connect(_) => Err(Error::Protocol("second CONNECT")),
             Inbound::Unexpected(what) => Err(Error::Protocol(what)),
@@ -458,6 +550,7 @@ impl<B: Broker> Conn<B> {
             .map_err(|e| Refusal::new(Reason::TopicNameInvalid, e.to_string()))
             .and_then(|()| self.broker.validate_topic(&message.topic));
         if let Err(refusal) = topic_check {
+            self.counters.publish_refused();
             return Ok(Step::Close(refusal));
         }
         let qos = message.qos;
@@ -490,6 +583,9 @@ impl<B: Broker> Conn<B> {
         result: Result<Reason, Refusal>,
     ) -> Result<Step, Error> {
         self.storing.remove(&pkid);
+        if result.is_err() {
+            self.counters.publish_refused();
+        }
         let packet = match (qos, result) {
             (QoS::AtMostOnce, Ok(_)) => return Ok(Step::Continue),
             (QoS::AtLeastOnce, Ok(reason)) => Outbound::PubAck {
@@ -531,8 +627,14 @@ impl<B: Broker> Conn<B> {
     async fn deliver<IO: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         framed: &mut Framed<IO, Codec>,
-        d: Delivery,
+        mut d: Delivery,
     ) -> Result<Step, Error> {
+        if !crate::broker::apply_expiry(&mut d.message, d.expires_ms, crate::broker::now_ms()) {
+            debug!(topic = %d.message.topic, "expired message not delivered");
+            self.session.acked(d.tag);
+            return Ok(Step::Continue);
+        }
+        self.counters.publish_sent(d.message.qos);
         if d.message.qos == QoS::AtMostOnce {
             framed
                 .feed(Outbound::Publish {
@@ -566,9 +668,25 @@ impl<B: Broker> Conn<B> {
     }
 }
 
+/// Most events handled between two flushes.
+const MAX_UNFLUSHED: usize = 64;
+
+/// What woke the connection up.
+enum Event {
+    Shutdown,
+    Kicked,
+    Stored(u16, QoS, Result<Reason, Refusal>),
+    Packet(Option<Result<Inbound, Error>>),
+    Delivery(Option<Delivery>),
+    KeepAlive,
+}
+
 enum Step {
     Continue,
-    Disconnect { will: bool },
+    Disconnect {
+        will: bool,
+        session_expiry: Option<u32>,
+    },
     Close(Refusal),
 }
 

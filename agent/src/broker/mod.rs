@@ -11,28 +11,40 @@
 //!
 //! # What a publish does (`Session::publish`'s future, which the connection awaits
 //! before PUBACK/PUBREC)
-//! 1. If its topic matches an `[uplink] topics` filter, it is appended to the journal and
-//!    the future waits for the commit. A journal refusal (quota, disk) is the publish's
-//!    refusal: MQTT 5 PUBACK/PUBREC 0x97 (or 0x80 for an I/O failure), under 3.1.1 the
-//!    connection is closed unacknowledged, and nothing is delivered locally.
+//! 1. If its topic matches an `[uplink] topics` filter, it is queued to the journal.
 //! 2. A retained publish updates the retained table (memory + `broker.db`, committed).
 //! 3. It is delivered to every matching local subscription (`router.rs`), at
 //!    min(publish QoS, granted QoS), noLocal honoured, the retain flag cleared unless
-//!    retain-as-published.
+//!    retain-as-published — without waiting for the journal's commit (MQTT allows
+//!    forwarding before the publisher's ack; only the ack must wait), so local latency
+//!    does not include the fsync. A QoS 1/2 copy for a persistent session is a
+//!    `broker.db` row queued before it is handed to the connection.
+//! 4. The future completes once the journal commit and every `broker.db` row of step 3
+//!    are committed. A journal refusal (quota, disk) is the publish's refusal: MQTT 5
+//!    PUBACK/PUBREC 0x97 (or 0x80 for an I/O failure), under 3.1.1 the connection is
+//!    closed unacknowledged. Local subscribers may have received such a refused message
+//!    (the publisher, unacknowledged, may send it again: at-least-once either way).
 //!
 //! Publishes of one connection are ordered: `Session::publish` queues them in call order
-//! to the session's pipeline task, which submits them to the journal in that order
-//! (`limits.publish_pipeline` of them in flight, so one publisher's messages share
-//! fsyncs), and does steps 2 and 3 in that order once each commit is known.
+//! to the session's pipeline task, which takes every publish already queued (a burst,
+//! up to `limits.publish_pipeline`), submits the burst's uplink messages to the journal
+//! as one command (one reply for the burst, and they share one fsync), does steps 2 and
+//! 3 in order, and answers the burst once its commits are known.
+//!
+//! # Message expiry (MQTT 5)
+//! A message's expiry deadline is fixed when the broker receives it and travels with
+//! its deliveries, its `broker.db` row and its retained copy. Expired messages are not
+//! delivered (checked when the connection writes them, and when a session resumes);
+//! the others go out with the interval reduced by the time they waited.
 //!
 //! # Sessions
 //! Session expiry > 0 (3.1.1: clean session false; capped by
 //! `sessions.max_session_expiry_secs`) makes a session persistent: its subscriptions and
-//! its offline queue are in `broker.db` (`store.rs`) and survive a restart; the queue of
-//! a connected client lives in memory (bounded) and is written to `broker.db` when the
-//! connection ends or the agent stops. A kill -9 therefore loses the QoS 1/2 messages
-//! that were in memory for connected subscribers (not the journal's: those are on disk
-//! before their PUBACK). Expired sessions are deleted by a sweep every minute.
+//! every QoS 1/2 message for it not yet acknowledged by the client (connected or not)
+//! are in `broker.db` (`store.rs`), committed before the publish is acknowledged and
+//! deleted when the client acknowledges them, so they survive a restart and a kill -9.
+//! An MQTT 5 DISCONNECT may change the session expiry (0 ends the session at once).
+//! Expired sessions are deleted by a sweep every minute.
 
 mod router;
 mod session;
@@ -43,6 +55,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
+pub(crate) use mqtt::broker::now_ms;
 use mqtt::broker::{Accepted, Broker, Peer, Refusal};
 use mqtt::packet::{Connect, Message, Reason};
 use tokio::sync::mpsc;
@@ -78,11 +91,27 @@ pub(crate) struct Core {
     generation: AtomicU64,
 }
 
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
+/// When `m` (received now) expires, Unix ms; `None`: never.
+pub(crate) fn expiry_deadline(m: &Message) -> Option<i64> {
+    m.properties
+        .message_expiry_interval
+        .map(|s| now_ms().saturating_add(i64::from(s) * 1000))
+}
+
+/// What routing a message did: the ack's reason, and the `broker.db` rows to wait for.
+pub(crate) struct Routed {
+    reason: Reason,
+    commits: Vec<store::Committed<()>>,
+}
+
+impl Routed {
+    /// Waits until every row is committed; the reason for the publisher's ack.
+    pub(crate) async fn finish(self) -> Result<Reason, Refusal> {
+        for c in self.commits {
+            store::committed(c).await.map_err(|e| refusal(&e))?;
+        }
+        Ok(self.reason)
+    }
 }
 
 /// The refusal a journal or database error becomes.
@@ -112,14 +141,15 @@ impl LocalBroker {
             config.sessions.max_retained,
             Duration::from_millis(config.limits.subscriber_wait_ms),
         );
-        for m in &snapshot.retained {
-            router.set_retained(m);
+        router.start_tags_at(snapshot.next_tag);
+        for (m, expires_ms) in &snapshot.retained {
+            router.set_retained(m, *expires_ms);
         }
         for s in snapshot.sessions {
             let c = router.client(&s.client_id);
+            c.queued.store(s.queued, Ordering::Relaxed);
             if let Ok(mut st) = c.state.try_lock() {
                 st.persistent = true;
-                st.queued = s.queued;
             }
             if let Ok(mut subs) = c.subs.write() {
                 subs.extend(s.subscriptions);
@@ -154,7 +184,8 @@ impl LocalBroker {
     /// `publisher` had sent it: journal (only when `journal` is true and the topic is an
     /// uplink topic), retained table, then every matching local subscription. Returns
     /// once the message is committed to the journal (if journaled) and handed to every
-    /// subscriber's queue — the point where the caller may consider it delivered.
+    /// subscriber's queue, its copies for persistent sessions committed to `broker.db`
+    /// — the point where the caller may consider it delivered.
     /// Downlink messages pass `journal = false`, so they never loop back to the cloud.
     pub async fn publish(
         &self,
@@ -165,7 +196,12 @@ impl LocalBroker {
         if journal {
             self.core.ingest(publisher, message).await
         } else {
-            self.core.route(publisher, message, false).await
+            let expires_ms = expiry_deadline(&message);
+            self.core
+                .route(publisher, message, expires_ms, false)
+                .await?
+                .finish()
+                .await
         }
     }
 
@@ -184,7 +220,7 @@ impl LocalBroker {
                         let mut st = c.state.lock().await;
                         if st.online.is_none() {
                             st.persistent = false;
-                            st.queued = 0;
+                            c.queued.store(0, Ordering::Relaxed);
                             self.core.router.remove(&c);
                             tracing::info!(client = %id, "session expired");
                         }
@@ -218,6 +254,7 @@ impl Core {
 
     /// Publishes on behalf of `publisher` (used for wills): journal, retain, deliver.
     async fn ingest(&self, publisher: &str, message: Message) -> Result<Reason, Refusal> {
+        let expires_ms = expiry_deadline(&message);
         let uplinked = self.is_uplink(&message.topic);
         if uplinked {
             self.journal
@@ -225,35 +262,53 @@ impl Core {
                 .await
                 .map_err(|e| refusal(&e))?;
         }
-        self.route(publisher, message, uplinked).await
+        self.route(publisher, message, expires_ms, uplinked)
+            .await?
+            .finish()
+            .await
     }
 
-    /// Steps 2 and 3 of a publish (see the module doc), after the journal commit.
+    /// Steps 2 and 3 of a publish (see the module doc): retain, then hand to every
+    /// matching subscription. The returned rows must be committed before the ack.
     async fn route(
         &self,
         publisher: &str,
         message: Message,
+        expires_ms: Option<i64>,
         uplinked: bool,
-    ) -> Result<Reason, Refusal> {
-        if message.retain && self.router.set_retained(&message) {
-            let keep = (!message.payload.is_empty()).then(|| message.clone());
+    ) -> Result<Routed, Refusal> {
+        if message.retain && self.router.set_retained(&message, expires_ms) {
+            let keep = (!message.payload.is_empty()).then(|| (message.clone(), expires_ms));
             if let Err(e) = self.router.store.retain(&message.topic, keep).await {
                 return Err(refusal(&e));
             }
         }
         let targets = self.router.matching(&message.topic, publisher);
         let delivered = !targets.is_empty();
-        for (client, opts) in targets {
-            let mut m = message.clone();
+        let mut commits = Vec::new();
+        let last = targets.len().saturating_sub(1);
+        let mut message = Some(message);
+        for (i, (client, opts)) in targets.into_iter().enumerate() {
+            let retain = message.as_ref().is_some_and(|m| m.retain);
+            // The last target takes the message itself: one clone fewer.
+            let mut m = if i == last {
+                message.take()
+            } else {
+                message.clone()
+            }
+            .ok_or_else(|| Refusal::new(Reason::UnspecifiedError, "message routed twice"))?;
             m.qos = m.qos.min(opts.qos);
-            m.retain = message.retain && opts.retain_as_published;
-            self.router.deliver(&client, m).await;
+            m.retain = retain && opts.retain_as_published;
+            if let Some(c) = self.router.deliver(&client, m, expires_ms).await {
+                commits.push(c);
+            }
         }
-        Ok(if uplinked || delivered {
+        let reason = if uplinked || delivered {
             Reason::Success
         } else {
             Reason::NoMatchingSubscribers
-        })
+        };
+        Ok(Routed { reason, commits })
     }
 
     async fn connect(
@@ -284,8 +339,7 @@ impl Core {
                     .map_err(store_failed)?;
             }
             client.clear_subscriptions();
-            client.take_inflight();
-            st.queued = 0;
+            client.queued.store(0, Ordering::Relaxed);
         }
         st.persistent = expiry > 0;
         if st.persistent {
@@ -304,29 +358,36 @@ impl Core {
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.subscriber_queue);
         st.online = Some((generation, tx));
-        // Unacknowledged deliveries of a taken-over connection, then the offline queue,
-        // go out before anything newer: the task holds the client's lock until done.
-        let resend = client.take_inflight();
-        let queued = st.queued;
+        // The session's stored messages (unacknowledged ones of an earlier or taken-over
+        // connection, then what was queued offline) go out before anything newer: the
+        // task holds the client's lock until done. They stay stored until acknowledged.
+        let resume = st.persistent && client.queued.load(Ordering::Relaxed) > 0;
         let core = self.clone();
         let c = client.clone();
         self.tracker.spawn(async move {
-            for (_, m) in resend {
-                core.router.deliver_locked(&c, &mut st, m, true).await;
+            if !resume {
+                return;
             }
-            if queued > 0 {
-                match core.router.store.take_queue(&c.id).await {
-                    Ok(messages) => {
-                        st.queued = 0;
-                        for m in messages {
-                            core.router.deliver_locked(&c, &mut st, m, false).await;
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(client = %c.id, error = %e, "cannot read the offline queue")
-                    }
+            let rows = match core.router.store.read_queue(&c.id).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(client = %c.id, error = %e, "cannot read the stored queue");
+                    return;
+                }
+            };
+            let now = now_ms();
+            for q in rows {
+                if q.expires_ms.is_some_and(|e| e <= now) {
+                    core.router.store.acked(q.id);
+                    c.unqueued();
+                    continue;
+                }
+                if !core.router.redeliver(&st, q).await {
+                    // Full or gone: the rest stays stored for the next connection.
+                    break;
                 }
             }
+            drop(st);
         });
         let session = LocalSession::start(self.clone(), client, generation);
         Ok(Accepted {

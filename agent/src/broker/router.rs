@@ -13,17 +13,23 @@
 //! - A disconnected persistent session's queue is in SQLite, at most
 //!   `sessions.max_queued_messages` rows; newer messages are dropped (counted as
 //!   `dropped_queue_full`), as the spec allows. QoS 0 messages are not queued offline.
-//! - Unacknowledged QoS 1/2 deliveries to a persistent session are remembered
-//!   (`inflight`, bounded by the channel plus the receive maximum) and go back to its
-//!   offline queue when the connection ends, or are re-sent (DUP) to a connection that
-//!   takes the session over.
+//! - Every QoS 1/2 message for a persistent session, connected or not, is a row in
+//!   `broker.db` (`store.rs`), queued to the database thread before the message is handed
+//!   to the connection and committed before the publish that produced it is
+//!   acknowledged (the publish's future waits for the returned commit). The row goes
+//!   when the client acknowledges it (PUBACK/PUBCOMP: the delivery's tag is the row id).
+//!   A resumed (or taken-over) session gets its rows again, the ones that may have been
+//!   sent with DUP. So a kill -9 loses nothing acknowledged to a publisher.
+//! - MQTT 5 message expiry: the deadline travels with the delivery, the row and the
+//!   retained message; expired messages are not delivered (the connection checks at
+//!   write time and sends the remaining interval).
 //!
 //! Matching walks every client's subscriptions: the local broker of a gateway serves
 //! tens of clients, not millions, and a trie would be more code than it saves.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use mqtt::broker::Delivery;
@@ -31,11 +37,7 @@ use mqtt::packet::{Message, QoS};
 use mqtt::topic;
 use tokio::sync::mpsc;
 
-use super::store::{BrokerStore, SubOptions};
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+use super::store::{BrokerStore, Committed, SubOptions};
 
 fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|p| p.into_inner())
@@ -75,8 +77,6 @@ pub(crate) struct ClientState {
     pub persistent: bool,
     /// The connection's queue and its generation, while connected.
     pub online: Option<(u64, mpsc::Sender<Delivery>)>,
-    /// Rows in the SQLite offline queue.
-    pub queued: usize,
 }
 
 /// One client identifier's session.
@@ -85,8 +85,8 @@ pub(crate) struct Client {
     pub id: Arc<str>,
     pub subs: RwLock<HashMap<String, SubOptions>>,
     pub state: Arc<tokio::sync::Mutex<ClientState>>,
-    /// Unacknowledged QoS 1/2 deliveries of a persistent session, by tag.
-    pub inflight: Mutex<BTreeMap<u64, Message>>,
+    /// Its rows in `broker.db` (unacknowledged QoS 1/2 messages of a persistent session).
+    pub queued: AtomicUsize,
 }
 
 impl Client {
@@ -95,13 +95,15 @@ impl Client {
             id: Arc::from(id),
             subs: RwLock::default(),
             state: Arc::default(),
-            inflight: Mutex::default(),
+            queued: AtomicUsize::new(0),
         })
     }
 
-    /// The client acknowledged delivery `tag`.
-    pub fn acked(&self, tag: u64) {
-        lock(&self.inflight).remove(&tag);
+    /// One of its rows is gone (acknowledged or expired).
+    pub fn unqueued(&self) {
+        let _ = self
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
     }
 
     /// Adds or replaces a subscription; `true` if it replaced one.
@@ -118,20 +120,13 @@ impl Client {
     pub fn clear_subscriptions(&self) {
         write(&self.subs).clear();
     }
-
-    /// Takes the unacknowledged deliveries, oldest first.
-    pub fn take_inflight(&self) -> Vec<(u64, Message)> {
-        std::mem::take(&mut *lock(&self.inflight))
-            .into_iter()
-            .collect()
-    }
 }
 
 /// The routing table, shared by every connection.
 #[derive(Debug)]
 pub(crate) struct Router {
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
-    retained: RwLock<HashMap<String, Message>>,
+    retained: RwLock<HashMap<String, (Message, Option<i64>)>>,
     next_tag: AtomicU64,
     pub counters: Counters,
     pub store: BrokerStore,
@@ -198,8 +193,14 @@ impl Router {
         read(&self.clients).len()
     }
 
-    /// Sets or clears a retained message; `false` if the retained table is full.
-    pub fn set_retained(&self, message: &Message) -> bool {
+    /// Starts tags (row ids) at `next`.
+    pub fn start_tags_at(&self, next: u64) {
+        self.next_tag.fetch_max(next.max(1), Ordering::Relaxed);
+    }
+
+    /// Sets or clears a retained message (expiring at `expires_ms`); `false` if the
+    /// retained table is full.
+    pub fn set_retained(&self, message: &Message, expires_ms: Option<i64>) -> bool {
         let mut r = write(&self.retained);
         if message.payload.is_empty() {
             r.remove(&message.topic);
@@ -210,15 +211,15 @@ impl Router {
         }
         let mut m = message.clone();
         m.retain = true;
-        r.insert(message.topic.clone(), m);
+        r.insert(message.topic.clone(), (m, expires_ms));
         true
     }
 
-    /// Retained messages matching `filter`.
-    pub fn retained_matching(&self, filter: &str) -> Vec<Message> {
+    /// Unexpired retained messages matching `filter`, with their expiry.
+    pub fn retained_matching(&self, filter: &str, now_ms: i64) -> Vec<(Message, Option<i64>)> {
         read(&self.retained)
             .values()
-            .filter(|m| topic::matches(filter, &m.topic))
+            .filter(|(m, e)| e.is_none_or(|e| e > now_ms) && topic::matches(filter, &m.topic))
             .cloned()
             .collect()
     }
@@ -244,10 +245,17 @@ impl Router {
 
     /// Hands `message` (QoS and retain flag already as delivered) to `client`: into its
     /// connection's queue, or its offline queue. Waits while the client's queue is full,
-    /// up to the configured bound.
-    pub async fn deliver(&self, client: &Client, message: Message) {
+    /// up to the configured bound. For a persistent session's QoS 1/2 message, returns
+    /// the commit of its row (to wait for before acknowledging the publish).
+    pub async fn deliver(
+        &self,
+        client: &Client,
+        message: Message,
+        expires_ms: Option<i64>,
+    ) -> Option<Committed<()>> {
         let mut st = client.state.lock().await;
-        self.deliver_locked(client, &mut st, message, false).await;
+        self.deliver_locked(client, &mut st, message, expires_ms)
+            .await
     }
 
     pub async fn deliver_locked(
@@ -255,11 +263,11 @@ impl Router {
         client: &Client,
         st: &mut ClientState,
         message: Message,
-        dup: bool,
-    ) {
+        expires_ms: Option<i64>,
+    ) -> Option<Committed<()>> {
         let qos = message.qos;
+        let keep = st.persistent && qos != QoS::AtMostOnce;
         if let Some((_, tx)) = &st.online {
-            let tag = self.tag();
             let permit = if qos == QoS::AtMostOnce {
                 tx.try_reserve()
                     .map_err(|e| matches!(e, mpsc::error::TrySendError::Closed(_)))
@@ -272,40 +280,93 @@ impl Router {
             };
             match permit {
                 Ok(p) => {
-                    if st.persistent && qos != QoS::AtMostOnce {
-                        lock(&client.inflight).insert(tag, message.clone());
-                    }
+                    let (tag, commit) = if keep {
+                        let tag = self.tag();
+                        let commit = self.queue(client, tag, &message, expires_ms, true).await;
+                        (tag, commit)
+                    } else {
+                        (0, None)
+                    };
                     p.send(Delivery {
                         message: Box::new(message),
-                        dup,
+                        dup: false,
                         tag,
+                        expires_ms,
                     });
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
-                    return;
+                    return commit;
                 }
-                Err(false) => {
+                // A persistent session keeps it as a row for its next resume instead.
+                Err(false) if !keep => {
                     self.counters
                         .dropped_subscriber_full
                         .fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(client = %client.id, "subscriber queue full; message dropped");
-                    return;
+                    return None;
+                }
+                Err(false) => {
+                    tracing::debug!(client = %client.id, "subscriber queue full; message stored");
                 }
                 // The connection is gone and its session not yet closed: queue offline.
                 Err(true) => {}
             }
         }
-        if !st.persistent || qos == QoS::AtMostOnce {
-            return;
+        if !keep {
+            return None;
         }
-        if st.queued >= self.max_queued {
+        if client.queued.load(Ordering::Relaxed) >= self.max_queued {
             self.counters
                 .dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
-            return;
+            return None;
         }
-        match self.store.enqueue(&client.id, vec![message]).await {
-            Ok(()) => st.queued += 1,
-            Err(e) => tracing::warn!(client = %client.id, error = %e, "cannot queue a message"),
+        let tag = self.tag();
+        self.queue(client, tag, &message, expires_ms, false).await
+    }
+
+    /// Queues row `tag` for `client`; its commit, or `None` if the database is closed.
+    async fn queue(
+        &self,
+        client: &Client,
+        tag: u64,
+        message: &Message,
+        expires_ms: Option<i64>,
+        sent: bool,
+    ) -> Option<Committed<()>> {
+        match self
+            .store
+            .enqueue(&client.id, tag, message, expires_ms, sent)
+            .await
+        {
+            Ok(commit) => {
+                client.queued.fetch_add(1, Ordering::Relaxed);
+                Some(commit)
+            }
+            Err(e) => {
+                tracing::warn!(client = %client.id, error = %e, "cannot queue a message");
+                None
+            }
+        }
+    }
+
+    /// Hands a resumed session's stored row to its connection (the row stays until
+    /// acknowledged); `false` if the connection's queue stayed full or is gone.
+    pub async fn redeliver(&self, st: &ClientState, q: super::store::Queued) -> bool {
+        let Some((_, tx)) = &st.online else {
+            return false;
+        };
+        match tokio::time::timeout(self.wait, tx.reserve()).await {
+            Ok(Ok(p)) => {
+                p.send(Delivery {
+                    message: Box::new(q.message),
+                    dup: q.sent,
+                    tag: q.id,
+                    expires_ms: q.expires_ms,
+                });
+                self.counters.delivered.fetch_add(1, Ordering::Relaxed);
+                true
+            }
+            _ => false,
         }
     }
 }

@@ -4,24 +4,29 @@
 //! # The publish pipeline
 //! `publish` is called by the connection in packet order; it queues the message to the
 //! session's pipeline task at once (a channel with room for more than the connection's
-//! `publish_pipeline`, so the queueing itself never waits or reorders). The task submits
-//! uplink messages to the journal in that order, keeps the commits in flight in a
-//! `FuturesOrdered`, and once each commit is known (in order) retains and delivers the
-//! message, then answers the publish's future. The task ends when the session is closed
-//! and everything queued is answered.
+//! `publish_pipeline`, so the queueing itself never waits or reorders). The task takes
+//! every publish queued (a burst), submits the burst's uplink messages to the journal as
+//! one command, retains and delivers each message in order right away (not waiting for
+//! the commit), and keeps the burst's commits (journal, and `broker.db` rows for
+//! persistent subscribers) in flight; once they are known it answers the burst's
+//! futures. One reply per burst instead of one per message, and one wake-up of the
+//! connection for the burst's acks. The task ends when the session is closed and
+//! everything queued is answered.
 
 use std::sync::Arc;
 
+use std::sync::atomic::Ordering;
+
 use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
-use futures_util::stream::FuturesOrdered;
+use futures_util::stream::FuturesUnordered;
 use mqtt::broker::{Close, Refusal, Session};
 use mqtt::packet::{Message, Reason, SubscribeOutcome, SubscriptionRequest};
 use tokio::sync::{mpsc, oneshot};
 
 use super::router::Client;
 use super::store::SubOptions;
-use super::{Core, now_ms, refusal};
+use super::{Core, Routed, expiry_deadline, now_ms, refusal};
 
 type Answer = oneshot::Sender<Result<Reason, Refusal>>;
 
@@ -53,46 +58,119 @@ impl LocalSession {
     }
 }
 
-type Committed = BoxFuture<'static, (Message, Answer, Result<bool, Refusal>)>;
+/// A burst's answers, once its commits are known.
+type Answered = BoxFuture<'static, Vec<(Answer, Result<Reason, Refusal>)>>;
 
 async fn run_pipeline(
     core: Arc<Core>,
     publisher: Arc<str>,
     mut rx: mpsc::Receiver<(Message, Answer)>,
 ) {
-    let mut commits: FuturesOrdered<Committed> = FuturesOrdered::new();
+    let limit = core.pipeline.max(1) + 2;
+    let mut answering: FuturesUnordered<Answered> = FuturesUnordered::new();
+    let mut burst = Vec::with_capacity(limit);
     let mut open = true;
-    while open || !commits.is_empty() {
-        tokio::select! {
+    while open || !answering.is_empty() {
+        let queued = tokio::select! {
             biased;
-            Some((message, answer, committed)) = commits.next(), if !commits.is_empty() => {
-                let result = match committed {
-                    Ok(uplinked) => core.route(&publisher, message, uplinked).await,
-                    Err(r) => Err(r),
-                };
-                let _ = answer.send(result);
-            }
-            item = rx.recv(), if open => {
-                let Some((message, answer)) = item else {
-                    open = false;
-                    continue;
-                };
-                if !core.is_uplink(&message.topic) {
-                    commits.push_back(Box::pin(async move { (message, answer, Ok(false)) }));
-                    continue;
+            Some(answers) = answering.next(), if !answering.is_empty() => {
+                for (answer, result) in answers {
+                    let _ = answer.send(result);
                 }
-                match core.journal.submit(Core::journal_entry(&message)).await {
-                    Ok(pending) => commits.push_back(Box::pin(async move {
-                        let r = pending.committed().await.map(|_| true).map_err(|e| refusal(&e));
-                        (message, answer, r)
-                    })),
-                    Err(e) => {
-                        let _ = answer.send(Err(refusal(&e)));
-                    }
-                }
+                continue;
             }
+            n = rx.recv_many(&mut burst, limit), if open => n,
+        };
+        if queued == 0 {
+            open = false;
+            continue;
         }
+        let answered = run_burst(&core, &publisher, burst.drain(..)).await;
+        answering.push(answered);
     }
+}
+
+/// Journals, retains and delivers a burst in order; returns the wait for its commits.
+async fn run_burst(
+    core: &Core,
+    publisher: &str,
+    burst: impl ExactSizeIterator<Item = (Message, Answer)>,
+) -> Answered {
+    let mut items = Vec::with_capacity(burst.len());
+    let mut entries = Vec::new();
+    for (message, answer) in burst {
+        let uplinked = core.is_uplink(&message.topic);
+        if uplinked {
+            entries.push(Core::journal_entry(&message));
+        }
+        items.push((message, answer, uplinked));
+    }
+    let journal = if entries.is_empty() {
+        None
+    } else {
+        Some(
+            core.journal
+                .submit_many(entries)
+                .await
+                .map_err(|e| refusal(&e)),
+        )
+    };
+    let journal_failed = matches!(journal, Some(Err(_)));
+    let mut routed: Vec<(Answer, bool, Result<Routed, Refusal>)> = Vec::with_capacity(items.len());
+    for (message, answer, uplinked) in items {
+        if uplinked && journal_failed {
+            // Not routed: answered with the journal's refusal below.
+            routed.push((
+                answer,
+                true,
+                Ok(Routed {
+                    reason: Reason::Success,
+                    commits: Vec::new(),
+                }),
+            ));
+            continue;
+        }
+        let expires_ms = expiry_deadline(&message);
+        let r = core.route(publisher, message, expires_ms, uplinked).await;
+        routed.push((answer, uplinked, r));
+    }
+    Box::pin(async move {
+        let mut outcome = match journal {
+            None => Journaled::Each(Vec::new().into_iter()),
+            Some(Err(r)) => Journaled::All(r),
+            Some(Ok(pending)) => match pending.committed().await {
+                Ok(v) => Journaled::Each(
+                    v.into_iter()
+                        .map(|r| r.map_err(|e| refusal(&e)))
+                        .collect::<Vec<_>>()
+                        .into_iter(),
+                ),
+                Err(e) => Journaled::All(refusal(&e)),
+            },
+        };
+        let mut answers = Vec::with_capacity(routed.len());
+        for (answer, uplinked, r) in routed {
+            let journaled = match &mut outcome {
+                _ if !uplinked => Ok(0),
+                Journaled::All(r) => Err(r.clone()),
+                Journaled::Each(each) => each.next().unwrap_or_else(|| Err(gone())),
+            };
+            let result = match (journaled, r) {
+                (Err(e), _) | (Ok(_), Err(e)) => Err(e),
+                (Ok(_), Ok(routed)) => routed.finish().await,
+            };
+            answers.push((answer, result));
+        }
+        answers
+    })
+}
+
+/// The journal's answer for a burst.
+enum Journaled {
+    /// Each uplinked message's own outcome, in order.
+    Each(std::vec::IntoIter<Result<u64, Refusal>>),
+    /// The whole burst failed.
+    All(Refusal),
 }
 
 impl Session for LocalSession {
@@ -154,10 +232,10 @@ impl Session for LocalSession {
                 let existed = client.subscribe(&r.filter, opts);
                 outcomes.push(SubscribeOutcome::Granted(r.qos));
                 if r.retain_handling == 0 || (r.retain_handling == 1 && !existed) {
-                    for mut m in core.router.retained_matching(&r.filter) {
+                    for (mut m, expires_ms) in core.router.retained_matching(&r.filter, now_ms()) {
                         m.qos = m.qos.min(r.qos);
                         m.retain = true;
-                        retained.push(m);
+                        retained.push((m, expires_ms));
                     }
                 }
             }
@@ -166,8 +244,9 @@ impl Session for LocalSession {
                 let c = client.clone();
                 let core2 = core.clone();
                 core.tracker.spawn(async move {
-                    for m in retained {
-                        core2.router.deliver(&c, m).await;
+                    for (m, expires_ms) in retained {
+                        // Its row's commit is not awaited: no publisher waits for it.
+                        let _ = core2.router.deliver(&c, m, expires_ms).await;
                     }
                 });
             }
@@ -196,10 +275,21 @@ impl Session for LocalSession {
     }
 
     fn acked(&mut self, tag: u64) {
-        self.client.acked(tag);
+        // Tag 0: a delivery without a row (QoS 0, or not a persistent session).
+        if tag != 0 {
+            self.core.router.store.acked(tag);
+            self.client.unqueued();
+        }
     }
 
-    fn closed(mut self, _how: Close) -> BoxFuture<'static, ()> {
+    fn closed(mut self, how: Close) -> BoxFuture<'static, ()> {
+        // An MQTT 5 DISCONNECT may set a new session expiry (capped as at CONNECT).
+        let update = match how {
+            Close::Normal {
+                session_expiry: Some(e),
+            } => Some(e.min(self.core.max_expiry)),
+            _ => None,
+        };
         // Ends the pipeline task once it has answered everything queued.
         self.pipeline = None;
         Box::pin(async move {
@@ -210,21 +300,23 @@ impl Session for LocalSession {
                 return; // taken over: the new connection owns the session now
             }
             st.online = None;
+            if st.persistent && update == Some(0) {
+                // The client ended its session in DISCONNECT.
+                st.persistent = false;
+                client.queued.store(0, Ordering::Relaxed);
+                if let Err(e) = core.router.store.delete_session(&client.id).await {
+                    tracing::warn!(client = %client.id, error = %e, "cannot delete the session");
+                }
+            }
             if !st.persistent {
                 client.clear_subscriptions();
                 core.router.remove(client);
                 return;
             }
-            let pending: Vec<Message> =
-                client.take_inflight().into_iter().map(|(_, m)| m).collect();
-            let n = pending.len();
-            if n > 0 {
-                match core.router.store.enqueue(&client.id, pending).await {
-                    Ok(()) => st.queued += n,
-                    Err(e) => {
-                        tracing::warn!(client = %client.id, error = %e, "unacknowledged messages lost")
-                    }
-                }
+            if let Some(expiry) = update
+                && let Err(e) = core.router.store.save_session(&client.id, expiry).await
+            {
+                tracing::warn!(client = %client.id, error = %e, "cannot update the session expiry");
             }
             if let Err(e) = core.router.store.disconnected(&client.id, now_ms()).await {
                 tracing::warn!(client = %client.id, error = %e, "cannot record the disconnect");

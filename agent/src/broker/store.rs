@@ -14,11 +14,26 @@
 //! - `sessions(client_id PK, expiry_secs, disconnected_ms NULL while connected)`
 //! - `subscriptions(client_id, filter, qos, no_local, retain_as_published)`, PK
 //!   (client_id, filter)
-//! - `queue(id AUTOINCREMENT, client_id, topic, payload, qos, retain, props)`: messages
-//!   for disconnected persistent sessions, delivered in `id` order
-//! - `retained(topic PK, payload, qos, props)`
+//! - `queue(id, client_id, topic, payload, qos, retain, props, expires_ms, sent)`: every
+//!   QoS 1/2 message for a persistent session not yet acknowledged by its client, whether
+//!   the session is connected or not, delivered in `id` order. `id` is the delivery's
+//!   tag (given by the router, larger than every id stored, see [`Snapshot::next_tag`]);
+//!   a row is inserted before the publish that produced it is acknowledged and deleted
+//!   only when the subscriber acknowledged it ([`BrokerStore::acked`]). `sent` = the
+//!   message may have reached the client (it was handed to a connection), so a resend
+//!   carries DUP.
+//! - `retained(topic PK, payload, qos, props, expires_ms)`
 //!
-//! `props` is the MQTT 5 properties as JSON (NULL when empty).
+//! `props` is the MQTT 5 properties as JSON (NULL when empty); `expires_ms` the MQTT 5
+//! message expiry as Unix ms (NULL = never).
+//!
+//! # Acknowledgements
+//! [`BrokerStore::acked`] is called from the connection's synchronous ack path, so it
+//! only records the id in a list the thread takes at its next batch (waking the thread
+//! if idle). The thread deletes those rows after the batch's jobs, and only when the
+//! batch emptied the job queue: a delete is recorded after its row's insert job was
+//! queued, so the insert has then run. A lost delete (crash) means a redelivery with
+//! DUP, never a loss.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -46,11 +61,19 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     PRIMARY KEY (client_id, filter));
 CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL, topic TEXT NOT NULL,
-    payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, props TEXT);
+    payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, props TEXT,
+    expires_ms INTEGER, sent INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS queue_client ON queue (client_id, id);
 CREATE TABLE IF NOT EXISTS retained (
-    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL, props TEXT);
+    topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL, props TEXT,
+    expires_ms INTEGER);
 ";
+/// Columns added after the first release: (table, column, definition).
+const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+    ("queue", "expires_ms", "INTEGER"),
+    ("queue", "sent", "INTEGER NOT NULL DEFAULT 0"),
+    ("retained", "expires_ms", "INTEGER"),
+];
 const UPSERT_SESSION: &str = "INSERT INTO sessions (client_id, expiry_secs, disconnected_ms) \
      VALUES (?1, ?2, NULL) ON CONFLICT (client_id) DO UPDATE SET expiry_secs = ?2, disconnected_ms = NULL";
 const DISCONNECTED: &str = "UPDATE sessions SET disconnected_ms = ?2 WHERE client_id = ?1";
@@ -60,14 +83,19 @@ const DELETE_QUEUE: &str = "DELETE FROM queue WHERE client_id = ?1";
 const UPSERT_SUB: &str = "INSERT OR REPLACE INTO subscriptions \
      (client_id, filter, qos, no_local, retain_as_published) VALUES (?1, ?2, ?3, ?4, ?5)";
 const DELETE_SUB: &str = "DELETE FROM subscriptions WHERE client_id = ?1 AND filter = ?2";
-const ENQUEUE: &str = "INSERT INTO queue (client_id, topic, payload, qos, retain, props) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-const SELECT_QUEUE: &str =
-    "SELECT topic, payload, qos, retain, props FROM queue WHERE client_id = ?1 ORDER BY id";
-const UPSERT_RETAINED: &str =
-    "INSERT OR REPLACE INTO retained (topic, payload, qos, props) VALUES (?1, ?2, ?3, ?4)";
+const ENQUEUE: &str = "INSERT OR REPLACE INTO queue \
+     (id, client_id, topic, payload, qos, retain, props, expires_ms, sent) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+const SELECT_QUEUE: &str = "SELECT topic, payload, qos, retain, props, expires_ms, id, sent \
+     FROM queue WHERE client_id = ?1 ORDER BY id";
+const MARK_SENT: &str = "UPDATE queue SET sent = 1 WHERE client_id = ?1 AND sent = 0";
+const DELETE_QUEUED: &str = "DELETE FROM queue WHERE id = ?1";
+const MAX_QUEUE_ID: &str = "SELECT coalesce(max(id), 0) FROM queue";
+const UPSERT_RETAINED: &str = "INSERT OR REPLACE INTO retained (topic, payload, qos, props, \
+     expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
 const DELETE_RETAINED: &str = "DELETE FROM retained WHERE topic = ?1";
-const SELECT_RETAINED: &str = "SELECT topic, payload, qos, 0, props FROM retained";
+const SELECT_RETAINED: &str =
+    "SELECT topic, payload, qos, 0, props, expires_ms, 0, 0 FROM retained";
 const SELECT_SESSIONS: &str = "SELECT client_id, expiry_secs, disconnected_ms, \
      (SELECT count(*) FROM queue q WHERE q.client_id = s.client_id) FROM sessions s";
 const SELECT_SUBS: &str =
@@ -106,8 +134,23 @@ pub struct StoredSession {
 pub struct Snapshot {
     /// Persistent sessions.
     pub sessions: Vec<StoredSession>,
-    /// Retained messages.
-    pub retained: Vec<Message>,
+    /// Retained messages (unexpired), with their expiry (Unix ms).
+    pub retained: Vec<(Message, Option<i64>)>,
+    /// The first delivery tag to use: above every queued row's id.
+    pub next_tag: u64,
+}
+
+/// A message stored for a persistent session.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    /// Row id, also the delivery tag.
+    pub id: u64,
+    /// The message, QoS and retain flag as delivered.
+    pub message: Message,
+    /// MQTT 5 message expiry, Unix ms.
+    pub expires_ms: Option<i64>,
+    /// Whether it may have reached the client already (resend with DUP).
+    pub sent: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -167,15 +210,20 @@ fn read_messages(
     c: &Connection,
     sql: &str,
     args: &[&dyn rusqlite::ToSql],
-) -> rusqlite::Result<Vec<Message>> {
+) -> rusqlite::Result<Vec<Queued>> {
     let mut stmt = c.prepare_cached(sql)?;
     let rows = stmt.query_map(args, |r| {
-        Ok(Message {
-            topic: r.get(0)?,
-            payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-            qos: qos_of(r.get(2)?),
-            retain: r.get(3)?,
-            properties: props_from_json(r.get(4)?),
+        Ok(Queued {
+            message: Message {
+                topic: r.get(0)?,
+                payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+                qos: qos_of(r.get(2)?),
+                retain: r.get(3)?,
+                properties: props_from_json(r.get(4)?),
+            },
+            expires_ms: r.get(5)?,
+            id: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+            sent: r.get(7)?,
         })
     })?;
     rows.collect()
@@ -184,11 +232,27 @@ fn read_messages(
 type Reply = Box<dyn FnOnce(Option<&Error>) + Send>;
 type Job = Box<dyn FnOnce(&Connection) -> (Reply, bool) + Send>;
 
+/// Ids of acknowledged rows waiting for the thread (see the module doc).
+type Acks = Arc<std::sync::Mutex<Vec<u64>>>;
+
+fn take_acks(acks: &Acks) -> Vec<u64> {
+    std::mem::take(&mut *acks.lock().unwrap_or_else(|p| p.into_inner()))
+}
+
 /// Handle to the broker database thread. Clones share the thread.
 #[derive(Debug, Clone)]
 pub struct BrokerStore {
     tx: mpsc::Sender<Job>,
     path: Arc<PathBuf>,
+    acks: Acks,
+}
+
+/// A job queued to the thread; resolves once its batch committed.
+pub type Committed<T> = oneshot::Receiver<Result<T>>;
+
+/// Waits for a queued job's commit.
+pub async fn committed<T>(rx: Committed<T>) -> Result<T> {
+    rx.await.map_err(|_| Error::Closed)?
 }
 
 fn sqlite(path: &Path, e: rusqlite::Error) -> Error {
@@ -210,10 +274,13 @@ impl BrokerStore {
             c.pragma_update(None, "synchronous", synchronous.pragma_value())?;
             c.busy_timeout(std::time::Duration::from_secs(5))?;
             c.execute_batch(SCHEMA)?;
-            let snapshot = load(&c)?;
+            migrate(&c)?;
+            let snapshot = load(&c, crate::broker::now_ms())?;
             Ok((c, snapshot))
         };
         let name = path.to_path_buf();
+        let acks = Acks::default();
+        let thread_acks = acks.clone();
         std::thread::Builder::new()
             .name("broker-db".to_owned())
             .spawn(move || {
@@ -231,15 +298,30 @@ impl BrokerStore {
                     }
                 };
                 let mut batch = Vec::with_capacity(MAX_BATCH);
+                let mut deletes = Vec::new();
                 while let Some(first) = rx.blocking_recv() {
+                    // Taken before the jobs: their inserts were queued before them.
+                    deletes.extend(take_acks(&thread_acks));
                     batch.push(first);
+                    let mut emptied = false;
                     while batch.len() < MAX_BATCH {
                         match rx.try_recv() {
                             Ok(j) => batch.push(j),
-                            Err(_) => break,
+                            Err(_) => {
+                                emptied = true;
+                                break;
+                            }
                         }
                     }
-                    run_batch(&c, &name, &mut batch);
+                    let now: &[u64] = if emptied { &deletes } else { &[] };
+                    run_batch(&c, &name, &mut batch, now);
+                    if emptied {
+                        deletes.clear();
+                    }
+                }
+                deletes.extend(take_acks(&thread_acks));
+                if !deletes.is_empty() {
+                    run_batch(&c, &name, &mut batch, &deletes);
                 }
                 drop(c);
                 tracing::debug!(path = %name.display(), "broker database closed");
@@ -253,6 +335,7 @@ impl BrokerStore {
             Self {
                 tx,
                 path: Arc::new(path.to_path_buf()),
+                acks,
             },
             snapshot,
         ))
@@ -262,6 +345,14 @@ impl BrokerStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
+        committed(self.submit(f).await?).await
+    }
+
+    /// Queues a job; returns once it is queued (jobs run in queue order).
+    async fn submit<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<Committed<T>> {
         let (tx, rx) = oneshot::channel();
         let path = self.path.clone();
         let job: Job = Box::new(move |c: &Connection| {
@@ -278,7 +369,7 @@ impl BrokerStore {
             (reply, failed)
         });
         self.tx.send(job).await.map_err(|_| Error::Closed)?;
-        rx.await.map_err(|_| Error::Closed)?
+        Ok(rx)
     }
 
     /// Creates or refreshes a persistent session (marks it connected).
@@ -330,49 +421,81 @@ impl BrokerStore {
             .await
     }
 
-    /// Appends messages to a session's offline queue, in order.
-    pub async fn enqueue(&self, client_id: &str, messages: Vec<Message>) -> Result<()> {
-        let id = client_id.to_owned();
-        self.call(move |c| {
-            let mut stmt = c.prepare_cached(ENQUEUE)?;
-            for m in &messages {
-                stmt.execute(params![
-                    id,
-                    m.topic,
-                    &m.payload[..],
-                    m.qos.level(),
-                    m.retain,
-                    props_to_json(&m.properties)
-                ])?;
-            }
-            Ok(())
+    /// Queues `message` (as delivered) for a persistent session as row `tag`; returns
+    /// once queued, with the commit to wait for before the publish may be acknowledged.
+    pub async fn enqueue(
+        &self,
+        client_id: &Arc<str>,
+        tag: u64,
+        message: &Message,
+        expires_ms: Option<i64>,
+        sent: bool,
+    ) -> Result<Committed<()>> {
+        let id = client_id.clone();
+        let (topic, payload, qos, retain) = (
+            message.topic.clone(),
+            message.payload.clone(),
+            message.qos.level(),
+            message.retain,
+        );
+        let props = props_to_json(&message.properties);
+        let row = i64::try_from(tag).unwrap_or(i64::MAX);
+        self.submit(move |c| {
+            c.prepare_cached(ENQUEUE)?
+                .execute(params![
+                    row,
+                    &*id,
+                    topic,
+                    &payload[..],
+                    qos,
+                    retain,
+                    props,
+                    expires_ms,
+                    sent
+                ])
+                .map(drop)
         })
         .await
     }
 
-    /// Removes and returns a session's offline queue, oldest first.
-    pub async fn take_queue(&self, client_id: &str) -> Result<Vec<Message>> {
+    /// A session's stored messages, oldest first; they stay until acknowledged, and are
+    /// marked as sent (a later resend carries DUP).
+    pub async fn read_queue(&self, client_id: &str) -> Result<Vec<Queued>> {
         let id = client_id.to_owned();
         self.call(move |c| {
             let messages = read_messages(c, SELECT_QUEUE, &[&id])?;
-            c.execute(DELETE_QUEUE, params![id])?;
+            c.prepare_cached(MARK_SENT)?.execute(params![id])?;
             Ok(messages)
         })
         .await
     }
 
+    /// The client acknowledged row `tag` (PUBACK or PUBCOMP; or it expired): deleted
+    /// with the thread's next batch. Never waits.
+    pub fn acked(&self, tag: u64) {
+        let mut acks = self.acks.lock().unwrap_or_else(|p| p.into_inner());
+        acks.push(tag);
+        if acks.len() == 1 {
+            drop(acks);
+            // Wakes an idle thread; a full queue means it is busy and takes them soon.
+            let nothing: Job = Box::new(|_| (Box::new(|_| {}), false));
+            let _ = self.tx.try_send(nothing);
+        }
+    }
+
     /// Sets (`Some`) or clears (`None`) the retained message of `topic`.
-    pub async fn retain(&self, topic: &str, message: Option<Message>) -> Result<()> {
+    pub async fn retain(&self, topic: &str, message: Option<(Message, Option<i64>)>) -> Result<()> {
         let t = topic.to_owned();
         self.call(move |c| match message {
-            Some(m) => c
+            Some((m, expires_ms)) => c
                 .execute(
                     UPSERT_RETAINED,
                     params![
                         t,
                         &m.payload[..],
                         m.qos.level(),
-                        props_to_json(&m.properties)
+                        props_to_json(&m.properties),
+                        expires_ms
                     ],
                 )
                 .map(drop),
@@ -411,7 +534,24 @@ impl BrokerStore {
     }
 }
 
-fn load(c: &Connection) -> rusqlite::Result<Snapshot> {
+/// Adds the columns a database created by an older version lacks.
+fn migrate(c: &Connection) -> rusqlite::Result<()> {
+    for (table, column, definition) in ADDED_COLUMNS {
+        let present: bool = c
+            .prepare(&format!(
+                "SELECT 1 FROM pragma_table_info('{table}') WHERE name = ?1"
+            ))?
+            .exists(params![column])?;
+        if !present {
+            c.execute_batch(&format!(
+                "ALTER TABLE {table} ADD COLUMN {column} {definition}"
+            ))?;
+        }
+    }
+    Ok(())
+}
+
+fn load(c: &Connection, now_ms: i64) -> rusqlite::Result<Snapshot> {
     let mut sessions: Vec<StoredSession> = c
         .prepare(SELECT_SESSIONS)?
         .query_map([], |r| {
@@ -439,14 +579,23 @@ fn load(c: &Connection) -> rusqlite::Result<Snapshot> {
             })?
             .collect::<rusqlite::Result<_>>()?;
     }
-    let mut retained = read_messages(c, SELECT_RETAINED, &[])?;
-    for m in &mut retained {
-        m.retain = true;
-    }
-    Ok(Snapshot { sessions, retained })
+    let retained = read_messages(c, SELECT_RETAINED, &[])?
+        .into_iter()
+        .filter(|q| q.expires_ms.is_none_or(|e| e > now_ms))
+        .map(|mut q| {
+            q.message.retain = true;
+            (q.message, q.expires_ms)
+        })
+        .collect();
+    let max_id: i64 = c.query_row(MAX_QUEUE_ID, [], |r| r.get(0))?;
+    Ok(Snapshot {
+        sessions,
+        retained,
+        next_tag: u64::try_from(max_id).unwrap_or(0) + 1,
+    })
 }
 
-fn run_batch(c: &Connection, path: &Path, batch: &mut Vec<Job>) {
+fn run_batch(c: &Connection, path: &Path, batch: &mut Vec<Job>, deletes: &[u64]) {
     let mut failure = c
         .execute_batch("BEGIN IMMEDIATE")
         .err()
@@ -459,6 +608,17 @@ fn run_batch(c: &Connection, path: &Path, batch: &mut Vec<Job>) {
             failure = Some(Error::Internal(
                 "broker database batch rolled back".to_owned(),
             ));
+        }
+    }
+    if failure.is_none() && !deletes.is_empty() {
+        let deleted = c.prepare_cached(DELETE_QUEUED).and_then(|mut stmt| {
+            for id in deletes {
+                stmt.execute(params![i64::try_from(*id).unwrap_or(i64::MAX)])?;
+            }
+            Ok(())
+        });
+        if let Err(e) = deleted {
+            failure = Some(sqlite(path, e));
         }
     }
     if failure.is_none()

@@ -27,6 +27,8 @@ pub(crate) enum Command {
 #[derive(Debug)]
 pub(crate) enum Op {
     Append(Record, oneshot::Sender<Result<u64>>),
+    /// Several appends with one reply: each entry's own outcome, in order.
+    AppendMany(Vec<Record>, oneshot::Sender<Result<Vec<Result<u64>>>>),
     Confirm(Vec<u64>, oneshot::Sender<Result<u64>>),
     Sweep(oneshot::Sender<Result<u64>>),
     NextBatch(Cursor, usize, oneshot::Sender<Result<Vec<Entry>>>),
@@ -37,6 +39,7 @@ pub(crate) enum Op {
 /// A caller waiting for the end of the batch, with its result.
 enum Reply {
     Count(oneshot::Sender<Result<u64>>, Result<u64>),
+    Many(oneshot::Sender<Result<Vec<Result<u64>>>>, Vec<Result<u64>>),
     Entries(oneshot::Sender<Result<Vec<Entry>>>, Vec<Entry>),
     Stats(oneshot::Sender<Result<Stats>>, Box<Stats>),
     Check(oneshot::Sender<Result<Vec<String>>>, Vec<String>),
@@ -47,6 +50,8 @@ impl Reply {
         // A caller that went away does not care about the answer.
         match (self, failure) {
             (Reply::Count(tx, r), None) => drop(tx.send(r)),
+            (Reply::Many(tx, r), None) => drop(tx.send(Ok(r))),
+            (Reply::Many(tx, _), Some(e)) => drop(tx.send(Err(e.duplicate()))),
             (Reply::Entries(tx, r), None) => drop(tx.send(Ok(r))),
             (Reply::Stats(tx, r), None) => drop(tx.send(Ok(*r))),
             (Reply::Check(tx, r), None) => drop(tx.send(Ok(r))),
@@ -84,6 +89,21 @@ fn execute(store: &mut Store, op: Op, appends: &mut u64) -> Result<Reply> {
             let r = store.append(rec);
             finish(store, tx, r, Reply::Count)
         }
+        Op::AppendMany(recs, tx) => {
+            *appends += recs.len() as u64;
+            let mut out = Vec::with_capacity(recs.len());
+            let mut r = Ok(());
+            for rec in recs {
+                match store.append(rec) {
+                    Ok(one) => out.push(one),
+                    Err(e) => {
+                        r = Err(e);
+                        break;
+                    }
+                }
+            }
+            finish(store, tx, r.map(|()| out), Reply::Many)
+        }
         Op::Confirm(seqs, tx) => {
             let r = store.confirm(&seqs);
             finish(store, tx, r, Reply::Count)
@@ -113,6 +133,7 @@ fn fail(op: Op, e: &Error) {
         Op::Append(_, tx) | Op::Confirm(_, tx) | Op::Sweep(tx) => {
             drop(tx.send(Err(e.duplicate())));
         }
+        Op::AppendMany(_, tx) => drop(tx.send(Err(e.duplicate()))),
         Op::NextBatch(_, _, tx) => drop(tx.send(Err(e.duplicate()))),
         Op::Stats(tx) => drop(tx.send(Err(e.duplicate()))),
         Op::IntegrityCheck(tx) => drop(tx.send(Err(e.duplicate()))),
