@@ -42,6 +42,9 @@ pub struct Config {
     /// The durable journal.
     #[serde(default)]
     pub journal: JournalConfig,
+    /// Sensors attached to the gateway (`[[sensor]]` tables, `crate::sensors`).
+    #[serde(default, rename = "sensor")]
+    pub sensors: Vec<crate::sensors::SensorConfig>,
 }
 
 /// One listener (shared with the other binary: `mqtt::listener::ListenerConfig`).
@@ -230,6 +233,7 @@ impl Config {
             mqtt::topic::validate_filter(f)
                 .map_err(|e| bad(format!("uplink.topics[{i}]"), e.to_string()))?;
         }
+        crate::sensors::config::check_all(&self.sensors)?;
         self.journal.validate()
     }
 

@@ -146,6 +146,16 @@ pub enum Error {
     #[error(transparent)]
     Mqtt(#[from] mqtt::Error),
 
+    /// A sensor's hardware failed (open, bus transfer, wrong chip, bad data). The
+    /// sensor task counts it by kind, reports it and retries; it never stops the agent.
+    #[error("sensor fault ({kind}): {message}")]
+    Sensor {
+        /// What kind of fault (the `kind` label of the error counter).
+        kind: crate::sensors::FaultKind,
+        /// What the driver or the OS said, with the device.
+        message: String,
+    },
+
     /// Writing the export stream failed.
     #[error("export failed: {0}")]
     Export(#[source] io::Error),

@@ -7,6 +7,7 @@ pub mod broker;
 pub mod config;
 pub mod error;
 pub mod journal;
+pub mod sensors;
 pub mod server;
 pub mod state_dir;
 

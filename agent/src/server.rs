@@ -23,6 +23,7 @@ use crate::broker::{BrokerStore, CounterValues, LocalBroker, store};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal};
+use crate::sensors::Sensors;
 
 /// A running agent.
 #[derive(Debug)]
@@ -33,6 +34,7 @@ pub struct Agent {
     journal: Journal,
     broker: LocalBroker,
     state_dir: PathBuf,
+    sensors: Sensors,
 }
 
 impl Agent {
@@ -71,6 +73,8 @@ impl Agent {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let broker = LocalBroker::new(&config, journal.clone(), store, snapshot, tracker.clone());
+        // Sensor tasks open their devices themselves and retry: never a start failure.
+        let sensors = Sensors::start(&config.sensors, &broker, &tracker, &shutdown);
         let shared = Arc::new(Shared {
             broker: Arc::new(broker.clone()),
             config: ConnectionConfig {
@@ -114,6 +118,7 @@ impl Agent {
             journal,
             broker,
             state_dir: state_dir.to_path_buf(),
+            sensors,
         })
     }
 
@@ -133,6 +138,11 @@ impl Agent {
     /// The local broker, for in-process publishers (sensors, the downlink).
     pub fn broker(&self) -> &LocalBroker {
         &self.broker
+    }
+
+    /// The sensors' counters (`Sensors::stats`).
+    pub fn sensors(&self) -> &Sensors {
+        &self.sensors
     }
 
     /// The broker's delivery counters.
