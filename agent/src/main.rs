@@ -149,14 +149,22 @@ fn main() -> anyhow::Result<()> {
                 .build()
                 .context("cannot start the async runtime")?;
             rt.block_on(async move {
-                let agent = Agent::start(config, &dir).await?;
+                // Watch for SIGTERM before starting, so a stop during start-up is graceful too.
                 let stop = CancellationToken::new();
                 let signal_stop = stop.clone();
                 tokio::spawn(async move {
                     mqtt::signal::terminated().await;
+                    mqtt::systemd::stopping();
                     signal_stop.cancel();
                 });
-                agent.run_until(stop).await?;
+                let agent = Agent::start(config, &dir).await?;
+                // Listeners are bound and the journal is open: ready for systemd.
+                mqtt::systemd::ready("edge-agent running");
+                let watchdog = CancellationToken::new();
+                tokio::spawn(mqtt::systemd::run_watchdog(watchdog.clone()));
+                let result = agent.run_until(stop).await;
+                watchdog.cancel();
+                result?;
                 Ok(())
             })
         }

@@ -116,13 +116,20 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
-    let server = Server::start(config).await?;
+    // Watch for SIGTERM before starting, so a stop during start-up is graceful too.
     let stop = CancellationToken::new();
     let signal_stop = stop.clone();
     tokio::spawn(async move {
         mqtt::signal::terminated().await;
+        mqtt::systemd::stopping();
         signal_stop.cancel();
     });
+    let server = Server::start(config).await?;
+    // Listeners are bound and the RocketMQ client is set up: ready for systemd.
+    mqtt::systemd::ready("cloud-bridge running");
+    let watchdog = CancellationToken::new();
+    tokio::spawn(mqtt::systemd::run_watchdog(watchdog.clone()));
     server.run_until(stop).await;
+    watchdog.cancel();
     Ok(())
 }

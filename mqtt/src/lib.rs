@@ -11,6 +11,7 @@ pub mod packet;
 mod reason_codes;
 pub mod registry;
 pub mod signal;
+pub mod systemd;
 pub mod tls;
 pub mod topic;
 pub mod websocket;
