@@ -121,3 +121,54 @@ fn open(cfg: &SensorConfig) -> Result<Box<dyn Sampler>> {
         }),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::config::{Config, DEFAULT_CONFIG};
+
+    fn sensor(table: &str) -> SensorConfig {
+        let text = format!("{DEFAULT_CONFIG}\n[[sensor]]\nid = \"s\"\ntopic = \"t\"\n{table}\n");
+        Config::parse(&text, "test").unwrap().sensors.remove(0)
+    }
+
+    fn open_kind(table: &str) -> (FaultKind, String) {
+        match open(&sensor(table)) {
+            Err(Error::Sensor { kind, message }) => (kind, message),
+            Err(other) => panic!("expected a sensor fault, got {other}"),
+            Ok(_) => panic!("{table} opened"),
+        }
+    }
+
+    #[test]
+    fn missing_device_files_are_missing_device_faults() {
+        let (kind, msg) = open_kind("type = \"bme280\"\nbus = \"/dev/i2c-99\"\naddress = 0x76");
+        assert_eq!(kind, FaultKind::MissingDevice);
+        assert!(msg.contains("/dev/i2c-99"), "{msg}");
+        let (kind, msg) = open_kind("type = \"mcp3008\"\ndevice = \"/dev/spidev9.9\"");
+        assert_eq!(kind, FaultKind::MissingDevice);
+        assert!(msg.contains("/dev/spidev9.9"), "{msg}");
+        let (kind, msg) = open_kind("type = \"digital\"\nchip = \"/dev/gpiochip99\"\nline = 4");
+        assert_eq!(kind, FaultKind::MissingDevice);
+        assert!(msg.contains("/dev/gpiochip99"), "{msg}");
+    }
+
+    #[test]
+    fn os_errors_map_to_kinds() {
+        let os = io::Error::from_raw_os_error;
+        assert_eq!(FaultKind::of_io(&os(2)), FaultKind::MissingDevice); // ENOENT
+        assert_eq!(FaultKind::of_io(&os(13)), FaultKind::Permission); // EACCES
+        assert_eq!(FaultKind::of_io(&os(6)), FaultKind::MissingDevice); // ENXIO
+        assert_eq!(FaultKind::of_io(&os(19)), FaultKind::MissingDevice); // ENODEV
+        assert_eq!(FaultKind::of_io(&os(5)), FaultKind::Bus); // EIO
+    }
+
+    #[test]
+    fn a_simulated_sensor_opens_and_samples() {
+        let mut s = open(&sensor("type = \"simulated\"\nquantity = \"pressure\"")).unwrap();
+        let v = s.sample().unwrap();
+        assert_eq!((v.len(), v[0].quantity, v[0].unit), (1, "pressure", "hPa"));
+        assert!(s.is_quick());
+    }
+}
