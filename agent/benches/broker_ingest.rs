@@ -226,6 +226,7 @@ fn spawn_agent(dir: &std::path::Path) -> (Child, SocketAddr) {
     let config = dir.join("agent.toml");
     let text = edge_agent::config::DEFAULT_CONFIG
         .replace("127.0.0.1:1883", "127.0.0.1:0")
+        .replace("127.0.0.1:9181", "127.0.0.1:0")
         .replace("topics = [\"#\"]", "topics = [\"up/#\", \"lat/#\"]");
     std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))

@@ -42,6 +42,9 @@ pub struct Config {
     /// The durable journal.
     #[serde(default)]
     pub journal: JournalConfig,
+    /// The metrics and health endpoint (`crate::metrics`).
+    #[serde(default)]
+    pub metrics: mqtt::metrics::MetricsConfig,
     /// Sensors attached to the gateway (`[[sensor]]` tables, `crate::sensors`).
     #[serde(default, rename = "sensor")]
     pub sensors: Vec<crate::sensors::SensorConfig>,
@@ -234,7 +237,16 @@ impl Config {
                 .map_err(|e| bad(format!("uplink.topics[{i}]"), e.to_string()))?;
         }
         crate::sensors::config::check_all(&self.sensors)?;
+        self.metrics_addr()?;
+        crate::sensors::config::check_all(&self.sensors)?;
         self.journal.validate()
+    }
+
+    /// Where the metrics endpoint listens; `None` when it is turned off.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>> {
+        self.metrics
+            .address(crate::metrics::DEFAULT_BIND)
+            .map_err(|e| bad("metrics.bind", e))
     }
 
     /// The connect timeout.
@@ -254,6 +266,17 @@ mod tests {
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].bind, "127.0.0.1:1883".parse().expect("addr"));
         assert!(c.auth.allow_anonymous);
+        assert_eq!(
+            c.metrics_addr().expect("metrics"),
+            Some(crate::metrics::DEFAULT_BIND)
+        );
+        let off = DEFAULT_CONFIG.replace("bind = \"127.0.0.1:9181\"", "bind = \"\"");
+        assert_ne!(off, DEFAULT_CONFIG);
+        let c = Config::parse(&off, "x").expect("off");
+        assert_eq!(c.metrics_addr().expect("off"), None);
+        let bad = DEFAULT_CONFIG.replace("bind = \"127.0.0.1:9181\"", "bind = \"nine\"");
+        let e = Config::parse(&bad, "x").expect_err("bad bind").to_string();
+        assert!(e.contains("metrics.bind"), "{e}");
     }
 
     #[test]

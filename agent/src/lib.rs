@@ -7,6 +7,7 @@ pub mod broker;
 pub mod config;
 pub mod error;
 pub mod journal;
+pub mod metrics;
 pub mod sensors;
 pub mod server;
 pub mod state_dir;

@@ -8,6 +8,9 @@
 //!   `[[auth.users]] password_hash`.
 //! - `edge-agent journal stats|peek|export|check`: look at the journal offline or while
 //!   the agent runs (read-only).
+//! - `edge-agent status [--json]`: what the running agent is doing (asked over its metrics
+//!   endpoint, `[metrics] bind`); when it is not running, says so, prints the journal's
+//!   offline statistics and exits with status 1.
 //!
 //! The state directory is resolved as documented in `edge_agent::state_dir`:
 //! `--state-dir`, else `$STATE_DIRECTORY` (systemd), else `/var/lib/edge-agent` if
@@ -21,7 +24,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use edge_agent::config::Config;
 use edge_agent::journal::{self, Clock, Journal, render_entry, render_stats};
 use edge_agent::server::Agent;
-use edge_agent::{auth, state_dir};
+use edge_agent::{auth, metrics, state_dir};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Parser)]
@@ -56,6 +59,13 @@ enum Command {
     Validate,
     /// Hash a password read from standard input (one line) for `[[auth.users]]`.
     Passwd,
+    /// What the running agent is doing: listeners, connections, journal, drops, uplink,
+    /// sensors (from its metrics endpoint). Exit status 1 when it is not running.
+    Status {
+        /// Print the endpoint's JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Inspect the durable journal (read-only; safe while the agent runs).
     Journal {
         /// Journal file [default: <state dir>/journal.db]
@@ -118,6 +128,15 @@ fn main() -> anyhow::Result<()> {
                 .context("cannot start the async runtime")?;
             rt.block_on(journal_command(path, action))
         }
+        Command::Status { json } => {
+            let config = Config::load(cli.config.as_deref())?;
+            let explicit = cli.state_dir.or_else(|| config.state_dir.clone());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("cannot start the async runtime")?;
+            rt.block_on(status_command(&config, explicit, json))
+        }
         Command::Validate => {
             Config::load(cli.config.as_deref())?;
             println!(
@@ -157,9 +176,13 @@ fn main() -> anyhow::Result<()> {
                     mqtt::systemd::stopping();
                     signal_stop.cancel();
                 });
+                let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
                 let agent = Agent::start(config, &dir).await?;
                 // Listeners are bound and the journal is open: ready for systemd.
-                mqtt::systemd::ready("edge-agent running");
+                let bound = names
+                    .iter()
+                    .filter_map(|n| agent.local_addr(n).map(|a| (n.as_str(), a)));
+                mqtt::systemd::ready(&mqtt::systemd::listening_status("edge-agent", bound));
                 let watchdog = CancellationToken::new();
                 tokio::spawn(mqtt::systemd::run_watchdog(watchdog.clone()));
                 let result = agent.run_until(stop).await;
@@ -169,6 +192,42 @@ fn main() -> anyhow::Result<()> {
             })
         }
     }
+}
+
+/// `edge-agent status`: asks the running agent; otherwise shows the journal offline.
+async fn status_command(
+    config: &Config,
+    state_dir: Option<PathBuf>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let not_running = match config.metrics_addr()? {
+        None => "the metrics endpoint is turned off ([metrics] in the configuration)".to_owned(),
+        Some(addr) => {
+            match mqtt::metrics::fetch::get(addr, "/status", std::time::Duration::from_secs(5))
+                .await
+            {
+                Ok((200, body)) => {
+                    if json {
+                        println!("{body}");
+                    } else {
+                        let snapshot: metrics::Snapshot = serde_json::from_str(&body)
+                            .with_context(|| format!("{addr} is not an edge-agent"))?;
+                        print!("{}", metrics::render_status(&snapshot, &addr.to_string()));
+                    }
+                    return Ok(());
+                }
+                Ok((code, _)) => bail!("{addr} answered HTTP {code}: is it an edge-agent?"),
+                Err(e) => format!("nothing answers at http://{addr}/status ({e})"),
+            }
+        }
+    };
+    eprintln!("edge-agent is not running: {not_running}");
+    let path = state_dir::resolve(state_dir.as_deref())?.join(journal::FILE_NAME);
+    eprintln!("the journal, read offline:");
+    if let Err(e) = journal_command(path, JournalAction::Stats { json }).await {
+        eprintln!("{e:#}");
+    }
+    bail!("edge-agent is not running")
 }
 
 async fn journal_command(path: PathBuf, action: JournalAction) -> anyhow::Result<()> {

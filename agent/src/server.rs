@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use mqtt::connection::{ConnectionConfig, Shared};
 use mqtt::listener;
+use mqtt::metrics::{ServerCounters, endpoint};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -23,6 +24,7 @@ use crate::broker::{BrokerStore, CounterValues, LocalBroker, store};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal};
+use crate::metrics::{AgentExporter, ListenerInfo, SensorValues};
 use crate::sensors::Sensors;
 
 /// A running agent.
@@ -35,6 +37,8 @@ pub struct Agent {
     broker: LocalBroker,
     state_dir: PathBuf,
     sensors: Sensors,
+    metrics: AgentExporter,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Agent {
@@ -46,6 +50,10 @@ impl Agent {
             source,
         })?;
         let listeners = listener::bind_all(&config.listeners).await?;
+        let metrics_socket = match config.metrics_addr()? {
+            Some(addr) => Some(endpoint::bind(addr).await?),
+            None => None,
+        };
         let journal = Journal::open(state_dir.join(journal::FILE_NAME), &config.journal).await?;
         let (store, snapshot) = match BrokerStore::open(
             &state_dir.join(store::FILE_NAME),
@@ -88,6 +96,7 @@ impl Agent {
             registry: Default::default(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            counters: Arc::new(ServerCounters::default()),
         });
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut addrs = Vec::new();
@@ -99,6 +108,34 @@ impl Agent {
             info!(listener = %l.name, %addr, tls = l.tls.is_some(), websocket = l.websocket, "listening");
             addrs.push((l.name.clone(), addr));
             tracker.spawn(listener::run(l, shared.clone(), limit.clone()));
+        }
+        let metrics = AgentExporter {
+            journal: journal.clone(),
+            broker: broker.clone(),
+            server: shared.counters.clone(),
+            listeners: addrs
+                .iter()
+                .map(|(name, addr)| ListenerInfo {
+                    name: name.clone(),
+                    addr: *addr,
+                })
+                .collect(),
+            uplink: None,
+            sensors: Some(Arc::new({
+                let sensors = sensors.clone();
+                move || sensors.stats().iter().map(SensorValues::from).collect()
+            })),
+        };
+        let mut metrics_addr = None;
+        if let Some(socket) = metrics_socket {
+            metrics_addr = socket.local_addr().ok();
+            info!(addr = ?metrics_addr, "metrics endpoint listening");
+            tracker.spawn(endpoint::run(
+                socket,
+                Arc::new(metrics.clone()),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
         }
         let j = journal.clone();
         tracker.spawn({
@@ -119,7 +156,19 @@ impl Agent {
             broker,
             state_dir: state_dir.to_path_buf(),
             sensors,
+            metrics,
+            metrics_addr,
         })
+    }
+
+    /// The bound address of the metrics endpoint (`None` when turned off).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
+    /// Every figure the metrics endpoint and `edge-agent status` show, now.
+    pub async fn metrics_snapshot(&self) -> crate::metrics::Snapshot {
+        self.metrics.snapshot().await
     }
 
     /// The bound address of a listener.

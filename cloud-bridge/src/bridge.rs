@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::lmq;
 use crate::lmq_message;
 use crate::meta::{self, Meta};
+use crate::metrics::{SendMetrics, SendOutcome};
 use crate::retained;
 use crate::rocketmq::{NameServer, Producer};
 use crate::session::{BridgeSession, Opening};
@@ -48,6 +49,8 @@ struct Inner {
     instance: String,
     /// Persistent sessions connected here: client id -> owner tag.
     local_sessions: Mutex<HashMap<String, String>>,
+    /// RocketMQ send latency and outcomes (the metrics endpoint reads them).
+    send_metrics: SendMetrics,
 }
 
 impl Bridge {
@@ -67,6 +70,7 @@ impl Bridge {
                 routes: Mutex::new(HashMap::new()),
                 instance: format!("{:016x}", rand::random::<u64>()),
                 local_sessions: Mutex::new(HashMap::new()),
+                send_metrics: SendMetrics::default(),
             }),
         }
     }
@@ -83,6 +87,20 @@ impl Bridge {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(client_id.to_owned(), owner.to_owned());
+    }
+
+    /// Number of persistent sessions connected here.
+    pub fn local_session_count(&self) -> usize {
+        self.inner
+            .local_sessions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .len()
+    }
+
+    /// RocketMQ send figures.
+    pub fn send_metrics(&self) -> &SendMetrics {
+        &self.inner.send_metrics
     }
 
     /// Forgets a persistent session that ended here.
@@ -240,11 +258,18 @@ impl Bridge {
         let (properties, body) = lmq_message::encode(&message, &queues);
         let properties: Vec<(&str, &str)> =
             properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let started = Instant::now();
         let sent = tokio::time::timeout(
             this.config.send_timeout(),
             send_while_busy(&this.producer, first, &properties, body, &message.topic),
         )
         .await;
+        let outcome = match &sent {
+            Ok(Ok(_)) => SendOutcome::Ok,
+            Ok(Err(_)) => SendOutcome::Failed,
+            Err(_) => SendOutcome::TimedOut,
+        };
+        this.send_metrics.record(outcome, started.elapsed());
         match sent {
             Ok(Ok(_)) if message.retain => {
                 retained::put(&this.namesrv, &message).await.map_err(|e| {

@@ -33,6 +33,9 @@ pub struct Config {
     /// Topic ACLs, first match wins.
     #[serde(default)]
     pub acl: Vec<AclRule>,
+    /// The metrics and health endpoint (`crate::metrics`).
+    #[serde(default)]
+    pub metrics: mqtt::metrics::MetricsConfig,
 }
 
 /// RocketMQ endpoints and timings.
@@ -281,7 +284,15 @@ impl Config {
         if !self.auth.allow_anonymous && self.auth.secret_key.is_empty() {
             return Err("auth.secret_key is empty and anonymous access is off".into());
         }
+        self.metrics_addr()?;
         Ok(())
+    }
+
+    /// Where the metrics endpoint listens; `None` when it is turned off.
+    pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
+        self.metrics
+            .address(crate::metrics::DEFAULT_BIND)
+            .map_err(|e| format!("metrics.bind: {e}"))
     }
 
     /// Send timeout.
@@ -299,6 +310,12 @@ mod tests {
         let c = Config::load(None).unwrap();
         assert_eq!(c.topics.first_level, vec!["t1".to_string()]);
         assert_eq!(c.listeners.len(), 1);
+        assert_eq!(c.metrics_addr(), Ok(Some(crate::metrics::DEFAULT_BIND)));
+        let off = DEFAULT_CONFIG.replace("bind = \"127.0.0.1:9182\"", "bind = \"\"");
+        assert_eq!(Config::parse(&off, "x").unwrap().metrics_addr(), Ok(None));
+        let bad = DEFAULT_CONFIG.replace("bind = \"127.0.0.1:9182\"", "bind = \":x\"");
+        let e = Config::parse(&bad, "x").unwrap_err().to_string();
+        assert!(e.contains("metrics.bind"), "{e}");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod error;
 pub mod lmq;
 pub mod lmq_message;
 pub mod meta;
+pub mod metrics;
 pub mod offsets;
 pub mod reader;
 pub mod retained;

@@ -124,9 +124,13 @@ async fn run(config: Config) -> anyhow::Result<()> {
         mqtt::systemd::stopping();
         signal_stop.cancel();
     });
+    let names: Vec<String> = config.listeners.iter().map(|l| l.name.clone()).collect();
     let server = Server::start(config).await?;
     // Listeners are bound and the RocketMQ client is set up: ready for systemd.
-    mqtt::systemd::ready("cloud-bridge running");
+    let bound = names
+        .iter()
+        .filter_map(|n| server.local_addr(n).map(|a| (n.as_str(), a)));
+    mqtt::systemd::ready(&mqtt::systemd::listening_status("cloud-bridge", bound));
     let watchdog = CancellationToken::new();
     tokio::spawn(mqtt::systemd::run_watchdog(watchdog.clone()));
     server.run_until(stop).await;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use mqtt::connection::{ConnectionConfig, Shared};
 use mqtt::listener;
+use mqtt::metrics::{ServerCounters, endpoint};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -15,6 +16,7 @@ use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::error::Error;
 use crate::meta::Meta;
+use crate::metrics::BridgeExporter;
 use crate::rocketmq::{Client, ClientConfig, NameServer, Producer, ProducerConfig};
 use crate::will_store;
 
@@ -24,6 +26,7 @@ pub struct Server {
     addrs: Vec<(String, SocketAddr)>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    metrics_addr: Option<SocketAddr>,
 }
 
 impl Server {
@@ -54,6 +57,13 @@ impl Server {
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
         let listeners = listener::bind_all(&config.listeners).await?;
+        let metrics_socket = match config.metrics_addr().map_err(|reason| Error::Config {
+            origin: "metrics".to_owned(),
+            reason,
+        })? {
+            Some(addr) => Some(endpoint::bind(addr).await?),
+            None => None,
+        };
 
         let bridge = Bridge::new(config.clone(), meta.clone(), namesrv.clone(), producer);
         let shared = Arc::new(Shared {
@@ -70,8 +80,9 @@ impl Server {
             registry: Default::default(),
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
+            counters: Arc::new(ServerCounters::default()),
         });
-        tracker.spawn(sweeper(bridge, shared.clone(), shutdown.clone()));
+        tracker.spawn(sweeper(bridge.clone(), shared.clone(), shutdown.clone()));
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut addrs = Vec::new();
         for l in listeners {
@@ -79,6 +90,22 @@ impl Server {
             info!(listener = %l.name, %addr, tls = l.tls.is_some(), websocket = l.websocket, "listening");
             addrs.push((l.name.clone(), addr));
             tracker.spawn(listener::run(l, shared.clone(), limit.clone()));
+        }
+        let mut metrics_addr = None;
+        if let Some(socket) = metrics_socket {
+            metrics_addr = socket.local_addr().ok();
+            info!(addr = ?metrics_addr, "metrics endpoint listening");
+            let exporter = BridgeExporter {
+                bridge,
+                server: shared.counters.clone(),
+                listeners: addrs.clone(),
+            };
+            tracker.spawn(endpoint::run(
+                socket,
+                Arc::new(exporter),
+                shutdown.clone(),
+                tracker.clone(),
+            ));
         }
         tracker.spawn(meta.refresh_loop(
             namesrv,
@@ -89,7 +116,13 @@ impl Server {
             addrs,
             shutdown,
             tracker,
+            metrics_addr,
         })
+    }
+
+    /// The bound address of the metrics endpoint (`None` when turned off).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The bound address of a listener.

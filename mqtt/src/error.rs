@@ -48,4 +48,7 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// An HTTP exchange of the metrics endpoint or its client failed.
+    #[error("HTTP: {0}")]
+    Http(String),
 }

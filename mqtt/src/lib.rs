@@ -7,6 +7,7 @@ pub mod codec;
 pub mod connection;
 pub mod error;
 pub mod listener;
+pub mod metrics;
 pub mod packet;
 mod reason_codes;
 pub mod registry;

@@ -93,11 +93,13 @@ pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: A
             }
         };
         let Ok(permit) = limit.clone().try_acquire_owned() else {
+            shared.counters.refused();
             warn!(listener = %name, peer = %addr, "connection limit reached; closing");
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
+        let open = shared.counters.accepted();
         let shared = shared.clone();
         let acceptor = acceptor.clone();
         let name = name.clone();
@@ -139,7 +141,7 @@ pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: A
             if let Err(e) = result {
                 debug!(listener = %name, peer = %addr, error = %e, "connection ended");
             }
-            drop(permit);
+            drop((open, permit));
         });
     }
 }

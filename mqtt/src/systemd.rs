@@ -24,6 +24,19 @@ pub fn ready(status: &str) {
     send(&[NotifyState::Ready, NotifyState::Status(status)]);
 }
 
+/// The status line for [`ready`]: `<service> running; listening on <name> <addr>, ...`
+/// (shown by `systemctl status`).
+pub fn listening_status<'a>(
+    service: &str,
+    bound: impl IntoIterator<Item = (&'a str, std::net::SocketAddr)>,
+) -> String {
+    let list: Vec<String> = bound
+        .into_iter()
+        .map(|(name, addr)| format!("{name} {addr}"))
+        .collect();
+    format!("{service} running; listening on {}", list.join(", "))
+}
+
 /// Tells systemd that a graceful stop has begun (`STOPPING=1`).
 pub fn stopping() {
     send(&[NotifyState::Stopping, NotifyState::Status("stopping")]);
@@ -52,5 +65,21 @@ pub async fn run_watchdog(cancel: CancellationToken) {
             _ = tick.tick() => send(&[NotifyState::Watchdog]),
             _ = cancel.cancelled() => return,
         }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_names_every_listener() {
+        let a = "127.0.0.1:1883".parse().unwrap();
+        let b = "[::1]:8080".parse().unwrap();
+        assert_eq!(
+            listening_status("edge-agent", [("tcp", a), ("ws", b)]),
+            "edge-agent running; listening on tcp 127.0.0.1:1883, ws [::1]:8080"
+        );
     }
 }

@@ -93,6 +93,7 @@ pub use config::{Classifier, JournalConfig, Priority, SyncMode, TopicRule, WhenF
 pub use entry::{Cursor, Entry, NewEntry, Qos, ReadOrder};
 pub use env::{Clock, DiskSpace, FixedDisk, JournalEnv, ManualClock, StatvfsDisk, SystemClock};
 pub use filter::{FilterError, TopicFilter};
+pub(crate) use render::{age as human_age, bytes as human_bytes};
 pub use render::{render_entry, render_stats};
 pub use stats::{Counter, Counters, PriorityStats, Stats, WriterStats};
 

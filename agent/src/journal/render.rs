@@ -6,7 +6,7 @@ use super::entry::Entry;
 use super::stats::Stats;
 
 /// `1.5 MiB`, `12 B`.
-fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -22,7 +22,7 @@ fn bytes(n: u64) -> String {
 }
 
 /// `3d 4h`, `5m 2s`, `120ms`.
-fn age(ms: u64) -> String {
+pub(crate) fn age(ms: u64) -> String {
     let s = ms / 1000;
     match s {
         0 => format!("{ms}ms"),

@@ -18,6 +18,7 @@ pub const WAIT: Duration = Duration::from_secs(10);
 pub fn config() -> Config {
     let mut c = Config::load(None).expect("defaults");
     c.listeners[0].bind = "127.0.0.1:0".parse().unwrap();
+    c.metrics.bind = Some("127.0.0.1:0".into());
     c.journal.quick_check_on_open = false;
     c
 }
@@ -316,7 +317,8 @@ pub mod process {
         let config = dir.join("agent.toml");
         let text = edge_agent::config::DEFAULT_CONFIG
             .replace("127.0.0.1:1883", "127.0.0.1:0")
-            .replace("[journal]", &format!("{extra}\n[journal]"));
+            .replace("127.0.0.1:9181", "127.0.0.1:0")
+            .replace("\n[journal]\n", &format!("\n{extra}\n[journal]\n"));
         std::fs::write(&config, text).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
             .arg("--config")

@@ -74,6 +74,9 @@ secret_key = "test-secret"
 max_packet_size = 65536
 connect_timeout_secs = 2
 
+[metrics]
+bind = "127.0.0.1:0"
+
 [[listener]]
 name = "mqtt"
 bind = "127.0.0.1:0"

@@ -1,0 +1,403 @@
+//! The agent's figures at one instant, and their OpenMetrics encoding (metric names are
+//! listed in the README, section "Metrics and status").
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+use mqtt::metrics::ServerCounterValues;
+use mqtt::metrics::encode::{counter, counter_family, gauge, gauge_f64, gauge_family};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{Counter, Stats};
+use crate::sensors::SensorStats;
+
+/// Uplink states as exported (`edge_agent_uplink_state{state}`), one series each.
+pub const UPLINK_STATES: [&str; 6] = [
+    "disabled",
+    "connecting",
+    "connected",
+    "backoff",
+    "refused",
+    "stopped",
+];
+
+/// A bound MQTT listener.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    /// Its configured name.
+    pub name: String,
+    /// The bound address.
+    pub addr: SocketAddr,
+}
+
+/// The local broker's figures.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerFigures {
+    /// Sessions: connected, or persistent and offline.
+    pub sessions: u64,
+    /// Messages handed to local subscribers' connections.
+    pub delivered: u64,
+    /// Deliveries dropped: a connected subscriber's queue stayed full.
+    pub dropped_subscriber_full: u64,
+    /// Deliveries dropped: an offline persistent session's queue was full.
+    pub dropped_queue_full: u64,
+}
+
+/// The journal's figures (from `Journal::stats`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalFigures {
+    /// Stored entries (the depth).
+    pub entries: u64,
+    /// Their quota bytes.
+    pub bytes: u64,
+    /// The quota.
+    pub max_bytes: u64,
+    /// Database file plus WAL.
+    pub file_bytes: u64,
+    /// Age of the oldest entry.
+    pub oldest_age_ms: Option<u64>,
+    /// Every persisted counter by name (`appended`, `confirmed`, drops by reason).
+    pub counters: BTreeMap<String, u64>,
+}
+
+impl From<&Stats> for JournalFigures {
+    fn from(s: &Stats) -> Self {
+        Self {
+            entries: s.entries,
+            bytes: s.bytes,
+            max_bytes: s.max_bytes,
+            file_bytes: s.file_bytes,
+            oldest_age_ms: s.oldest_age_ms,
+            counters: s.counters.iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+        }
+    }
+}
+
+impl JournalFigures {
+    fn counter(&self, c: Counter) -> u64 {
+        self.counters.get(c.name()).copied().unwrap_or_default()
+    }
+}
+
+/// The uplink's figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UplinkValues {
+    /// One of [`UPLINK_STATES`].
+    pub state: String,
+    /// Publishes sent and not yet acknowledged.
+    pub in_flight: u64,
+    /// Publishes sent (resends included).
+    pub sent: u64,
+    /// Publishes the bridge acknowledged.
+    pub acked: u64,
+    /// Messages the bridge refused for good.
+    pub rejected: u64,
+    /// Successful connections.
+    pub connects: u64,
+    /// Failed connection attempts and lost connections.
+    pub failures: u64,
+    /// The last failure since the last successful connection.
+    pub last_error: Option<String>,
+}
+
+impl Default for UplinkValues {
+    fn default() -> Self {
+        Self {
+            state: "disabled".to_owned(),
+            in_flight: 0,
+            sent: 0,
+            acked: 0,
+            rejected: 0,
+            connects: 0,
+            failures: 0,
+            last_error: None,
+        }
+    }
+}
+
+/// One sensor's figures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SensorValues {
+    /// The sensor id.
+    pub id: String,
+    /// `starting`, `ok` or `failing`.
+    #[serde(default)]
+    pub state: String,
+    /// Readings published.
+    pub readings: u64,
+    /// Errors by kind (`nack`, `missing`, `bus`, ...).
+    pub errors: BTreeMap<String, u64>,
+}
+
+impl From<&SensorStats> for SensorValues {
+    fn from(s: &SensorStats) -> Self {
+        Self {
+            id: s.id.clone(),
+            state: s.state.as_str().to_owned(),
+            readings: s.readings_published,
+            errors: s
+                .errors
+                .iter()
+                .map(|(k, n)| (k.as_str().to_owned(), *n))
+                .collect(),
+        }
+    }
+}
+
+/// Everything at one instant: what `/metrics`, `/status` and `edge-agent status` show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The agent's version.
+    pub version: String,
+    /// Bound MQTT listeners.
+    pub listeners: Vec<ListenerInfo>,
+    /// Connections and publishes of the MQTT listeners.
+    pub server: ServerCounterValues,
+    /// The local broker.
+    pub broker: BrokerFigures,
+    /// The journal (`None` when it could not be read: see `journal_error`).
+    pub journal: Option<JournalFigures>,
+    /// Why the journal could not be read.
+    pub journal_error: Option<String>,
+    /// The uplink.
+    pub uplink: UplinkValues,
+    /// The sensors.
+    pub sensors: Vec<SensorValues>,
+}
+
+/// Journal counters exported as drops (`edge_agent_dropped_total{reason}`).
+const JOURNAL_DROPS: [Counter; 6] = [
+    Counter::Expired,
+    Counter::QuotaDropOldest,
+    Counter::DiskDropOldest,
+    Counter::RejectedQuota,
+    Counter::RejectedDisk,
+    Counter::RejectedTooLarge,
+];
+
+impl Snapshot {
+    /// The OpenMetrics exposition (metric names prefixed `edge_agent_`).
+    pub fn openmetrics(&self) -> String {
+        let mut registry = Registry::with_prefix("edge_agent");
+        registry.register_collector(Box::new(Encoded(self.clone())));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "metrics not encoded");
+        }
+        out
+    }
+
+    /// Drops by reason: the journal's and the broker's.
+    pub fn drops(&self) -> Vec<(&'static str, u64)> {
+        let mut v: Vec<(&'static str, u64)> = JOURNAL_DROPS
+            .iter()
+            .map(|c| {
+                let n = self.journal.as_ref().map_or(0, |j| j.counter(*c));
+                (c.name(), n)
+            })
+            .collect();
+        v.push(("subscriber_full", self.broker.dropped_subscriber_full));
+        v.push(("queue_full", self.broker.dropped_queue_full));
+        v
+    }
+
+    fn encode(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let one = |n: u64| [("version", self.version.clone())].map(|l| ([l], n));
+        gauge_family(e, "build_info", "The agent's version", &one(1))?;
+        self.server.encode(e)?;
+        let b = &self.broker;
+        gauge(
+            e,
+            "sessions",
+            "Broker sessions (connected or persistent)",
+            b.sessions,
+        )?;
+        counter(
+            e,
+            "delivered",
+            "Messages handed to local subscribers",
+            b.delivered,
+        )?;
+        let drops: Vec<_> = self
+            .drops()
+            .into_iter()
+            .map(|(r, n)| ([("reason", r)], n))
+            .collect();
+        counter_family(
+            e,
+            "dropped",
+            "Messages dropped or refused, by reason",
+            &drops,
+        )?;
+        if let Some(j) = &self.journal {
+            gauge(
+                e,
+                "journal_entries",
+                "Journal depth (entries waiting)",
+                j.entries,
+            )?;
+            gauge(
+                e,
+                "journal_bytes",
+                "Quota bytes of the waiting entries",
+                j.bytes,
+            )?;
+            gauge(
+                e,
+                "journal_max_bytes",
+                "The journal's byte quota",
+                j.max_bytes,
+            )?;
+            gauge(
+                e,
+                "journal_file_bytes",
+                "Journal file plus WAL",
+                j.file_bytes,
+            )?;
+            let age = j.oldest_age_ms.unwrap_or_default() as f64 / 1000.0;
+            gauge_f64(
+                e,
+                "journal_oldest_age_seconds",
+                "Age of the oldest waiting entry (0 when empty)",
+                age,
+            )?;
+            let appended = j.counter(Counter::Appended);
+            counter(
+                e,
+                "journal_appended",
+                "Entries stored in the journal",
+                appended,
+            )?;
+            let confirmed = j.counter(Counter::Confirmed);
+            counter(
+                e,
+                "journal_confirmed",
+                "Entries confirmed by the cloud",
+                confirmed,
+            )?;
+        }
+        let u = &self.uplink;
+        let states: Vec<_> = UPLINK_STATES
+            .iter()
+            .map(|s| ([("state", *s)], u64::from(u.state == *s)))
+            .collect();
+        gauge_family(
+            e,
+            "uplink_state",
+            "1 for the uplink's current state",
+            &states,
+        )?;
+        gauge(
+            e,
+            "uplink_in_flight",
+            "Uplink publishes not yet acknowledged",
+            u.in_flight,
+        )?;
+        counter(
+            e,
+            "uplink_sent",
+            "Uplink publishes sent (resends included)",
+            u.sent,
+        )?;
+        counter(e, "uplink_acked", "Uplink publishes acknowledged", u.acked)?;
+        counter(
+            e,
+            "uplink_rejected",
+            "Messages the bridge refused for good",
+            u.rejected,
+        )?;
+        counter(e, "uplink_connects", "Uplink connections made", u.connects)?;
+        counter(
+            e,
+            "uplink_failures",
+            "Uplink connection failures",
+            u.failures,
+        )?;
+        let readings: Vec<_> = self
+            .sensors
+            .iter()
+            .map(|s| ([("sensor", s.id.as_str())], s.readings))
+            .collect();
+        counter_family(e, "sensor_readings", "Sensor readings published", &readings)?;
+        let errors: Vec<_> = self
+            .sensors
+            .iter()
+            .flat_map(|s| {
+                s.errors
+                    .iter()
+                    .map(|(k, n)| ([("sensor", s.id.as_str()), ("kind", k.as_str())], *n))
+            })
+            .collect();
+        counter_family(e, "sensor_errors", "Sensor faults, by kind", &errors)
+    }
+}
+
+/// A snapshot as a `prometheus-client` collector.
+#[derive(Debug)]
+struct Encoded(Snapshot);
+
+impl Collector for Encoded {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(&mut encoder)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_names_labels_and_eof() {
+        let mut counters = BTreeMap::new();
+        counters.insert("appended".to_owned(), 7);
+        counters.insert("rejected_quota".to_owned(), 3);
+        let s = Snapshot {
+            version: "1.2.3".into(),
+            listeners: vec![],
+            server: ServerCounterValues {
+                publish_received: [0, 10, 0],
+                ..Default::default()
+            },
+            broker: BrokerFigures {
+                dropped_queue_full: 2,
+                ..Default::default()
+            },
+            journal: Some(JournalFigures {
+                entries: 4,
+                oldest_age_ms: Some(1500),
+                counters,
+                ..Default::default()
+            }),
+            journal_error: None,
+            uplink: UplinkValues {
+                state: "backoff".into(),
+                ..Default::default()
+            },
+            sensors: vec![SensorValues {
+                id: "t1".into(),
+                state: "failing".into(),
+                readings: 5,
+                errors: [("nack".to_owned(), 2)].into(),
+            }],
+        };
+        let text = s.openmetrics();
+        for line in [
+            "edge_agent_build_info{version=\"1.2.3\"} 1",
+            "edge_agent_publish_received_total{qos=\"1\"} 10",
+            "edge_agent_journal_entries 4",
+            "edge_agent_journal_oldest_age_seconds 1.5",
+            "edge_agent_journal_appended_total 7",
+            "edge_agent_dropped_total{reason=\"rejected_quota\"} 3",
+            "edge_agent_dropped_total{reason=\"queue_full\"} 2",
+            "edge_agent_uplink_state{state=\"backoff\"} 1",
+            "edge_agent_uplink_state{state=\"connected\"} 0",
+            "edge_agent_sensor_errors_total{sensor=\"t1\",kind=\"nack\"} 2",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

@@ -1,0 +1,174 @@
+//! The bridge's metrics and health endpoint (`[metrics] bind`, 127.0.0.1:9182 by default).
+//!
+//! `/metrics` (OpenMetrics text, `prometheus-client`): the shared `mqtt` crate's
+//! connection and publish counters, the persistent sessions connected here, and the
+//! RocketMQ sends (latency histogram of successful sends, failures, timeouts; see
+//! `send.rs`). `/health` is 200 when the routes of every first-level topic are known
+//! (the name server answered, cached for 30 s like publishes use them), 503 otherwise.
+//! `/status` is the same figures as JSON. The HTTP side is `mqtt::metrics::endpoint`,
+//! shared with edge-agent.
+
+mod send;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use mqtt::metrics::encode::{counter, gauge, gauge_family};
+use mqtt::metrics::{Exporter, Health, ServerCounterValues, ServerCounters};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+
+pub use send::{SendMetrics, SendOutcome, SendValues};
+
+use crate::bridge::Bridge;
+
+/// The endpoint's address when `[metrics] bind` is unset.
+pub const DEFAULT_BIND: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9182));
+
+/// How long `/health` waits for the name server.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The bridge's figures at one instant (`/status`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// The bridge's version.
+    pub version: String,
+    /// Bound MQTT listeners: (name, address).
+    pub listeners: Vec<(String, SocketAddr)>,
+    /// Connections and publishes.
+    pub server: ServerCounterValues,
+    /// Persistent sessions connected to this bridge.
+    pub persistent_sessions: u64,
+    /// RocketMQ sends.
+    pub rocketmq: SendValues,
+}
+
+/// Where the figures come from.
+#[derive(Debug, Clone)]
+pub struct BridgeExporter {
+    /// The bridge.
+    pub bridge: Bridge,
+    /// Connection and publish counters of the listeners.
+    pub server: Arc<ServerCounters>,
+    /// The bound listeners.
+    pub listeners: Vec<(String, SocketAddr)>,
+}
+
+impl BridgeExporter {
+    /// Gathers every figure now.
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            listeners: self.listeners.clone(),
+            server: self.server.values(),
+            persistent_sessions: self.bridge.local_session_count() as u64,
+            rocketmq: self.bridge.send_metrics().values(),
+        }
+    }
+
+    /// The OpenMetrics exposition (metric names prefixed `cloud_bridge_`).
+    pub fn openmetrics(&self) -> String {
+        let mut registry = Registry::with_prefix("cloud_bridge");
+        registry.register_collector(Box::new(Encoded {
+            snapshot: self.snapshot(),
+            latency: self.bridge.send_metrics().latency.clone(),
+        }));
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
+            tracing::warn!(error = %e, "metrics not encoded");
+        }
+        out
+    }
+}
+
+/// A snapshot and the live histogram, as a `prometheus-client` collector.
+#[derive(Debug)]
+struct Encoded {
+    snapshot: Snapshot,
+    latency: Histogram,
+}
+
+impl Collector for Encoded {
+    fn encode(&self, mut e: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = &self.snapshot;
+        let version = [([("version", s.version.as_str())], 1)];
+        gauge_family(&mut e, "build_info", "The bridge's version", &version)?;
+        s.server.encode(&mut e)?;
+        gauge(
+            &mut e,
+            "persistent_sessions",
+            "Persistent sessions connected to this bridge",
+            s.persistent_sessions,
+        )?;
+        let r = &s.rocketmq;
+        counter(
+            &mut e,
+            "rocketmq_sent",
+            "Messages stored in RocketMQ",
+            r.sent,
+        )?;
+        counter(
+            &mut e,
+            "rocketmq_send_failed",
+            "RocketMQ sends refused or failed",
+            r.failed,
+        )?;
+        counter(
+            &mut e,
+            "rocketmq_send_timeouts",
+            "RocketMQ sends without an answer within send_timeout_ms",
+            r.timed_out,
+        )?;
+        let h = &self.latency;
+        h.encode(e.encode_descriptor(
+            "rocketmq_send_seconds",
+            "Latency of successful RocketMQ sends (first attempt to SEND_OK)",
+            None,
+            h.metric_type(),
+        )?)
+    }
+}
+
+impl Exporter for BridgeExporter {
+    fn metrics(&self) -> BoxFuture<'static, String> {
+        let this = self.clone();
+        Box::pin(async move { this.openmetrics() })
+    }
+
+    fn health(&self) -> BoxFuture<'static, Health> {
+        let this = self.clone();
+        Box::pin(async move {
+            let routes = tokio::time::timeout(HEALTH_TIMEOUT, this.bridge.cluster_brokers()).await;
+            let problem = match routes {
+                Ok(Ok(brokers)) if !brokers.is_empty() => None,
+                Ok(Ok(_)) => Some("no broker serves the first-level topics".to_owned()),
+                Ok(Err(e)) => Some(e.to_string()),
+                Err(_) => Some(format!(
+                    "no answer from the name server in {HEALTH_TIMEOUT:?}"
+                )),
+            };
+            let body = serde_json::json!({
+                "status": if problem.is_none() { "ok" } else { "unavailable" },
+                "listeners": this.listeners.len(),
+                "rocketmq": problem.as_deref().unwrap_or("routes known"),
+            });
+            Health {
+                ok: problem.is_none() && !this.listeners.is_empty(),
+                json: body.to_string(),
+            }
+        })
+    }
+
+    fn status(&self) -> BoxFuture<'static, String> {
+        let this = self.clone();
+        Box::pin(async move {
+            serde_json::to_string(&this.snapshot())
+                .unwrap_or_else(|e| serde_json::json!({ "error": e.to_string() }).to_string())
+        })
+    }
+}

@@ -1,0 +1,247 @@
+//! Connection and publish counters of one server (all its listeners), atomics updated by
+//! the accept loop and the connection state machine, read at scrape time.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use prometheus_client::encoding::DescriptorEncoder;
+use serde::{Deserialize, Serialize};
+
+use super::encode;
+use crate::packet::QoS;
+
+/// The live counters. Shared by the listeners and connections of one server.
+#[derive(Debug, Default)]
+pub struct ServerCounters {
+    open: AtomicU64,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+    clients: AtomicU64,
+    received: [AtomicU64; 3],
+    sent: [AtomicU64; 3],
+    publish_refused: AtomicU64,
+    subscribes: AtomicU64,
+    unsubscribes: AtomicU64,
+}
+
+/// Keeps a connection counted as open until dropped.
+#[derive(Debug)]
+pub struct OpenConnection {
+    counters: Arc<ServerCounters>,
+    gauge: Gauge,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Gauge {
+    Open,
+    Clients,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        let g = match self.gauge {
+            Gauge::Open => &self.counters.open,
+            Gauge::Clients => &self.counters.clients,
+        };
+        g.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn qos_index(qos: QoS) -> usize {
+    match qos {
+        QoS::AtMostOnce => 0,
+        QoS::AtLeastOnce => 1,
+        QoS::ExactlyOnce => 2,
+    }
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+impl ServerCounters {
+    /// A socket was accepted: counted, and open until the guard drops.
+    pub fn accepted(self: &Arc<Self>) -> OpenConnection {
+        inc(&self.accepted);
+        inc(&self.open);
+        OpenConnection {
+            counters: self.clone(),
+            gauge: Gauge::Open,
+        }
+    }
+
+    /// A socket was closed at once because of `max_connections`.
+    pub fn refused(&self) {
+        inc(&self.refused);
+    }
+
+    /// A client got its CONNACK: connected until the guard drops.
+    pub fn client_connected(self: &Arc<Self>) -> OpenConnection {
+        inc(&self.clients);
+        OpenConnection {
+            counters: self.clone(),
+            gauge: Gauge::Clients,
+        }
+    }
+
+    /// A PUBLISH packet came in from a client.
+    pub fn publish_received(&self, qos: QoS) {
+        inc(&self.received[qos_index(qos)]);
+    }
+
+    /// A PUBLISH packet went out to a client.
+    pub fn publish_sent(&self, qos: QoS) {
+        inc(&self.sent[qos_index(qos)]);
+    }
+
+    /// The backend refused to store a publish.
+    pub fn publish_refused(&self) {
+        inc(&self.publish_refused);
+    }
+
+    /// A SUBSCRIBE packet was answered.
+    pub fn subscribed(&self) {
+        inc(&self.subscribes);
+    }
+
+    /// An UNSUBSCRIBE packet was answered.
+    pub fn unsubscribed(&self) {
+        inc(&self.unsubscribes);
+    }
+
+    /// A snapshot.
+    pub fn values(&self) -> ServerCounterValues {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ServerCounterValues {
+            connections: get(&self.open),
+            connections_accepted: get(&self.accepted),
+            connections_refused: get(&self.refused),
+            clients_connected: get(&self.clients),
+            publish_received: self.received.each_ref().map(get),
+            publish_sent: self.sent.each_ref().map(get),
+            publish_refused: get(&self.publish_refused),
+            subscribe_requests: get(&self.subscribes),
+            unsubscribe_requests: get(&self.unsubscribes),
+        }
+    }
+}
+
+/// A snapshot of [`ServerCounters`] (what `status` commands show).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerCounterValues {
+    /// Sockets open now (TCP accepted, before and after CONNECT).
+    pub connections: u64,
+    /// Sockets accepted since start.
+    pub connections_accepted: u64,
+    /// Sockets closed at accept because `max_connections` were open.
+    pub connections_refused: u64,
+    /// Clients connected now (CONNACK sent).
+    pub clients_connected: u64,
+    /// PUBLISH packets received from clients, by QoS 0, 1, 2.
+    pub publish_received: [u64; 3],
+    /// PUBLISH packets sent to clients, by QoS 0, 1, 2.
+    pub publish_sent: [u64; 3],
+    /// Publishes the backend refused (journal full, RocketMQ failed, not authorised).
+    pub publish_refused: u64,
+    /// SUBSCRIBE packets answered.
+    pub subscribe_requests: u64,
+    /// UNSUBSCRIBE packets answered.
+    pub unsubscribe_requests: u64,
+}
+
+const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
+
+impl ServerCounterValues {
+    /// Writes the `connections`, `clients_connected`, `publish_*`, `subscribe_requests`
+    /// and `unsubscribe_requests` families (names prefixed by the registry).
+    pub fn encode(&self, e: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        encode::gauge(
+            e,
+            "connections",
+            "Client sockets open now",
+            self.connections,
+        )?;
+        encode::counter(
+            e,
+            "connections_accepted",
+            "Client sockets accepted",
+            self.connections_accepted,
+        )?;
+        encode::counter(
+            e,
+            "connections_refused",
+            "Client sockets closed at accept because max_connections were open",
+            self.connections_refused,
+        )?;
+        encode::gauge(
+            e,
+            "clients_connected",
+            "MQTT clients connected now (CONNACK sent)",
+            self.clients_connected,
+        )?;
+        let by_qos = |v: &[u64; 3]| {
+            QOS_LABELS
+                .iter()
+                .zip(v)
+                .map(|(q, n)| ([("qos", *q)], *n))
+                .collect::<Vec<_>>()
+        };
+        encode::counter_family(
+            e,
+            "publish_received",
+            "PUBLISH packets received from clients",
+            &by_qos(&self.publish_received),
+        )?;
+        encode::counter_family(
+            e,
+            "publish_sent",
+            "PUBLISH packets sent to clients",
+            &by_qos(&self.publish_sent),
+        )?;
+        encode::counter(
+            e,
+            "publish_refused",
+            "Publishes the storage refused (answered with a reason code or a close)",
+            self.publish_refused,
+        )?;
+        encode::counter(
+            e,
+            "subscribe_requests",
+            "SUBSCRIBE packets answered",
+            self.subscribe_requests,
+        )?;
+        encode::counter(
+            e,
+            "unsubscribe_requests",
+            "UNSUBSCRIBE packets answered",
+            self.unsubscribe_requests,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guards_keep_gauges_exact() {
+        let c = Arc::new(ServerCounters::default());
+        let a = c.accepted();
+        let b = c.accepted();
+        let client = c.client_connected();
+        c.refused();
+        c.publish_received(QoS::AtLeastOnce);
+        c.publish_sent(QoS::ExactlyOnce);
+        let v = c.values();
+        assert_eq!((v.connections, v.connections_accepted), (2, 2));
+        assert_eq!((v.clients_connected, v.connections_refused), (1, 1));
+        assert_eq!(v.publish_received, [0, 1, 0]);
+        assert_eq!(v.publish_sent, [0, 0, 1]);
+        drop((a, client));
+        let v = c.values();
+        assert_eq!((v.connections, v.clients_connected), (1, 0));
+        drop(b);
+        assert_eq!(c.values().connections, 0);
+        assert_eq!(c.values().connections_accepted, 2);
+    }
+}
