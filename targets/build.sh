@@ -9,11 +9,13 @@
 #   targets/build.sh build [TARGET..] release build of edge-agent (default: both targets)
 #   targets/build.sh test             agent unit tests for aarch64 under qemu
 #   targets/build.sh smoke            aarch64 agent under qemu: start, QoS 1 publish, journal, SIGTERM
-#   targets/build.sh deb [TARGET..]   .deb packages (cargo-deb) from the cross builds (+ amd64 native)
+#   targets/build.sh deb [TARGET..]   .deb packages of edge-agent and cloud-bridge (cargo-deb) into
+#                                     target/deb/ (default: arm64, armhf and amd64)
 #   targets/build.sh sizes            stripped sizes and the newest glibc symbol each binary needs
 #   targets/build.sh all              install, build, test, smoke, deb, sizes
 #
-# TARGETs: aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf (aliases: aarch64 armv7).
+# TARGETs: aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf x86_64-unknown-linux-gnu (deb only)
+# (aliases: aarch64/arm64, armv7/armhf, x86_64/amd64). Cross builds go to target/cross/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 ROOT=$PWD
@@ -231,6 +233,50 @@ cmd_smoke() {
   rm -rf "$dir"
 }
 
+# .deb packages of edge-agent and cloud-bridge (cargo-deb, metadata in each Cargo.toml,
+# maintainer scripts in systemd/deb/, units in systemd/) into target/deb/.
+CARGO_DEB_VERSION=3.8.0
+cmd_deb() {
+  local targets=("$@") t p
+  ((${#targets[@]})) || targets=("${ALL_TARGETS[@]}" x86_64-unknown-linux-gnu)
+  if ! command -v cargo-deb >/dev/null; then
+    say "cargo install cargo-deb --locked --version $CARGO_DEB_VERSION"
+    cargo install cargo-deb --locked --version "$CARGO_DEB_VERSION"
+  fi
+  mkdir -p "$ROOT/target/deb"
+  for t in "${targets[@]}"; do
+    t=$(target_of "$t")
+    say "cargo build --release --target $t -p edge-agent -p cloud-bridge"
+    if [[ $t == x86_64-unknown-linux-gnu ]]; then
+      cargo build --release --target "$t" -p edge-agent -p cloud-bridge
+    else
+      xcargo build "${CARGO_CONFIG[@]}" --release --target "$t" -p edge-agent -p cloud-bridge
+    fi
+    for p in edge-agent cloud-bridge; do
+      # The release profile strips already; cargo-deb's own strip would need the cross strip.
+      cargo deb --no-build --no-strip --target "$t" -p "$p" --output "$ROOT/target/deb/"
+    done
+  done
+  ls -l "$ROOT/target/deb/"
+}
+
+# Stripped size and the newest glibc symbol version of every binary built here.
+cmd_sizes() {
+  local t f objdump
+  for t in "${ALL_TARGETS[@]}" x86_64-unknown-linux-gnu; do
+    case $t in
+    aarch64-*) objdump=aarch64-linux-gnu-objdump ;;
+    armv7-*) objdump=arm-linux-gnueabihf-objdump ;;
+    *) objdump=objdump ;;
+    esac
+    for f in "$CARGO_TARGET_DIR/$t/release/edge-agent" "$CARGO_TARGET_DIR/$t/release/cloud-bridge"; do
+      [[ -f $f ]] || continue
+      printf '%-32s %-13s %6.2f MB  needs %s\n' "$t" "${f##*/}" "$(awk -v b="$(stat -c %s "$f")" 'BEGIN { print b / 1e6 }')" \
+        "$("$objdump" -T "$f" | grep -o 'GLIBC_[0-9.]*' | sort -uV | tail -n1)"
+    done
+  done
+}
+
 case ${1:-} in
 install) cmd_install ;;
 build)
@@ -239,8 +285,21 @@ build)
   ;;
 test) cmd_test ;;
 smoke) cmd_smoke ;;
+deb)
+  shift
+  cmd_deb "$@"
+  ;;
+sizes) cmd_sizes ;;
+all)
+  cmd_install
+  cmd_build
+  cmd_test
+  cmd_smoke
+  cmd_deb
+  cmd_sizes
+  ;;
 *)
-  sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,/^set -euo/p' "$0" | sed -e '$d' -e 's/^# \{0,1\}//'
   exit 2
   ;;
 esac

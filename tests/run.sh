@@ -2,7 +2,8 @@
 # The project's test command (see README): starts the shared test RocketMQ (name server +
 # broker, tests/rocketmq/rocketmq.sh; no-op when already running), exports its addresses
 # (ROCKETMQ_NAMESRV, ROCKETMQ_BROKER, ROCKETMQ_CLUSTER, ROCKETMQ_BROKER_NAME), then runs
-# fmt, clippy and the tests of the whole workspace. Extra arguments go to `cargo test`.
+# fmt, clippy and the tests of the whole workspace, then `systemd-analyze verify` of the units
+# (systemd/verify.sh). Extra arguments go to `cargo test`.
 # The broker is left running for the next run; `tests/run.sh --stop [args]` stops it at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,3 +24,6 @@ if ((stop)); then trap '"$rmq" stop' EXIT; fi
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --all-targets "$@"
+# The systemd units, against the binaries the tests just built (fails if systemd-analyze
+# is missing: .ci/run installs Debian's systemd package).
+systemd/verify.sh target/debug
