@@ -1,7 +1,9 @@
 //! The BME280 (temperature, humidity, pressure over I2C), through the `bme280` crate.
 //!
-//! The crate (0.5, embedded-hal 1.0) does the chip-id check, soft reset, calibration
-//! read and Bosch's floating-point compensation. This wrapper adds what the agent
+//! The crate (0.5, embedded-hal 1.0, blocking API; the most used BME280 driver, and it
+//! also drives the BMP280) does the chip-id check, soft reset, calibration read and
+//! Bosch's floating-point compensation. `bme280-rs` would fit as well; the choice is
+//! contained in this file. This wrapper adds what the agent
 //! needs around it:
 //! - one chip-id read of its own first, to tell a BME280 (0x60) from a BMP280 (0x58),
 //!   which has no humidity sensor: a BMP280 yields temperature and pressure only

@@ -5,9 +5,10 @@
 //! `InputPin` trait. [`Debouncer`] is the pure core: a level counts once the line has
 //! read it continuously for `debounce_ms` (default 50 ms); shorter pulses (contact
 //! bounce, spikes) are ignored. The first stable level after start is published too,
-//! so a subscriber learns the state without waiting for a change. The value is 1 or
-//! 0 (quantity `input`, no unit); `active_low = true` inverts it (a switch to ground
-//! with a pull-up reads 1 when closed).
+//! so a subscriber learns the state without waiting for a change (and again after a
+//! fault, once the line is opened anew). The value is 1 or 0 (quantity `input`, no
+//! unit); `active_low = true` inverts it (a switch to ground with a pull-up reads 1
+//! when closed).
 //!
 //! Time comes from a [`Clock`], so the tests drive the debouncer with a fake clock.
 //! Polling instead of line events: linux-embedded-hal's `CdevPin` offers the

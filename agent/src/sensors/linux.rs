@@ -17,12 +17,9 @@ use super::config::{SensorConfig, SensorKind, SimQuantity};
 use super::digital::{DigitalInput, MonotonicClock};
 use super::fault::FaultKind;
 use super::mcp3008::Mcp3008;
-use super::sampler::Sampler;
+use super::sampler::{Opener, Sampler};
 use super::simulated::Simulated;
 use crate::error::{Error, Result};
-
-/// Opens (and initialises) a sensor; called again after each fault.
-pub type Opener = Arc<dyn Fn() -> Result<Box<dyn Sampler>> + Send + Sync>;
 
 fn open_fault(path: &str, e: &io::Error) -> Error {
     Error::Sensor {

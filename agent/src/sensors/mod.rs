@@ -120,7 +120,7 @@ impl Sensors {
         broker: &LocalBroker,
         tracker: &TaskTracker,
         cancel: &CancellationToken,
-        open: impl Fn(&SensorConfig) -> linux::Opener,
+        open: impl Fn(&SensorConfig) -> sampler::Opener,
     ) -> Self {
         let mut counters = Vec::with_capacity(configs.len());
         for cfg in configs {

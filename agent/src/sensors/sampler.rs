@@ -1,7 +1,13 @@
-//! The one trait every sensor driver implements for the sensor task.
+//! The one trait every sensor driver implements for the sensor task, and how one is opened.
+
+use std::sync::Arc;
 
 use super::reading::Value;
 use crate::error::Result;
+
+/// Opens (and initialises) a sensor; the sensor task calls it on the blocking pool at
+/// start and again after each fault. [`super::linux::opener`] makes the real ones.
+pub type Opener = Arc<dyn Fn() -> Result<Box<dyn Sampler>> + Send + Sync>;
 
 /// An opened sensor that takes samples.
 pub trait Sampler: Send + 'static {
