@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use crate::error::{Error, Result};
 use crate::journal::JournalConfig;
+pub use crate::uplink::{DownlinkConfig, UplinkConfig};
 
 /// The shipped defaults.
 pub const DEFAULT_CONFIG: &str = include_str!("../../conf/edge-agent.toml");
@@ -36,18 +37,21 @@ pub struct Config {
     /// Persistent sessions and retained messages.
     #[serde(default)]
     pub sessions: SessionsConfig,
-    /// Which topics go to the cloud through the journal.
+    /// Which topics go to the cloud through the journal, and the bridge they go to.
     #[serde(default)]
     pub uplink: UplinkConfig,
+    /// Which cloud messages come down to local subscribers.
+    #[serde(default)]
+    pub downlink: DownlinkConfig,
     /// The durable journal.
     #[serde(default)]
     pub journal: JournalConfig,
-    /// The metrics and health endpoint (`crate::metrics`).
-    #[serde(default)]
-    pub metrics: mqtt::metrics::MetricsConfig,
     /// Sensors attached to the gateway (`[[sensor]]` tables, `crate::sensors`).
     #[serde(default, rename = "sensor")]
     pub sensors: Vec<crate::sensors::SensorConfig>,
+    /// The metrics and health endpoint (`crate::metrics`).
+    #[serde(default)]
+    pub metrics: mqtt::metrics::MetricsConfig,
 }
 
 /// One listener (shared with the other binary: `mqtt::listener::ListenerConfig`).
@@ -142,23 +146,6 @@ impl Default for SessionsConfig {
     }
 }
 
-/// Which topics the uplink sends to the cloud.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct UplinkConfig {
-    /// Topic filters; a publish matching any of them is appended to the journal (and
-    /// acknowledged only after the commit).
-    pub topics: Vec<String>,
-}
-
-impl Default for UplinkConfig {
-    fn default() -> Self {
-        Self {
-            topics: vec!["#".to_owned()],
-        }
-    }
-}
-
 fn bad(field: impl Into<String>, reason: impl Into<String>) -> Error {
     Error::Config {
         field: field.into(),
@@ -232,11 +219,7 @@ impl Config {
                 return Err(bad(field, "must be greater than 0"));
             }
         }
-        for (i, f) in self.uplink.topics.iter().enumerate() {
-            mqtt::topic::validate_filter(f)
-                .map_err(|e| bad(format!("uplink.topics[{i}]"), e.to_string()))?;
-        }
-        crate::sensors::config::check_all(&self.sensors)?;
+        self.uplink.check(&self.downlink)?;
         self.metrics_addr()?;
         crate::sensors::config::check_all(&self.sensors)?;
         self.journal.validate()

@@ -11,5 +11,6 @@ pub mod metrics;
 pub mod sensors;
 pub mod server;
 pub mod state_dir;
+pub mod uplink;
 
 pub use error::{Error, Result};

@@ -26,6 +26,7 @@ use crate::error::{Error, Result};
 use crate::journal::{self, Journal};
 use crate::metrics::{AgentExporter, ListenerInfo, SensorValues};
 use crate::sensors::Sensors;
+use crate::uplink::UplinkStatus;
 
 /// A running agent.
 #[derive(Debug)]
@@ -37,6 +38,7 @@ pub struct Agent {
     broker: LocalBroker,
     state_dir: PathBuf,
     sensors: Sensors,
+    uplink: Arc<UplinkStatus>,
     metrics: AgentExporter,
     metrics_addr: Option<SocketAddr>,
 }
@@ -83,6 +85,14 @@ impl Agent {
         let broker = LocalBroker::new(&config, journal.clone(), store, snapshot, tracker.clone());
         // Sensor tasks open their devices themselves and retry: never a start failure.
         let sensors = Sensors::start(&config.sensors, &broker, &tracker, &shutdown);
+        let uplink = crate::uplink::start(
+            &config.uplink,
+            &config.downlink,
+            journal.clone(),
+            broker.clone(),
+            &tracker,
+            shutdown.clone(),
+        )?;
         let shared = Arc::new(Shared {
             broker: Arc::new(broker.clone()),
             config: ConnectionConfig {
@@ -156,6 +166,7 @@ impl Agent {
             broker,
             state_dir: state_dir.to_path_buf(),
             sensors,
+            uplink,
             metrics,
             metrics_addr,
         })
@@ -182,6 +193,11 @@ impl Agent {
     /// The journal (for the uplink and for tests).
     pub fn journal(&self) -> &Journal {
         &self.journal
+    }
+
+    /// What the uplink is doing.
+    pub fn uplink(&self) -> &Arc<UplinkStatus> {
+        &self.uplink
     }
 
     /// The local broker, for in-process publishers (sensors, the downlink).

@@ -230,7 +230,10 @@ impl UplinkConfig {
             return Err(bad("uplink.client_id", "empty"));
         }
         if self.password.is_some() && self.password_file.is_some() {
-            return Err(bad("uplink.password_file", "set password or password_file, not both"));
+            return Err(bad(
+                "uplink.password_file",
+                "set password or password_file, not both",
+            ));
         }
         for (field, v) in [
             ("uplink.window", u64::from(self.window)),
@@ -246,12 +249,18 @@ impl UplinkConfig {
         }
         for (i, (local, cloud)) in self.rules().iter().enumerate() {
             if local.contains(['+', '#']) || cloud.contains(['+', '#']) {
-                return Err(bad(format!("uplink.map[{i}]"), "prefixes cannot hold wildcards"));
+                return Err(bad(
+                    format!("uplink.map[{i}]"),
+                    "prefixes cannot hold wildcards",
+                ));
             }
             if cloud.is_empty() || !cloud.starts_with(&self.first_level) {
                 return Err(bad(
                     format!("uplink.map[{i}].cloud"),
-                    format!("{cloud:?} must start with the first-level topic {:?}", self.first_level),
+                    format!(
+                        "{cloud:?} must start with the first-level topic {:?}",
+                        self.first_level
+                    ),
                 ));
             }
         }
@@ -297,7 +306,8 @@ impl UplinkConfig {
         let Some(tls) = &self.tls else {
             return Ok(None);
         };
-        let file = |path: &PathBuf, e: String| bad("uplink.tls", format!("{}: {e}", path.display()));
+        let file =
+            |path: &PathBuf, e: String| bad("uplink.tls", format!("{}: {e}", path.display()));
         let certs = |path: &PathBuf| -> Result<Vec<CertificateDer<'static>>> {
             let certs = CertificateDer::pem_file_iter(path)
                 .map_err(|e| file(path, e.to_string()))?
@@ -405,8 +415,12 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("uplink.tls"), "{e}");
-        with_bridge("[::1]:1883").check(&DownlinkConfig::default()).unwrap();
-        with_bridge("localhost:1883").check(&DownlinkConfig::default()).unwrap();
+        with_bridge("[::1]:1883")
+            .check(&DownlinkConfig::default())
+            .unwrap();
+        with_bridge("localhost:1883")
+            .check(&DownlinkConfig::default())
+            .unwrap();
     }
 
     #[test]

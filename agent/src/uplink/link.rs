@@ -17,12 +17,12 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use mqtt::packet::{Message, MessageProperties, QoS as LocalQoS};
-use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{
     Codec, ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
     DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, PubAckReason, Publish,
     PublishProperties, Subscribe, SubscribeReasonCode,
 };
+use rumqttc::v5::mqttbytes::{Error as MqttError, QoS};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -128,7 +128,8 @@ pub(crate) async fn connect(ctx: &Ctx) -> Result<(Conn, ConnAck), Failure> {
         let tcp = TcpStream::connect(&bridge)
             .await
             .map_err(|e| transient(&format!("connect to {bridge}"), e))?;
-        tcp.set_nodelay(true).map_err(|e| transient("TCP_NODELAY", e))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| transient("TCP_NODELAY", e))?;
         let io: Box<dyn Io> = match &ctx.tls {
             None => Box::new(tcp),
             Some(tls) => {
@@ -139,7 +140,9 @@ pub(crate) async fn connect(ctx: &Ctx) -> Result<(Conn, ConnAck), Failure> {
                 match tls.connect(name, tcp).await {
                     Ok(s) => Box::new(s),
                     Err(e) if certificate_problem(&e) => {
-                        return Err(Failure::Refused(format!("TLS handshake with {bridge}: {e}")));
+                        return Err(Failure::Refused(format!(
+                            "TLS handshake with {bridge}: {e}"
+                        )));
                     }
                     Err(e) => return Err(transient(&format!("TLS handshake with {bridge}"), e)),
                 }
@@ -174,14 +177,24 @@ pub(crate) async fn connect(ctx: &Ctx) -> Result<(Conn, ConnAck), Failure> {
                 ..ConnectProperties::new()
             }),
         };
+        // Under TLS 1.3 the bridge's refusal of our certificate arrives as an alert after
+        // our side of the handshake finished: while sending CONNECT or reading CONNACK.
+        let refused_tls = |what: &str, e: MqttError| match &e {
+            MqttError::Io(io) if certificate_problem(io) => {
+                Failure::Refused(format!("TLS with {bridge}: {what}: {io}"))
+            }
+            _ => transient(what, e),
+        };
         conn.send(Packet::Connect(connect, None, login))
             .await
-            .map_err(|e| transient("send CONNECT", e))?;
+            .map_err(|e| refused_tls("send CONNECT", e))?;
         match conn.next().await {
             Some(Ok(Packet::ConnAck(ack))) => Ok((conn, ack)),
             Some(Ok(p)) => Err(Failure::Transient(format!("expected CONNACK, got {p:?}"))),
-            Some(Err(e)) => Err(transient("reading CONNACK", e)),
-            None => Err(Failure::Transient(format!("{bridge} closed the connection before CONNACK"))),
+            Some(Err(e)) => Err(refused_tls("reading CONNACK", e)),
+            None => Err(Failure::Transient(format!(
+                "{bridge} closed the connection before CONNACK"
+            ))),
         }
     };
     let (conn, ack) = tokio::time::timeout(limit, attempt)
@@ -199,7 +212,9 @@ pub(crate) async fn connect(ctx: &Ctx) -> Result<(Conn, ConnAck), Failure> {
             "{bridge} refused the connection: {:?} (check uplink.client_id, username, password, certificate)",
             ack.code
         ))),
-        code => Err(Failure::Transient(format!("{bridge} refused the connection: {code:?}"))),
+        code => Err(Failure::Transient(format!(
+            "{bridge} refused the connection: {code:?}"
+        ))),
     }
 }
 
@@ -315,7 +330,9 @@ pub(crate) async fn run(
     );
     let _feeder = AbortOnDrop(feeder.abort_handle());
 
-    status.inflight.store(0, std::sync::atomic::Ordering::Relaxed);
+    status
+        .inflight
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     let mut last_sent = Instant::now();
     let mut last_received = Instant::now();
     let mut ping_sent: Option<Instant> = None;
@@ -460,7 +477,10 @@ pub(crate) async fn run(
             match tokio::time::timeout_at(deadline, conn.next()).await {
                 Ok(Some(Ok(Packet::PubAck(PubAck { pkid, reason, .. })))) => {
                     if let Some(seq) = inflight.remove(&pkid)
-                        && matches!(reason, PubAckReason::Success | PubAckReason::NoMatchingSubscribers)
+                        && matches!(
+                            reason,
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
+                        )
                     {
                         acked.push(seq);
                     }
@@ -470,11 +490,15 @@ pub(crate) async fn run(
             }
         }
         let _ = conn
-            .send(Packet::Disconnect(Disconnect::new(DisconnectReasonCode::NormalDisconnection)))
+            .send(Packet::Disconnect(Disconnect::new(
+                DisconnectReasonCode::NormalDisconnection,
+            )))
             .await;
     }
     flush_acked(ctx, &mut acked, true).await;
-    status.inflight.store(0, std::sync::atomic::Ordering::Relaxed);
+    status
+        .inflight
+        .store(0, std::sync::atomic::Ordering::Relaxed);
     result
 }
 

@@ -44,8 +44,14 @@ mod tests {
     #[test]
     fn default_prefix_round_trips() {
         let m = TopicMap::new(vec![(String::new(), "t1/gw-1/".to_owned())]);
-        assert_eq!(m.to_cloud("sensors/temp").as_deref(), Some("t1/gw-1/sensors/temp"));
-        assert_eq!(m.to_local("t1/gw-1/cmd/valve").as_deref(), Some("cmd/valve"));
+        assert_eq!(
+            m.to_cloud("sensors/temp").as_deref(),
+            Some("t1/gw-1/sensors/temp")
+        );
+        assert_eq!(
+            m.to_local("t1/gw-1/cmd/valve").as_deref(),
+            Some("cmd/valve")
+        );
         assert_eq!(m.to_local("t1/gw-2/cmd/valve"), None);
         assert_eq!(m.to_local("t1/gw-1/"), None);
     }
@@ -56,8 +62,14 @@ mod tests {
             ("alarms/".to_owned(), "t1/alarms/gw-1/".to_owned()),
             (String::new(), "t1/gw-1/".to_owned()),
         ]);
-        assert_eq!(m.to_cloud("alarms/fire").as_deref(), Some("t1/alarms/gw-1/fire"));
+        assert_eq!(
+            m.to_cloud("alarms/fire").as_deref(),
+            Some("t1/alarms/gw-1/fire")
+        );
         assert_eq!(m.to_cloud("x").as_deref(), Some("t1/gw-1/x"));
-        assert_eq!(m.to_local("t1/alarms/gw-1/ack").as_deref(), Some("alarms/ack"));
+        assert_eq!(
+            m.to_local("t1/alarms/gw-1/ack").as_deref(),
+            Some("alarms/ack")
+        );
     }
 }
