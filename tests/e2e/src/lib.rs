@@ -315,6 +315,7 @@ impl Agent {
     /// added to `[uplink]` and `extra` appended to the file.
     pub fn start(dir: &Path, gateway: &str, first: &str, uplink: &str, extra: &str) -> Agent {
         let port = free_port();
+        let metrics_port = free_port();
         let state = dir.join(format!("agent-{gateway}"));
         std::fs::create_dir_all(&state).expect("state dir");
         let config = dir.join(format!("agent-{gateway}.toml"));
@@ -325,7 +326,7 @@ name = "tcp"
 bind = "127.0.0.1:{port}"
 
 [metrics]
-bind = ""
+bind = "127.0.0.1:{metrics_port}"
 
 [uplink]
 topics = ["#"]
@@ -367,6 +368,21 @@ backoff_max_ms = 1000
             Duration::from_secs(30),
             &mut self.process,
         );
+    }
+
+    /// What `edge-agent status` prints for this agent (and whether it exited 0).
+    pub fn status(&self) -> (bool, String) {
+        let out = Command::new(bin("edge-agent"))
+            .args(["status", "--config"])
+            .arg(&self.config)
+            .arg("--state-dir")
+            .arg(&self.state)
+            .output()
+            .expect("edge-agent status");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     }
 
     /// Entries waiting in the journal (read from the file, read-only).

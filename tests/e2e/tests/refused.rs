@@ -46,6 +46,15 @@ fn refused_case(tls: bool, uplink: impl Fn(&Bridge, &Pki, &str) -> String, expec
     );
     assert!(!log.contains("uplink connected"));
     assert_eq!(agent.journal_depth(), 20, "nothing is lost or dropped");
+    let (running, status) = agent.status();
+    assert!(
+        running,
+        "edge-agent status reaches the running agent:\n{status}"
+    );
+    assert!(
+        status.contains("refused") && status.contains(expect),
+        "edge-agent status shows the refusal and its reason:\n{status}"
+    );
 }
 
 fn tls(
