@@ -19,6 +19,18 @@ use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// The test config with the metrics endpoint on (the harness turns it off: tests
+/// replace its `127.0.0.1:0` with fixed ports).
+fn with_metrics(first: &str) -> String {
+    let text = config_text(first, &[], "");
+    let on = text.replace(
+        "[metrics]\nbind = \"\"",
+        "[metrics]\nbind = \"127.0.0.1:0\"",
+    );
+    assert_ne!(on, text, "the harness config has [metrics]");
+    on
+}
+
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
     mqtt::metrics::fetch::get(addr, path, WAIT)
         .await
@@ -71,7 +83,7 @@ async fn scrape_counts_exactly_what_was_published_stored_refused_and_delivered()
     const N0: usize = 2; // QoS 0, stored and delivered at QoS 0
     const M: usize = 3; // QoS 1 to a topic outside the first level: refused
     let first = unique("met");
-    let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let (server, _) = start_bridge(&with_metrics(&first)).await;
     let tcp = server.local_addr("mqtt").unwrap();
     let metrics = server.metrics_addr().expect("metrics endpoint on");
     let topic = format!("{first}/a");
@@ -173,7 +185,7 @@ async fn health_is_503_without_a_name_server() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let text = config_text(&first, &[], "").replace(&ns, &dead.to_string());
+    let text = with_metrics(&first).replace(&ns, &dead.to_string());
     let config = cloud_bridge::config::Config::parse(&text, "test").unwrap();
     let server = cloud_bridge::server::Server::start(config).await.unwrap();
     let metrics = server.metrics_addr().unwrap();

@@ -75,7 +75,7 @@ max_packet_size = 65536
 connect_timeout_secs = 2
 
 [metrics]
-bind = "127.0.0.1:0"
+bind = ""
 
 [[listener]]
 name = "mqtt"
