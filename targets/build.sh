@@ -8,7 +8,8 @@
 #   targets/build.sh install          install the cross toolchain once per machine (root)
 #   targets/build.sh build [TARGET..] release build of edge-agent (default: both targets)
 #   targets/build.sh test             agent unit tests for aarch64 under qemu
-#   targets/build.sh smoke            aarch64 agent under qemu: start, QoS 1 publish, journal, SIGTERM
+#   targets/build.sh smoke [TARGET]   the agent under qemu (default aarch64): start, QoS 1 publish,
+#                                     journal, SIGTERM
 #   targets/build.sh deb [TARGET..]   .deb packages of edge-agent and cloud-bridge (cargo-deb) into
 #                                     target/deb/ (default: arm64, armhf and amd64)
 #   targets/build.sh sizes            stripped sizes and the newest glibc symbol each binary needs
@@ -180,11 +181,12 @@ cmd_test() {
 # A free loopback TCP port (the kernel picks it; tiny race until the agent binds it).
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# The aarch64 release agent under qemu on loopback, with a temp state dir: waits until the
+# The release agent (default aarch64) under qemu on loopback, with a temp state dir: waits until the
 # listener accepts (prints the start-up time), publishes one QoS 1 message, finds it with
 # `edge-agent journal peek` (under qemu too), stops it with SIGTERM and wants exit code 0.
 cmd_smoke() {
-  local t=aarch64-unknown-linux-gnu
+  local t
+  t=$(target_of "${1:-aarch64}")
   local bin=$CARGO_TARGET_DIR/$t/release/edge-agent
   [[ -x $bin ]] || cmd_build "$t"
   command -v mosquitto_pub >/dev/null || die "smoke needs mosquitto_pub (apt-get install mosquitto-clients)"
@@ -284,7 +286,10 @@ build)
   cmd_build "$@"
   ;;
 test) cmd_test ;;
-smoke) cmd_smoke ;;
+smoke)
+  shift
+  cmd_smoke "$@"
+  ;;
 deb)
   shift
   cmd_deb "$@"
