@@ -287,3 +287,78 @@ async fn status_without_an_agent_says_so_and_shows_the_journal_offline() {
     assert!(stderr.contains("edge-agent is not running"), "{stderr}");
     assert!(stdout.contains("waiting      3 entries"), "{stdout}");
 }
+
+#[tokio::test]
+async fn sensor_readings_and_faults_are_exported_by_sensor_and_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "{}\n{}",
+        edge_agent::config::DEFAULT_CONFIG
+            .replace("127.0.0.1:1883", "127.0.0.1:0")
+            .replace("127.0.0.1:9181", "127.0.0.1:0"),
+        r#"
+[[sensor]]
+id = "gone"
+type = "bme280"
+bus = "/dev/i2c-99"
+address = 0x76
+interval_ms = 100
+topic = "sensors/gone"
+
+[[sensor]]
+id = "sim"
+type = "simulated"
+quantity = "temperature"
+interval_ms = 20
+topic = "sensors/sim"
+"#
+    );
+    let mut c = edge_agent::config::Config::parse(&text, "test").unwrap();
+    c.journal.quick_check_on_open = false;
+    let (agent, _) = start(c, dir.path()).await;
+    let metrics = agent.metrics_addr().unwrap();
+    let figures = |stats: &[edge_agent::sensors::SensorStats], id: &str| {
+        let s = stats.iter().find(|s| s.id == id).unwrap();
+        (
+            s.readings_published,
+            s.errors_of(edge_agent::sensors::FaultKind::MissingDevice),
+        )
+    };
+    // Bounded wait for a fault and a few readings.
+    for _ in 0..500 {
+        let stats = agent.sensors().stats();
+        if figures(&stats, "gone").1 >= 1 && figures(&stats, "sim").0 >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The sensors keep running: the scrape lies between a reading before and after it.
+    let before = agent.sensors().stats();
+    let m = samples(&get(metrics, "/metrics").await.1);
+    let after = agent.sensors().stats();
+    let faults = value(
+        &m,
+        "edge_agent_sensor_errors_total{sensor=\"gone\",kind=\"missing_device\"}",
+    );
+    assert!(faults >= 1.0);
+    assert!(
+        (figures(&before, "gone").1 as f64..=figures(&after, "gone").1 as f64).contains(&faults)
+    );
+    let readings = value(&m, "edge_agent_sensor_readings_total{sensor=\"sim\"}");
+    assert!(readings >= 3.0);
+    assert!(
+        (figures(&before, "sim").0 as f64..=figures(&after, "sim").0 as f64).contains(&readings)
+    );
+    assert_eq!(
+        value(
+            &m,
+            "edge_agent_sensor_errors_total{sensor=\"sim\",kind=\"nack\"}"
+        ),
+        0.0
+    );
+    assert_eq!(
+        value(&m, "edge_agent_sensor_readings_total{sensor=\"gone\"}"),
+        0.0
+    );
+    stop(agent).await;
+}
