@@ -10,6 +10,10 @@
 //!
 //! Peak RSS is each broker process's VmHWM after the run. Run with
 //! `cargo bench -p edge-agent --bench broker_ingest`.
+//!
+//! For experiments: `BROKER_BENCH_AGENT_ONLY=1` skips rumqttd and mosquitto, and
+//! `BROKER_BENCH_CONFIG="old=>new|old=>new"` edits the agent's config text (for example
+//! `synchronous = "full"=>synchronous = "off"`). The figures of record use neither.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -51,6 +55,9 @@ fn main() {
         println!("  edge-agent latency, local-only topic: {lat_local}");
         report_rss("edge-agent", agent.id());
         stop(agent);
+        if std::env::var_os("BROKER_BENCH_AGENT_ONLY").is_some() {
+            return;
+        }
 
         let port = free_port();
         let rumqttd = Command::new(std::env::current_exe().unwrap())
@@ -227,7 +234,13 @@ fn spawn_agent(dir: &std::path::Path) -> (Child, SocketAddr) {
     let text = edge_agent::config::DEFAULT_CONFIG
         .replace("127.0.0.1:1883", "127.0.0.1:0")
         .replace("127.0.0.1:9181", "127.0.0.1:0")
-        .replace("topics = [\"#\"]", "topics = [\"up/#\", \"lat/#\"]");
+        .replace("topics = [\"#\"]", "topics = [\"up/#\", \"lat/#\"]")
+        .replace("127.0.0.1:9181", "127.0.0.1:0");
+    let text = std::env::var("BROKER_BENCH_CONFIG")
+        .unwrap_or_default()
+        .split('|')
+        .filter_map(|r| r.split_once("=>"))
+        .fold(text, |t, (old, new)| t.replace(old, new));
     std::fs::write(&config, text).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
         .arg("--config")

@@ -5,9 +5,9 @@
 //! `publish` is called by the connection in packet order; it queues the message to the
 //! session's pipeline task at once (a channel with room for more than the connection's
 //! `publish_pipeline`, so the queueing itself never waits or reorders). The task takes
-//! every publish queued (a burst), submits the burst's uplink messages to the journal as
-//! one command, retains and delivers each message in order right away (not waiting for
-//! the commit), and keeps the burst's commits (journal, and `broker.db` rows for
+//! every publish queued (a burst), retains and delivers each message in order right
+//! away (not waiting for any commit), submits the burst's uplink messages to the journal
+//! as one command, and keeps the burst's commits (journal, and `broker.db` rows for
 //! persistent subscribers) in flight; once they are known it answers the burst's
 //! futures. One reply per burst instead of one per message, and one wake-up of the
 //! connection for the burst's acks. The task ends when the session is closed and
@@ -96,14 +96,18 @@ async fn run_burst(
     publisher: &str,
     burst: impl ExactSizeIterator<Item = (Message, Answer)>,
 ) -> Answered {
-    let mut items = Vec::with_capacity(burst.len());
+    // Local deliveries first: a subscriber's copy does not wait behind the journal's
+    // wake-up. The journal then gets the burst as one command.
     let mut entries = Vec::new();
+    let mut routed: Vec<(Answer, bool, Result<Routed, Refusal>)> = Vec::with_capacity(burst.len());
     for (message, answer) in burst {
         let uplinked = core.is_uplink(&message.topic);
         if uplinked {
             entries.push(Core::journal_entry(&message));
         }
-        items.push((message, answer, uplinked));
+        let expires_ms = expiry_deadline(&message);
+        let r = core.route(publisher, message, expires_ms, uplinked).await;
+        routed.push((answer, uplinked, r));
     }
     let journal = if entries.is_empty() {
         None
@@ -115,25 +119,6 @@ async fn run_burst(
                 .map_err(|e| refusal(&e)),
         )
     };
-    let journal_failed = matches!(journal, Some(Err(_)));
-    let mut routed: Vec<(Answer, bool, Result<Routed, Refusal>)> = Vec::with_capacity(items.len());
-    for (message, answer, uplinked) in items {
-        if uplinked && journal_failed {
-            // Not routed: answered with the journal's refusal below.
-            routed.push((
-                answer,
-                true,
-                Ok(Routed {
-                    reason: Reason::Success,
-                    commits: Vec::new(),
-                }),
-            ));
-            continue;
-        }
-        let expires_ms = expiry_deadline(&message);
-        let r = core.route(publisher, message, expires_ms, uplinked).await;
-        routed.push((answer, uplinked, r));
-    }
     Box::pin(async move {
         let mut outcome = match journal {
             None => Journaled::Each(Vec::new().into_iter()),
