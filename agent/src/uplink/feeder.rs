@@ -146,3 +146,74 @@ impl Feeder {
         }
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::journal::{JournalConfig, NewEntry, Qos};
+
+    async fn journal_with_backlog(dir: &std::path::Path, n: usize) -> Journal {
+        let j = Journal::open(dir.join("journal.db"), &JournalConfig::default())
+            .await
+            .unwrap();
+        for i in 0..n {
+            j.append(NewEntry::new("old", format!("{i}"), Qos::AtLeastOnce))
+                .await
+                .unwrap();
+        }
+        j
+    }
+
+    async fn take(rx: &mut mpsc::Receiver<Entry>, n: usize) -> Vec<Entry> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            let e = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("entries keep coming")
+                .expect("feeder alive");
+            got.push(e);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn live_first_sends_new_entries_before_the_rest_of_the_backlog() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal_with_backlog(dir.path(), 300).await;
+        let (mut rx, _task) = spawn(j.clone(), DrainPolicy::LiveFirst, 0, 8);
+        let mut got = take(&mut rx, 1).await;
+        for i in 0..5 {
+            j.append(NewEntry::new("new", format!("{i}"), Qos::AtLeastOnce))
+                .await
+                .unwrap();
+        }
+        got.extend(take(&mut rx, 304).await);
+        let first_new = got.iter().position(|e| e.topic == "new").unwrap();
+        let last_old = got.iter().rposition(|e| e.topic == "old").unwrap();
+        assert!(first_new < last_old, "live entries overtook the backlog");
+        for topic in ["old", "new"] {
+            let seqs: Vec<u64> = got
+                .iter()
+                .filter(|e| e.topic == topic)
+                .map(|e| e.seq)
+                .collect();
+            assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{topic} in order");
+        }
+        assert_eq!(got.iter().filter(|e| e.topic == "old").count(), 300);
+    }
+
+    #[tokio::test]
+    async fn fifo_keeps_journal_order_and_wakes_on_new_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal_with_backlog(dir.path(), 100).await;
+        let (mut rx, _task) = spawn(j.clone(), DrainPolicy::Fifo, 0, 8);
+        let mut got = take(&mut rx, 1).await;
+        j.append(NewEntry::new("new", "x", Qos::AtLeastOnce))
+            .await
+            .unwrap();
+        got.extend(take(&mut rx, 100).await);
+        assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
+        assert_eq!(got.last().map(|e| e.topic.as_str()), Some("new"));
+    }
+}
