@@ -1,20 +1,21 @@
-//! One HTTP GET to a local endpoint, for the `status` commands (hyper's HTTP/1 client
-//! connection: the same crate as the server, no pool or TLS needed for loopback).
+//! One HTTP GET to a local endpoint, for the `status` commands.
+//!
+//! # Why hand-written
+//! It asks our own endpoint on loopback, once: an HTTP/1.0 request (the server closes the
+//! connection after the answer, so the body is everything up to EOF), a status line, a
+//! blank line. hyper's client side costs more binary size than these lines on the armv7
+//! gateway, where the agent must stay under 6 MB; the server side stays on hyper.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper::Request;
-use hyper::header;
-use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::error::Error;
 
-/// Largest body read.
-const MAX_BODY: usize = 4 << 20;
+/// Largest answer read.
+const MAX_ANSWER: u64 = 4 << 20;
 
 /// `GET http://addr/path`: the status code and the body. Fails when nothing answers
 /// within `wait` (connection refused, timeout, not HTTP).
@@ -25,27 +26,43 @@ pub async fn get(addr: SocketAddr, path: &str, wait: Duration) -> Result<(u16, S
 }
 
 async fn get_now(addr: SocketAddr, path: &str) -> Result<(u16, String), Error> {
-    let http = |e: hyper::Error| Error::Http(e.to_string());
-    let stream = TcpStream::connect(addr).await?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(http)?;
-    let driver = tokio::spawn(conn);
-    let request = Request::get(path)
-        .header(header::HOST, addr.to_string())
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| Error::Http(e.to_string()))?;
-    let result = async {
-        let response = sender.send_request(request).await.map_err(http)?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| Error::Http(e.to_string()))?
-            .to_bytes();
-        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    let mut stream = TcpStream::connect(addr).await?;
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.take(MAX_ANSWER).read_to_end(&mut answer).await?;
+    parse(&answer)
+}
+
+/// Splits an HTTP/1.x answer into its status code and body.
+fn parse(answer: &[u8]) -> Result<(u16, String), Error> {
+    let text = String::from_utf8_lossy(answer);
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| Error::Http("no end of headers in the answer".to_owned()))?;
+    let status = head
+        .lines()
+        .next()
+        .and_then(|line| {
+            let mut words = line.split(' ');
+            let version = words.next()?;
+            version.starts_with("HTTP/1.").then_some(())?;
+            words.next()?.parse::<u16>().ok()
+        })
+        .ok_or_else(|| Error::Http(format!("not an HTTP status line: {head:.60?}")))?;
+    Ok((status, body.to_owned()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_and_body_are_split_and_garbage_is_an_error() {
+        let ok = parse(b"HTTP/1.0 503 Service Unavailable\r\ncontent-type: x\r\n\r\n{\"a\":1}\r\n");
+        assert_eq!(ok.ok(), Some((503, "{\"a\":1}\r\n".to_owned())));
+        assert!(parse(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse(b"SSH-2.0-OpenSSH\r\n\r\n").is_err());
+        assert!(parse(b"").is_err());
     }
-    .await;
-    driver.abort();
-    result
 }
