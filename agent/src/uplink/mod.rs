@@ -85,6 +85,9 @@ pub fn start(
     Ok(status)
 }
 
+/// A connection that lasted this long resets the backoff.
+const HEALTHY: Duration = Duration::from_secs(10);
+
 fn backoff(cfg: &UplinkConfig) -> impl Iterator<Item = Duration> {
     let (min, max) = cfg.backoff();
     ExponentialBuilder::default()
@@ -113,8 +116,14 @@ async fn run(ctx: Ctx, cancel: CancellationToken) {
                 status.set_error(None);
                 UplinkStatus::add(&status.connects, 1);
                 tracing::info!(session_present = ack.session_present, "uplink connected");
-                delays = backoff(&ctx.cfg);
-                match link::run(&ctx, conn, ack, &cancel).await {
+                let connected = tokio::time::Instant::now();
+                let outcome = link::run(&ctx, conn, ack, &cancel).await;
+                // A connection that failed at once (a bridge that accepts and then
+                // refuses every message) keeps backing off; only a healthy one resets.
+                if connected.elapsed() >= HEALTHY {
+                    delays = backoff(&ctx.cfg);
+                }
+                match outcome {
                     Ok(()) => break,
                     Err(f) => f,
                 }
