@@ -170,6 +170,11 @@ impl Process {
         }
     }
 
+    /// Its process id, while running.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Whether it is still running.
     pub fn running(&mut self) -> bool {
         self.child
