@@ -78,7 +78,10 @@ fn main() {
     // `cargo test --all-targets` runs bench binaries too, without `--bench`: measure only
     // under `cargo bench`.
     if !std::env::args().any(|a| a == "--bench") {
-        println!("{} measures only under `cargo bench`", env!("CARGO_CRATE_NAME"));
+        println!(
+            "{} measures only under `cargo bench`",
+            env!("CARGO_CRATE_NAME")
+        );
         return;
     }
     let n: usize = std::env::var("BENCH_MESSAGES")
@@ -91,6 +94,18 @@ fn main() {
     let mut bridge = Bridge::start(dir.path(), &first, None, "");
     let uplink = plain_uplink(&bridge, &gateway);
     bridge.process.stop();
+    // BENCH_PIPELINE=n: the bridge stores n publishes of a connection at once (default 1,
+    // which keeps order even on brokers with several send threads).
+    let pipeline: usize = std::env::var("BENCH_PIPELINE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let text = std::fs::read_to_string(&bridge.config).unwrap().replace(
+        "connect_timeout_secs = 5",
+        &format!("connect_timeout_secs = 5\npublish_pipeline = {pipeline}"),
+    );
+    std::fs::write(&bridge.config, text).unwrap();
+    println!("bridge publish_pipeline = {pipeline}");
 
     let state = dir.path().join(format!("agent-{gateway}"));
     std::fs::create_dir_all(&state).unwrap();
