@@ -626,7 +626,22 @@ impl Session for BridgeSession {
                     .bridge
                     .forget_local_session(&inner.client_id, &inner.owner);
                 if how != Close::TakenOver && inner.still_owner().await {
-                    inner.save(Some(session_store::now_ms())).await;
+                    match how {
+                        // MQTT 5: the DISCONNECT's session expiry replaces the CONNECT's
+                        // (0: the session expires at once, as if connected with 0).
+                        Close::Normal {
+                            session_expiry: Some(expiry),
+                        } => {
+                            let mut stored = inner.stored(Some(session_store::now_ms()));
+                            stored.expiry_secs = expiry;
+                            let ns = inner.bridge.namesrv();
+                            if let Err(e) = session_store::save(ns, &inner.client_id, &stored).await
+                            {
+                                warn!(client = %inner.client_id, error = %e, "session not stored");
+                            }
+                        }
+                        _ => inner.save(Some(session_store::now_ms())).await,
+                    }
                 }
             }
         })

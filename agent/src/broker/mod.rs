@@ -361,7 +361,9 @@ impl Core {
         // The session's stored messages (unacknowledged ones of an earlier or taken-over
         // connection, then what was queued offline) go out before anything newer: the
         // task holds the client's lock until done. They stay stored until acknowledged.
-        let resume = st.persistent && client.queued.load(Ordering::Relaxed) > 0;
+        // Read whenever the session is persistent: `queued` is a bound, not an index
+        // (acks of a taken-over connection may have made it low); resynced here.
+        let resume = st.persistent;
         let core = self.clone();
         let c = client.clone();
         self.tracker.spawn(async move {
@@ -375,6 +377,7 @@ impl Core {
                     return;
                 }
             };
+            c.queued.store(rows.len(), Ordering::Relaxed);
             let now = now_ms();
             for q in rows {
                 if q.expires_ms.is_some_and(|e| e <= now) {
