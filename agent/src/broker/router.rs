@@ -8,11 +8,13 @@
 //! - Memory is bounded: a connected client's queue is a bounded channel
 //!   (`limits.subscriber_queue`); a QoS 1/2 delivery waits up to `subscriber_wait_ms`
 //!   for room (the publisher's store future waits, so its connection stops reading: the
-//!   back-pressure reaches the socket), then the subscriber misses it (counted as
-//!   `dropped_subscriber_full`). QoS 0 never waits: dropped at once when full.
-//! - A disconnected persistent session's queue is in SQLite, at most
-//!   `sessions.max_queued_messages` rows; newer messages are dropped (counted as
-//!   `dropped_queue_full`), as the spec allows. QoS 0 messages are not queued offline.
+//!   back-pressure reaches the socket), then a clean session misses it (counted as
+//!   `dropped_subscriber_full`) and a persistent session gets it as a stored row,
+//!   delivered when it next resumes. QoS 0 never waits: dropped at once when full.
+//! - A persistent session holds at most `sessions.max_queued_messages` rows while its
+//!   connection cannot take a message (offline, or its queue full); newer messages are
+//!   then dropped (counted as `dropped_queue_full`), as the spec allows. The count
+//!   includes its unacknowledged rows. QoS 0 messages are not queued offline.
 //! - Every QoS 1/2 message for a persistent session, connected or not, is a row in
 //!   `broker.db` (`store.rs`), queued to the database thread before the message is handed
 //!   to the connection and committed before the publish that produced it is
