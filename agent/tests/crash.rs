@@ -16,35 +16,8 @@ use support::process;
 
 const ROUNDS: u64 = 20;
 
-/// Publishes `crash/t` QoS 1 payloads `start`, `start+1`, ... until the connection
-/// drops (or 200 000 messages); prints each acknowledged number.
-const STREAMER: &str = r#"
-import sys, threading, paho.mqtt.client as mqtt
-port, start = int(sys.argv[1]), int(sys.argv[2])
-done = threading.Event()
-sent = {}
-def on_publish(c, userdata, mid, rc, props):
-    n = sent.pop(mid, None)
-    if n is not None:
-        print(n, flush=True)
-def on_disconnect(c, userdata, flags, rc, props):
-    done.set()
-c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="streamer", protocol=mqtt.MQTTv311)
-c.max_inflight_messages_set(20)
-c.on_publish = on_publish
-c.on_disconnect = on_disconnect
-c.connect("127.0.0.1", port, keepalive=30)
-c.loop_start()
-for i in range(200000):
-    if done.is_set():
-        break
-    info = c.publish("crash/t", str(start + i).encode(), qos=1)
-    sent[info.mid] = start + i
-    while len(sent) > 40 and not done.is_set():
-        done.wait(0.001)
-done.wait(10)
-c.loop_stop()
-"#;
+/// The paho QoS 1 streamer (arguments: port, start, topic, client id).
+const STREAMER: &str = include_str!("support/streamer.py");
 
 #[test]
 fn kill_9_never_loses_or_duplicates_an_acknowledged_message() {
@@ -57,6 +30,7 @@ fn kill_9_never_loses_or_duplicates_an_acknowledged_message() {
             .arg(STREAMER)
             .arg(addr.port().to_string())
             .arg((round * 1_000_000).to_string())
+            .args(["crash/t", "streamer"])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

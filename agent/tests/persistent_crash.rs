@@ -18,35 +18,8 @@ use support::process;
 
 const ROUNDS: u64 = 5;
 
-/// Publishes `pc/t` QoS 1 payloads `start`, `start+1`, ... until the connection drops
-/// (or 200 000 messages); prints each acknowledged number.
-const STREAMER: &str = r#"
-import sys, threading, paho.mqtt.client as mqtt
-port, start = int(sys.argv[1]), int(sys.argv[2])
-done = threading.Event()
-sent = {}
-def on_publish(c, userdata, mid, rc, props):
-    n = sent.pop(mid, None)
-    if n is not None:
-        print(n, flush=True)
-def on_disconnect(c, userdata, flags, rc, props):
-    done.set()
-c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="pc-pub", protocol=mqtt.MQTTv311)
-c.max_inflight_messages_set(20)
-c.on_publish = on_publish
-c.on_disconnect = on_disconnect
-c.connect("127.0.0.1", port, keepalive=30)
-c.loop_start()
-for i in range(200000):
-    if done.is_set():
-        break
-    info = c.publish("pc/t", str(start + i).encode(), qos=1)
-    sent[info.mid] = start + i
-    while len(sent) > 40 and not done.is_set():
-        done.wait(0.001)
-done.wait(10)
-c.loop_stop()
-"#;
+/// The paho QoS 1 streamer (arguments: port, start, topic, client id).
+const STREAMER: &str = include_str!("support/streamer.py");
 
 /// The persistent subscriber: prints "ready" once subscribed (or resumed), then
 /// "<number> <dup>" per message; with a second argument "drain" it leaves after 3 s
@@ -142,7 +115,12 @@ fn kill_9_loses_no_acknowledged_message_for_a_connected_persistent_subscriber() 
         let (mut sub, sub_reader) = subscriber(addr.port(), "live");
         let mut streamer = python(
             STREAMER,
-            &[addr.port().to_string(), (round * 1_000_000).to_string()],
+            &[
+                addr.port().to_string(),
+                (round * 1_000_000).to_string(),
+                "pc/t".to_owned(),
+                "pc-pub".to_owned(),
+            ],
         );
         let (tx, first) = mpsc::channel();
         let pub_reader = lines(&mut streamer, tx);
