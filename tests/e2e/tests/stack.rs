@@ -23,6 +23,9 @@ fn the_one_machine_stack_shows_both_directions() {
         "tests/stack.sh --once failed:\n{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(stdout.contains("RocketMQ got t1/demo-gw/sensors/sim-1 key demo-gw:"), "{stdout}");
+    assert!(
+        stdout.contains("RocketMQ got t1/demo-gw/sensors/sim-1 key demo-gw:"),
+        "{stdout}"
+    );
     assert!(stdout.contains("device got: cmd/valve open"), "{stdout}");
 }
