@@ -27,6 +27,9 @@ CARGO_CONFIG=(--config "$ROOT/targets/cargo-config.toml")
 # Own target dir: host build scripts compiled by rustc-web must not overwrite (and then
 # rebuild) the native builds' artifacts in target/.
 export CARGO_TARGET_DIR=${EDGE_CROSS_TARGET_DIR:-$ROOT/target/cross}
+# Fat LTO for the gateway binaries: armv7 edge-agent 5.71 MB instead of 6.03 MB with the
+# workspace's thin LTO (goal: <= 6 MB on the SD card); only the final link is slower.
+export CARGO_PROFILE_RELEASE_LTO=${CARGO_PROFILE_RELEASE_LTO:-fat}
 ALL_TARGETS=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 # Debian architecture of each Rust target (std package and cross gcc).
 declare -A DEB_ARCH=([aarch64-unknown-linux-gnu]=arm64 [armv7-unknown-linux-gnueabihf]=armhf [x86_64-unknown-linux-gnu]=amd64)
