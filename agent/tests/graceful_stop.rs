@@ -235,13 +235,7 @@ async fn sigterm_mid_stream_loses_no_acknowledged_message() {
     assert!(notify.seen("STOPPING=1"), "no STOPPING=1");
 
     // Every acknowledged message is in the journal.
-    let export = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
-        .args(["journal", "--state-dir"])
-        .arg(dir.path().join("state"))
-        .arg("export")
-        .env_remove("STATE_DIRECTORY")
-        .output()
-        .unwrap();
+    let export = support::process::journal(dir.path(), &["export"]);
     assert!(
         export.status.success(),
         "journal export: {}",
