@@ -116,7 +116,7 @@ impl Default for Limits {
             max_packet_size: 256 * 1024,
             connect_timeout_secs: 10,
             receive_maximum: 128,
-            publish_pipeline: 64,
+            publish_pipeline: 128,
             subscriber_queue: 1000,
             subscriber_wait_ms: 5000,
         }
