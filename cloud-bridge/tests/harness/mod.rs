@@ -3,7 +3,9 @@
 //! plain Java RocketMQ client (`rocketmq.sh tool`) as the third-party reader.
 #![allow(dead_code)]
 
-pub mod certs;
+/// Test PKI (shared with the end-to-end tests).
+#[allow(unused_imports)] // not every test binary uses it
+pub use e2e::certs;
 pub mod clients;
 pub mod raw;
 pub mod subscriber;
@@ -22,25 +24,9 @@ pub fn repo_root() -> PathBuf {
         .to_owned()
 }
 
-/// `KEY` from the environment, else from tests/rocketmq/run/env; panics with a clear
-/// message when RocketMQ was not started (tests never silently skip).
-pub fn rocketmq_env(key: &str) -> String {
-    if let Ok(v) = std::env::var(key) {
-        return v;
-    }
-    let file = repo_root().join("tests/rocketmq/run/env");
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|_| {
-        panic!(
-            "RocketMQ is not running: {key} is not set and {} does not exist; \
-             run `tests/rocketmq/rocketmq.sh start` (tests/run.sh does)",
-            file.display()
-        )
-    });
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("{key} missing in {}", file.display()))
-}
+/// RocketMQ addresses (from the environment or tests/rocketmq/run/env).
+#[allow(unused_imports)]
+pub use e2e::rocketmq_env;
 
 pub fn unique(prefix: &str) -> String {
     let n: u64 = rand::random();
