@@ -78,6 +78,35 @@ pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, Error> {
     Ok(Arc::new(config))
 }
 
+/// Builds a rustls client configuration that trusts only the CAs in `ca` (pinned: the
+/// system's roots are not used), presenting `identity` (certificate chain, key; PEM)
+/// for mutual TLS when given.
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in load_certs(ca)? {
+        roots.add(c).map_err(|e| file_error(ca, e))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match identity {
+        Some((cert, key)) => {
+            let chain = load_certs(cert)?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| file_error(key, e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| file_error(cert, e))?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    Ok(Arc::new(config))
+}
+
 /// The identity in a verified client certificate (subject CN, else first DNS SAN).
 pub fn certificate_identity(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;

@@ -9,8 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::ClientConfig;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::ServerName;
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
@@ -270,9 +269,7 @@ impl UplinkConfig {
                     return Err(bad("uplink.tls", "cert and key go together"));
                 }
                 self.client_tls()?;
-                let name = tls.server_name.clone().unwrap_or_else(|| host.clone());
-                ServerName::try_from(name.clone())
-                    .map_err(|e| bad("uplink.tls.server_name", format!("{name:?}: {e}")))?;
+                self.server_name()?;
             }
             None => {
                 let loopback = host == "localhost"
@@ -306,39 +303,10 @@ impl UplinkConfig {
         let Some(tls) = &self.tls else {
             return Ok(None);
         };
-        let file =
-            |path: &PathBuf, e: String| bad("uplink.tls", format!("{}: {e}", path.display()));
-        let certs = |path: &PathBuf| -> Result<Vec<CertificateDer<'static>>> {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| file(path, e.to_string()))?
-                .collect::<std::result::Result<Vec<_>, _>>()
-                .map_err(|e| file(path, e.to_string()))?;
-            if certs.is_empty() {
-                return Err(file(path, "no certificate in the file".to_owned()));
-            }
-            Ok(certs)
-        };
-        let mut roots = rustls::RootCertStore::empty();
-        for c in certs(&tls.ca)? {
-            roots.add(c).map_err(|e| file(&tls.ca, e.to_string()))?;
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .map_err(|e| bad("uplink.tls", e.to_string()))?
-            .with_root_certificates(roots);
-        let config = match (&tls.cert, &tls.key) {
-            (Some(cert), Some(key)) => {
-                let chain = certs(cert)?;
-                let key =
-                    PrivateKeyDer::from_pem_file(key).map_err(|e| file(key, e.to_string()))?;
-                builder
-                    .with_client_auth_cert(chain, key)
-                    .map_err(|e| file(cert, e.to_string()))?
-            }
-            _ => builder.with_no_client_auth(),
-        };
-        Ok(Some(Arc::new(config)))
+        let identity = tls.cert.as_deref().zip(tls.key.as_deref());
+        let config = mqtt::tls::client_config(&tls.ca, identity)
+            .map_err(|e| bad("uplink.tls", e.to_string()))?;
+        Ok(Some(config))
     }
 
     /// The name the bridge's certificate must carry.
@@ -350,7 +318,8 @@ impl UplinkConfig {
             .as_ref()
             .and_then(|t| t.server_name.clone())
             .unwrap_or(host);
-        ServerName::try_from(name).map_err(|e| bad("uplink.tls.server_name", e.to_string()))
+        ServerName::try_from(name.clone())
+            .map_err(|e| bad("uplink.tls.server_name", format!("{name:?}: {e}")))
     }
 
     /// The password to send, if any (reads `password_file`).

@@ -225,10 +225,10 @@ struct PacketIds {
 }
 
 impl PacketIds {
-    fn next(&mut self, in_use: &HashMap<u16, u64>) -> u16 {
+    fn next(&mut self, in_use: impl Fn(u16) -> bool) -> u16 {
         loop {
             self.last = self.last.checked_add(1).unwrap_or(1);
-            if !in_use.contains_key(&self.last) {
+            if !in_use(self.last) {
                 return self.last;
             }
         }
@@ -258,13 +258,6 @@ fn publish_for(ctx: &Ctx, entry: Entry, cloud_topic: String, pkid: u16, now_ms: 
     }
 }
 
-fn unix_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or_default()
-}
-
 /// Runs a connected link until it fails, or until `cancel` (then Ok, after a short wait
 /// for outstanding acknowledgements and a DISCONNECT).
 pub(crate) async fn run(
@@ -283,8 +276,9 @@ pub(crate) async fn run(
     let status = &ctx.status;
 
     let mut ids = PacketIds::default();
-    // pkid -> journal seq of publishes in flight; subscribes are kept with seq 0.
+    // pkid -> journal seq of publishes in flight; the SUBSCRIBE's id until its SUBACK.
     let mut inflight: HashMap<u16, u64> = HashMap::new();
+    let mut subscribing: Option<u16> = None;
     let mut acked: Vec<u64> = Vec::new();
 
     // The downlink: subscribe (the bridge keeps the session), and a task that hands
@@ -302,8 +296,8 @@ pub(crate) async fn run(
         })
         .collect();
     if !filters.is_empty() {
-        let pkid = ids.next(&inflight);
-        inflight.insert(pkid, 0);
+        let pkid = ids.next(|_| false);
+        subscribing = Some(pkid);
         let mut sub = Subscribe::new_many(filters, None);
         sub.pkid = pkid;
         conn.send(Packet::Subscribe(sub))
@@ -338,10 +332,9 @@ pub(crate) async fn run(
     let mut ping_sent: Option<Instant> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let publishes = |m: &HashMap<u16, u64>| m.values().filter(|s| **s != 0).count();
 
     let result = loop {
-        let room = publishes(&inflight) < window;
+        let room = inflight.len() < window;
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break Ok(()),
@@ -368,7 +361,9 @@ pub(crate) async fn run(
                         }
                     }
                     Packet::SubAck(sub) => {
-                        inflight.remove(&sub.pkid);
+                        if subscribing == Some(sub.pkid) {
+                            subscribing = None;
+                        }
                         for (filter, code) in ctx.down.subscribe.iter().zip(&sub.return_codes) {
                             if !matches!(code, SubscribeReasonCode::Success(_)) {
                                 tracing::error!(filter = %ctx.cfg.expand(filter), ?code, "uplink: the bridge refused a downlink subscription");
@@ -413,7 +408,7 @@ pub(crate) async fn run(
                 let Some(entry) = entry else {
                     break Err(Failure::Transient("the journal reader stopped".into()));
                 };
-                let now = unix_ms();
+                let now = u64::try_from(mqtt::broker::now_ms()).unwrap_or_default();
                 let mut next = Some(entry);
                 let mut fed = 0u64;
                 while let Some(entry) = next.take() {
@@ -424,7 +419,9 @@ pub(crate) async fn run(
                             acked.push(entry.seq);
                         }
                         Some(topic) => {
-                            let pkid = ids.next(&inflight);
+                            let pkid = ids.next(|id| {
+                                inflight.contains_key(&id) || subscribing == Some(id)
+                            });
                             inflight.insert(pkid, entry.seq);
                             let publish = publish_for(ctx, entry, topic, pkid, now);
                             if conn.feed(Packet::Publish(publish)).await.is_err() {
@@ -433,7 +430,7 @@ pub(crate) async fn run(
                             fed += 1;
                         }
                     }
-                    if publishes(&inflight) < window {
+                    if inflight.len() < window {
                         next = feed.try_recv().ok();
                     }
                 }
@@ -460,10 +457,9 @@ pub(crate) async fn run(
                 }
             }
         }
-        status.inflight.store(
-            publishes(&inflight) as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
+        status
+            .inflight
+            .store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
         if !acked.is_empty() {
             flush_acked(ctx, &mut acked, false).await;
         }
@@ -473,7 +469,7 @@ pub(crate) async fn run(
         // Stopping: no new publishes; collect the acknowledgements still coming.
         drop(feed);
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while publishes(&inflight) > 0 {
+        while !inflight.is_empty() {
             match tokio::time::timeout_at(deadline, conn.next()).await {
                 Ok(Some(Ok(Packet::PubAck(PubAck { pkid, reason, .. })))) => {
                     if let Some(seq) = inflight.remove(&pkid)

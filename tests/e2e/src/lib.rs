@@ -170,6 +170,15 @@ impl Process {
         }
     }
 
+    /// Waits (up to 30 s) until it listens on 127.0.0.1:`port`.
+    pub fn wait_port(&mut self, port: u16) {
+        wait_listening(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Duration::from_secs(30),
+            self,
+        );
+    }
+
     /// Its process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
@@ -285,11 +294,7 @@ bind = "127.0.0.1:{port}"
 
     /// Waits for the listener.
     pub fn wait(&mut self) {
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_secs(30),
-            &mut self.process,
-        );
+        self.process.wait_port(self.port);
     }
 
     /// The MQTT password of `client_id` (`cloud-bridge password`).
@@ -368,11 +373,7 @@ backoff_max_ms = 1000
 
     /// Waits for the device listener.
     pub fn wait(&mut self) {
-        wait_listening(
-            SocketAddr::from(([127, 0, 0, 1], self.port)),
-            Duration::from_secs(30),
-            &mut self.process,
-        );
+        self.process.wait_port(self.port);
     }
 
     /// What `edge-agent status` prints for this agent (and whether it exited 0).
@@ -455,23 +456,37 @@ pub fn device_publish(port: u16, client_id: &str, topic: &str, qos: u8, lines: &
 /// consumer; returns one JSON object per message (topic, queueId, keys, body_utf8,
 /// properties, ...).
 pub fn consume(topic: &str, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
+    let (ok, lines, stderr) = run_consume(topic, count, timeout);
+    assert!(
+        ok,
+        "consume {topic}: got {} of {count}: {stderr}",
+        lines.len()
+    );
+    lines
+}
+
+/// Runs the Java consumer from the start of `topic` for up to `count` messages; returns
+/// whether it got them all, the messages it printed, and its stderr.
+fn run_consume(
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+) -> (bool, Vec<serde_json::Value>, String) {
     let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
         .args(["tool", "consume", "--topic", topic, "--from-start"])
         .args(["--count", &count.to_string()])
         .args(["--timeout-ms", &timeout.as_millis().to_string()])
         .output()
         .expect("rocketmq.sh tool consume");
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+    let lines = String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
         .collect();
-    assert!(
+    (
         out.status.success(),
-        "consume {topic}: got {} of {count}: {}",
-        lines.len(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    lines
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// Sends one message with the plain Java producer (`--prop K=V` pairs).
@@ -601,21 +616,11 @@ pub fn plain_uplink(bridge: &Bridge, gateway: &str) -> String {
 /// Every message of `topic` the Java consumer finds within `timeout` (at least
 /// `at_least`, or the call panics): for runs where duplicates make the total unknown.
 pub fn consume_all(topic: &str, at_least: usize, timeout: Duration) -> Vec<serde_json::Value> {
-    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .args(["tool", "consume", "--topic", topic, "--from-start"])
-        .args(["--count", &(at_least * 10 + 1000).to_string()])
-        .args(["--timeout-ms", &timeout.as_millis().to_string()])
-        .output()
-        .expect("rocketmq.sh tool consume");
-    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let (_, lines, stderr) = run_consume(topic, at_least * 10 + 1000, timeout);
     assert!(
         lines.len() >= at_least,
-        "consume {topic}: got {} of at least {at_least}: {}",
-        lines.len(),
-        String::from_utf8_lossy(&out.stderr)
+        "consume {topic}: got {} of at least {at_least}: {stderr}",
+        lines.len()
     );
     lines
 }
