@@ -113,7 +113,8 @@ pub struct Limits {
     pub connect_timeout_secs: u64,
     /// MQTT 5 receive maximum.
     pub receive_maximum: u16,
-    /// Stores in flight per connection.
+    /// Stores in flight per connection: to different topics at once, to one topic one
+    /// after another (order per topic).
     pub publish_pipeline: usize,
     /// QoS 1/2 deliveries in flight per client.
     pub max_inflight: u16,
@@ -128,7 +129,7 @@ impl Default for Limits {
             max_connections: 20_000,
             connect_timeout_secs: 10,
             receive_maximum: 128,
-            publish_pipeline: 1,
+            publish_pipeline: 16,
             max_inflight: 32,
             max_retained_bytes: 64 * 1024,
         }

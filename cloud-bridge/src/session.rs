@@ -31,6 +31,7 @@ use crate::reader::{self, Reader, SeenIds, Start};
 use crate::retained;
 use crate::retry;
 use crate::session_store::{self, Handed, Stall, StoredSession, StoredSubscription};
+use crate::topic_order::TopicOrder;
 use crate::will_store;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -66,6 +67,8 @@ struct Inner {
 #[derive(Debug)]
 pub struct BridgeSession {
     inner: Arc<Inner>,
+    /// This connection's stores in flight, kept in order per topic.
+    order: TopicOrder,
 }
 
 /// How a session is opened.
@@ -168,7 +171,14 @@ impl BridgeSession {
                 .remember_local_session(&inner.client_id, &inner.owner);
             tokio::spawn(inner.clone().committer());
         }
-        Ok((Self { inner }, resumed, rx))
+        Ok((
+            Self {
+                inner,
+                order: TopicOrder::default(),
+            },
+            resumed,
+            rx,
+        ))
     }
 }
 
@@ -538,12 +548,22 @@ impl Inner {
 
 impl Session for BridgeSession {
     fn publish(&self, message: Message) -> BoxFuture<'static, Result<Reason, Refusal>> {
-        Box::pin(
-            self.inner
-                .bridge
-                .clone()
-                .store(self.inner.identity.clone(), message),
-        )
+        let mut turn = self.order.turn(&message.topic);
+        let bridge = self.inner.bridge.clone();
+        let identity = self.inner.identity.clone();
+        Box::pin(async move {
+            if !turn.ready().await {
+                return Err(Refusal::new(
+                    Reason::ImplementationSpecificError,
+                    "not stored: an earlier publish to this topic on this connection was not stored",
+                ));
+            }
+            let result = bridge.store(identity, message).await;
+            if result.is_ok() {
+                turn.stored();
+            }
+            result
+        })
     }
 
     fn subscribe(

@@ -189,3 +189,55 @@ async fn empty_payload_and_user_properties_are_stored_like_rocketmq_mqtt() {
     assert_eq!(props["keys"], "gw-7:42");
     server.stop(Duration::from_secs(5)).await;
 }
+
+/// With a publish pipeline (16 stores in flight, the default) one client's publishes to
+/// several topics are stored concurrently, yet every topic's LMQ holds them in publish
+/// order: the wildcard subscriber reads the LMQ that every one of them was appended to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_publishes_keep_the_order_of_each_topic() {
+    const TOPICS: usize = 4;
+    const PER_TOPIC: usize = 300;
+    let first = unique("ord");
+    let plus = format!("{first}/+");
+    let (server, config) = start_bridge(&config_text(&first, &[&plus], "")).await;
+    assert_eq!(config.limits.publish_pipeline, 16, "the default pipeline");
+    let addr = server.local_addr("mqtt").expect("listener");
+    let id = unique("s");
+    let mut sub = harness::subscriber::rumqttc_subscribe(
+        addr,
+        Proto::V5,
+        &id,
+        &password(&id),
+        true,
+        &[(plus.as_str(), 1)],
+    )
+    .await;
+
+    let mut sent = Vec::new();
+    for n in 0..PER_TOPIC {
+        for t in 0..TOPICS {
+            sent.push(msg(format!("{first}/t{t}"), 1, &n.to_string()));
+        }
+    }
+    let id = unique("p");
+    rumqttc_publish(addr, Proto::V311, None, &id, &password(&id), &sent).await;
+
+    let got = sub.collect(sent.len(), Duration::from_secs(60)).await;
+    assert_eq!(
+        got.len(),
+        sent.len(),
+        "every publish reaches the subscriber"
+    );
+    let mut next = [0usize; TOPICS];
+    for (i, g) in got.iter().enumerate() {
+        let t: usize = g.topic.rsplit_once("/t").unwrap().1.parse().unwrap();
+        let n: usize = String::from_utf8_lossy(&g.payload).parse().unwrap();
+        assert_eq!(
+            n, next[t],
+            "{}: message {i} of the LMQ is out of order",
+            g.topic
+        );
+        next[t] += 1;
+    }
+    server.stop(Duration::from_secs(5)).await;
+}

@@ -56,6 +56,11 @@ pub struct Msg {
     pub user: Vec<(String, String)>,
 }
 
+/// The QoS type of a client version for 0, 1, 2 (more counts as 2).
+fn level<Q: Copy>(qos: u8, levels: [Q; 3]) -> Q {
+    levels[usize::from(qos.min(2))]
+}
+
 /// Publishes with rumqttc and waits for every QoS 1/2 handshake to complete.
 pub async fn rumqttc_publish(
     addr: SocketAddr,
@@ -79,17 +84,19 @@ pub async fn rumqttc_publish(
                 ));
             }
             let (client, mut ev) = AsyncClient::new(o, 64);
-            for m in msgs {
-                let qos = match m.qos {
-                    0 => QoS::AtMostOnce,
-                    1 => QoS::AtLeastOnce,
-                    _ => QoS::ExactlyOnce,
-                };
-                client
-                    .publish(m.topic.clone(), qos, false, m.payload.clone())
-                    .await
-                    .expect("queue publish");
-            }
+            // Queued from a task: the request channel holds 64, and only polling the
+            // event loop below empties it.
+            let queue = client.clone();
+            let all = msgs.to_vec();
+            tokio::spawn(async move {
+                for m in all {
+                    let qos = level(m.qos, [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]);
+                    queue
+                        .publish(m.topic, qos, false, m.payload)
+                        .await
+                        .expect("queue publish");
+                }
+            });
             let (mut acks, mut sent) = (0, 0);
             while acks < expected_acks || sent < msgs.len() {
                 match tokio::time::timeout(Duration::from_secs(20), ev.poll()).await {
@@ -116,21 +123,23 @@ pub async fn rumqttc_publish(
                 ));
             }
             let (client, mut ev) = AsyncClient::new(o, 64);
-            for m in msgs {
-                let qos = match m.qos {
-                    0 => QoS::AtMostOnce,
-                    1 => QoS::AtLeastOnce,
-                    _ => QoS::ExactlyOnce,
-                };
-                let props = PublishProperties {
-                    user_properties: m.user.clone(),
-                    ..Default::default()
-                };
-                client
-                    .publish_with_properties(m.topic.clone(), qos, false, m.payload.clone(), props)
-                    .await
-                    .expect("queue publish");
-            }
+            // Queued from a task: the request channel holds 64, and only polling the
+            // event loop below empties it.
+            let queue = client.clone();
+            let all = msgs.to_vec();
+            tokio::spawn(async move {
+                for m in all {
+                    let qos = level(m.qos, [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]);
+                    let props = PublishProperties {
+                        user_properties: m.user,
+                        ..Default::default()
+                    };
+                    queue
+                        .publish_with_properties(m.topic, qos, false, m.payload, props)
+                        .await
+                        .expect("queue publish");
+                }
+            });
             let (mut acks, mut sent) = (0, 0);
             while acks < expected_acks || sent < msgs.len() {
                 match tokio::time::timeout(Duration::from_secs(20), ev.poll()).await {

@@ -3,7 +3,8 @@
 //!    the agent's journal while the bridge is down; then the bridge starts and the drain
 //!    rate (messages/s until the journal is empty) is measured, next to a direct RocketMQ
 //!    producer's rate in the same run (`rocketmq.sh tool bench-produce`, 10 threads, LMQ
-//!    dispatch like the bridge's writes).
+//!    dispatch like the bridge's writes). `BENCH_TOPICS` spreads the backlog over that many
+//!    topics (default 1); `BENCH_PIPELINE` sets the bridge's `publish_pipeline`.
 //! 2. Agent RSS while holding the backlog, and its peak (VmHWM) through the drain.
 //! 3. End-to-end latency at 1k msg/s: a device (`mosquitto_pub -l`, QoS 1) publishes its
 //!    send time, after one second of warm-up (connect, first route lookup) that is not
@@ -40,7 +41,7 @@ fn proc_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-fn fill(path: &std::path::Path, n: usize) {
+fn fill(path: &std::path::Path, n: usize, topics: usize) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let config = JournalConfig {
@@ -50,8 +51,9 @@ fn fill(path: &std::path::Path, n: usize) {
         let journal = Journal::open(path, &config).await.unwrap();
         let payload = bytes::Bytes::from(vec![b'x'; 100]);
         let mut pending = Vec::with_capacity(10_000);
-        for _ in 0..n {
-            let e = NewEntry::new("line/bench", payload.clone(), Qos::AtLeastOnce);
+        let names: Vec<String> = (0..topics).map(|t| format!("line/bench/{t}")).collect();
+        for i in 0..n {
+            let e = NewEntry::new(&names[i % topics], payload.clone(), Qos::AtLeastOnce);
             pending.push(journal.submit(e).await.unwrap());
             if pending.len() == 10_000 {
                 for p in pending.drain(..) {
@@ -64,6 +66,15 @@ fn fill(path: &std::path::Path, n: usize) {
         }
         journal.close().await.unwrap();
     });
+}
+
+/// The bridge's `publish_pipeline` as its config file sets it, or its default (16).
+fn cloud_bridge_pipeline(config: &std::path::Path) -> String {
+    std::fs::read_to_string(config)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("publish_pipeline = ").map(str::to_owned))
+        .unwrap_or_else(|| "16 (default)".to_owned())
 }
 
 fn direct_producer_rate(topic: &str) -> String {
@@ -95,23 +106,29 @@ fn main() {
     let mut bridge = Bridge::start(dir.path(), &first, None, "");
     let uplink = plain_uplink(&bridge, &gateway);
     bridge.process.stop();
-    // BENCH_PIPELINE=n: the bridge stores n publishes of a connection at once (default 1,
-    // which keeps order even on brokers with several send threads).
-    let pipeline: usize = std::env::var("BENCH_PIPELINE")
+    // BENCH_PIPELINE=n: the bridge stores n publishes of a connection at once (to
+    // different topics; one topic's one after another). Default: the bridge's default.
+    if let Ok(pipeline) = std::env::var("BENCH_PIPELINE") {
+        let text = std::fs::read_to_string(&bridge.config).unwrap().replace(
+            "connect_timeout_secs = 5",
+            &format!("connect_timeout_secs = 5\npublish_pipeline = {pipeline}"),
+        );
+        std::fs::write(&bridge.config, text).unwrap();
+    }
+    let pipeline = cloud_bridge_pipeline(&bridge.config);
+    // BENCH_TOPICS=n: the backlog spans n topics, round robin (default 1: the worst case,
+    // one topic's messages are stored strictly one after another).
+    let topics: usize = std::env::var("BENCH_TOPICS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
-    let text = std::fs::read_to_string(&bridge.config).unwrap().replace(
-        "connect_timeout_secs = 5",
-        &format!("connect_timeout_secs = 5\npublish_pipeline = {pipeline}"),
-    );
-    std::fs::write(&bridge.config, text).unwrap();
-    println!("bridge publish_pipeline = {pipeline}");
+        .unwrap_or(1)
+        .max(1);
+    println!("bridge publish_pipeline = {pipeline}; backlog over {topics} topic(s)");
 
     let state = dir.path().join(format!("agent-{gateway}"));
     std::fs::create_dir_all(&state).unwrap();
     let t = Instant::now();
-    fill(&state.join("journal.db"), n);
+    fill(&state.join("journal.db"), n, topics);
     println!(
         "filled the journal with {n} messages of 100 B in {:.1} s",
         t.elapsed().as_secs_f64()
