@@ -11,7 +11,9 @@
 //! - a QoS 2 publish is stored once: a DUP retransmission of a packet id awaiting PUBREL
 //!   is answered with PUBREC again and not stored twice;
 //! - at most the client's receive-maximum deliveries are in flight to it;
-//! - the will is published when the connection ends without a normal DISCONNECT;
+//! - publishes read before the connection ended are stored before it closes (their acks
+//!   are not sent), then the will is published when the connection ended without a
+//!   normal DISCONNECT;
 //! - an MQTT 5 DISCONNECT's session expiry interval reaches the backend
 //!   (`Close::Normal`); changing it from 0 (in CONNECT) to non-0 is a protocol error
 //!   (server DISCONNECT 0x82, the will is published).
@@ -176,6 +178,9 @@ where
             &shared.shutdown,
         )
         .await;
+    // Publishes read before the connection ended are stored before it closes (a QoS 0
+    // publish followed by DISCONNECT must not be lost, and the will comes after them).
+    conn.finish_stores(shared.config.will_timeout).await;
     shared.registry.unregister(&client_id, registration.conn);
     let (how, publish_will, result) = match ended {
         End::Normal {
@@ -434,6 +439,31 @@ impl<B: Broker> Conn<B> {
                 }
                 Err(e) => return End::Abnormal(Err(e)),
             }
+        }
+    }
+
+    /// Waits (at most `within`) for the stores still in flight when the connection ended.
+    /// Their acks are not sent: the connection is gone, and a QoS 1/2 client resends.
+    async fn finish_stores(&mut self, within: Duration) {
+        let pending = self.stores.len();
+        if pending == 0 {
+            return;
+        }
+        let counters = &self.counters;
+        let stores = &mut self.stores;
+        let drained = tokio::time::timeout(within, async {
+            while let Some((_, _, result)) = stores.next().await {
+                if result.is_err() {
+                    counters.publish_refused();
+                }
+            }
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                pending = self.stores.len(),
+                "publishes still being stored when the connection closed were abandoned"
+            );
         }
     }
 
