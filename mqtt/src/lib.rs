@@ -9,6 +9,7 @@ pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod packet;
+pub mod quickack;
 mod reason_codes;
 pub mod registry;
 pub mod signal;

@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::broker::{Broker, Peer};
 use crate::connection::{Shared, serve};
 use crate::error::Error;
+use crate::quickack::QuickAck;
 use crate::tls::certificate_identity;
 
 /// One listener as configured (`[[listener]]` in both binaries' TOML).
@@ -99,6 +100,8 @@ pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: A
             continue;
         };
         let _ = stream.set_nodelay(true);
+        // ACK what is read at once: a PUBACK waits for the store (see `quickack.rs`).
+        let stream = QuickAck::new(stream);
         let open = shared.counters.accepted();
         let shared = shared.clone();
         let acceptor = acceptor.clone();

@@ -102,6 +102,8 @@ pub(crate) fn expiry_deadline(m: &Message) -> Option<i64> {
 pub(crate) struct Routed {
     reason: Reason,
     commits: Vec<store::Committed<()>>,
+    /// Whether some session got a copy (its connection may have a write to do).
+    delivered: bool,
 }
 
 impl Routed {
@@ -308,7 +310,11 @@ impl Core {
         } else {
             Reason::NoMatchingSubscribers
         };
-        Ok(Routed { reason, commits })
+        Ok(Routed {
+            reason,
+            commits,
+            delivered,
+        })
     }
 
     async fn connect(

@@ -6,8 +6,9 @@
 //! session's pipeline task at once (a channel with room for more than the connection's
 //! `publish_pipeline`, so the queueing itself never waits or reorders). The task takes
 //! every publish queued (a burst), retains and delivers each message in order right
-//! away (not waiting for any commit), submits the burst's uplink messages to the journal
-//! as one command, and keeps the burst's commits (journal, and `broker.db` rows for
+//! away (not waiting for any commit), lets the subscribers' connections write (one
+//! yield, when the burst delivered anything), submits the burst's uplink messages to
+//! the journal as one command, and keeps the burst's commits (journal, and `broker.db` rows for
 //! persistent subscribers) in flight; once they are known it answers the burst's
 //! futures. One reply per burst instead of one per message, and one wake-up of the
 //! connection for the burst's acks. The task ends when the session is closed and
@@ -99,6 +100,7 @@ async fn run_burst(
     // Local deliveries first: a subscriber's copy does not wait behind the journal's
     // wake-up. The journal then gets the burst as one command.
     let mut entries = Vec::new();
+    let mut delivered = false;
     let mut routed: Vec<(Answer, bool, Result<Routed, Refusal>)> = Vec::with_capacity(burst.len());
     for (message, answer) in burst {
         let uplinked = core.is_uplink(&message.topic);
@@ -107,7 +109,17 @@ async fn run_burst(
         }
         let expires_ms = expiry_deadline(&message);
         let r = core.route(publisher, message, expires_ms, uplinked).await;
+        delivered |= r.as_ref().is_ok_and(|r| r.delivered);
         routed.push((answer, uplinked, r));
+    }
+    if delivered && !entries.is_empty() {
+        // The subscribers' connections (woken by the deliveries, next in this worker's
+        // queue) write their copies before the journal thread is woken: measured at 1k
+        // msg/s, waking it first made the journal's transaction compete with those
+        // writes for the 2 cores (pub->sub p50 290 µs against 180 µs on a local-only
+        // topic; with this yield 150-170 µs). The commit starts some µs later; the
+        // PUBACK still waits for it.
+        tokio::task::yield_now().await;
     }
     let journal = if entries.is_empty() {
         None
