@@ -5,7 +5,7 @@
 //! Needs the test broker (`tests/rocketmq/rocketmq.sh start`). Run with
 //! `cargo bench -p cloud-bridge --bench publish_rate`. Environment: `BENCH_SECONDS`
 //! (default 10), `BENCH_PUBLISHERS` (10), `BENCH_PIPELINE` (the bridge's
-//! `publish_pipeline`, default 1).
+//! `publish_pipeline`, default 16 as in the bridge).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 #[path = "../tests/harness/mod.rs"]
@@ -39,7 +39,7 @@ async fn main() {
     }
     let seconds = env("BENCH_SECONDS", 10);
     let publishers = env("BENCH_PUBLISHERS", 10);
-    let pipeline = env("BENCH_PIPELINE", 1);
+    let pipeline = env("BENCH_PIPELINE", 16);
     let first = harness::unique("bench");
     let text = harness::config_text(&first, &[&format!("{first}/+")], "").replace(
         "connect_timeout_secs = 2",
