@@ -126,4 +126,23 @@ mod tests {
         assert_eq!(s.read_to_end(&mut rest).await?, 0);
         Ok(())
     }
+
+    /// A read that returned data leaves the socket in quick-ack mode, even when the
+    /// kernel had switched it to delayed ACKs.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_read_switches_to_quick_ack() -> io::Result<()> {
+        use rustix::net::sockopt::{set_tcp_quickack, tcp_quickack};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let mut client = TcpStream::connect(listener.local_addr()?).await?;
+        let (accepted, _) = listener.accept().await?;
+        let mut s = QuickAck::new(accepted);
+        set_tcp_quickack(s.get_ref(), false)?;
+        assert!(!tcp_quickack(s.get_ref())?);
+        client.write_all(b"x").await?;
+        let mut got = [0u8; 1];
+        s.read_exact(&mut got).await?;
+        assert!(tcp_quickack(s.get_ref())?);
+        Ok(())
+    }
 }
