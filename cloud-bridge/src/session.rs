@@ -559,9 +559,7 @@ impl Session for BridgeSession {
                 ));
             }
             let result = bridge.store(identity, message).await;
-            if result.is_ok() {
-                turn.stored();
-            }
+            turn.finish(&result);
             result
         })
     }

@@ -7,8 +7,10 @@
 //! offsets are assigned at append time, so this is what keeps a topic's LMQ in the
 //! order its publisher sent.
 //!
-//! When a store fails, the stores already queued behind it on the same topic are refused
-//! without being sent: a client that resends from the failed one then keeps the order.
+//! When a store fails (RocketMQ did not take the message), the stores already queued
+//! behind it on the same topic are refused without being sent: a client that resends
+//! from the failed one then keeps the order. A message refused for what it is (topic,
+//! authorization, size) is not resent, so it does not hold the others back.
 //!
 //! Written by hand: it is a keyed chain of oneshot channels, a few lines that no crate
 //! offers (tokio's fair `Mutex` queues waiters in the order they are first polled, not
@@ -19,6 +21,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures_util::FutureExt;
 use futures_util::future::Shared;
+use mqtt::broker::Refusal;
+use mqtt::packet::Reason;
 use tokio::sync::oneshot;
 
 type Done = Shared<oneshot::Receiver<bool>>;
@@ -57,7 +61,7 @@ impl TopicOrder {
             id,
             previous,
             done: Some(tx),
-            stored: false,
+            passed: false,
         }
     }
 
@@ -72,8 +76,8 @@ impl TopicOrder {
     }
 }
 
-/// One store's place in its topic's queue. Dropping it (stored or not, or cancelled)
-/// lets the next store to the topic go on.
+/// One store's place in its topic's queue. Dropping it (passed or not, or cancelled)
+/// lets the next store to the topic go on, or refuses it.
 #[derive(Debug)]
 pub struct Turn {
     tails: Arc<Mutex<Tails>>,
@@ -81,11 +85,11 @@ pub struct Turn {
     id: u64,
     previous: Option<Done>,
     done: Option<oneshot::Sender<bool>>,
-    stored: bool,
+    passed: bool,
 }
 
 impl Turn {
-    /// Waits for the previous store to this topic to end; `false` when it was not stored
+    /// Waits for the previous store to this topic to end; `false` when it did not pass
     /// (then this one must not be sent either).
     pub async fn ready(&mut self) -> bool {
         match self.previous.take() {
@@ -95,9 +99,12 @@ impl Turn {
         }
     }
 
-    /// Records that the message was stored.
-    pub fn stored(&mut self) {
-        self.stored = true;
+    /// Ends this store with its outcome. The stores queued behind it go on unless
+    /// RocketMQ did not take the message (`ImplementationSpecificError`: its client
+    /// resends it). A message refused for what it is (topic, authorization, size) is not
+    /// resent, so it cannot come back out of order.
+    pub fn finish(mut self, outcome: &Result<Reason, Refusal>) {
+        self.passed = !matches!(outcome, Err(r) if r.reason == Reason::ImplementationSpecificError);
     }
 }
 
@@ -105,7 +112,7 @@ impl Drop for Turn {
     fn drop(&mut self) {
         if let Some(done) = self.done.take() {
             // The next store may be gone already (its connection closed): nothing to tell.
-            let _ = done.send(self.stored);
+            let _ = done.send(self.passed);
         }
         let mut tails = self.tails.lock().unwrap_or_else(PoisonError::into_inner);
         if tails
@@ -137,8 +144,7 @@ mod tests {
             !waiting.is_finished(),
             "second store started before the first ended"
         );
-        first.stored();
-        drop(first);
+        first.finish(&Ok(Reason::Success));
         assert!(waiting.await.unwrap());
     }
 
@@ -159,14 +165,36 @@ mod tests {
         let mut second = order.turn("t");
         let mut third = order.turn("t");
         assert!(first.ready().await);
-        drop(first); // not stored
+        drop(first); // not passed
         assert!(!second.ready().await);
-        drop(second); // refused, so not stored either
+        drop(second); // refused, so not passed either
         assert!(!third.ready().await);
         drop(third);
         // The chain is empty again: a new store starts at once.
         assert_eq!(order.topics_in_flight(), 0);
         assert!(order.turn("t").ready().await);
+    }
+
+    #[tokio::test]
+    async fn a_message_refused_for_what_it_is_does_not_hold_the_next_back() {
+        let order = TopicOrder::default();
+        let first = order.turn("t");
+        let mut second = order.turn("t");
+        let too_big = Refusal::new(Reason::QuotaExceeded, "retained message too large");
+        first.finish(&Err(too_big));
+        assert!(
+            second.ready().await,
+            "the next publish to the topic goes on"
+        );
+        let third = order.turn("t");
+        let mut fourth = order.turn("t");
+        second.finish(&Ok(Reason::Success));
+        let not_stored = Refusal::new(Reason::ImplementationSpecificError, "broker down");
+        third.finish(&Err(not_stored));
+        assert!(
+            !fourth.ready().await,
+            "a failed write holds the topic's queue back"
+        );
     }
 
     #[tokio::test]
