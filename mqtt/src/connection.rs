@@ -463,8 +463,7 @@ impl<B: Broker> Conn<B> {
     /// Waits (at most `within`) for the stores still in flight when the connection ended.
     /// Their acks are not sent: the connection is gone, and a QoS 1/2 client resends.
     async fn finish_stores(&mut self, within: Duration) {
-        let pending = self.stores.len();
-        if pending == 0 {
+        if self.stores.is_empty() {
             return;
         }
         let counters = &self.counters;

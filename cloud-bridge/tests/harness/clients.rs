@@ -57,7 +57,7 @@ pub struct Msg {
 }
 
 /// The QoS type of a client version for 0, 1, 2 (more counts as 2).
-fn level<Q: Copy>(qos: u8, levels: [Q; 3]) -> Q {
+pub fn level<Q: Copy>(qos: u8, levels: [Q; 3]) -> Q {
     levels[usize::from(qos.min(2))]
 }
 

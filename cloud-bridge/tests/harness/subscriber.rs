@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::clients::Proto;
+use super::clients::{Proto, level};
 
 /// One received message.
 #[derive(Debug, Clone)]
@@ -87,11 +87,10 @@ pub async fn rumqttc_subscribe(
                             let many: Vec<_> = filters
                                 .iter()
                                 .map(|(f, q)| {
-                                    let qos = match q {
-                                        0 => QoS::AtMostOnce,
-                                        1 => QoS::AtLeastOnce,
-                                        _ => QoS::ExactlyOnce,
-                                    };
+                                    let qos = level(
+                                        *q,
+                                        [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce],
+                                    );
                                     rumqttc::SubscribeFilter::new(f.clone(), qos)
                                 })
                                 .collect();
@@ -151,11 +150,10 @@ pub async fn rumqttc_subscribe(
                             let many: Vec<_> = filters
                                 .iter()
                                 .map(|(f, q)| {
-                                    let qos = match q {
-                                        0 => QoS::AtMostOnce,
-                                        1 => QoS::AtLeastOnce,
-                                        _ => QoS::ExactlyOnce,
-                                    };
+                                    let qos = level(
+                                        *q,
+                                        [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce],
+                                    );
                                     rumqttc::v5::mqttbytes::v5::Filter::new(f.clone(), qos)
                                 })
                                 .collect();
