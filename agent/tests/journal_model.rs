@@ -49,14 +49,32 @@ fn classify(topic: &str) -> (Priority, Option<u64>) {
     }
 }
 
+/// One entry to append.
+#[derive(Debug, Clone)]
+struct Append {
+    topic: usize,
+    payload: Vec<u8>,
+    priority: Option<Priority>,
+    expiry_secs: Option<u8>,
+}
+
+impl Append {
+    fn entry(&self) -> NewEntry {
+        NewEntry {
+            priority: self.priority,
+            message_expiry: self.expiry_secs.map(|s| Duration::from_secs(s.into())),
+            ..NewEntry::new(TOPICS[self.topic], self.payload.clone(), Qos::AtLeastOnce)
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Op {
-    Append {
-        topic: usize,
-        payload: Vec<u8>,
-        priority: Option<Priority>,
-        expiry_secs: Option<u8>,
-    },
+    Append(Append),
+    /// A publisher's burst, submitted as one command (`submit_many`): up to 80 entries,
+    /// so the journal's multi-row INSERTs of 64, 16, ... rows and evictions in the middle
+    /// of a burst are exercised.
+    Burst(Vec<Append>),
     Confirm(Vec<prop::sample::Index>),
     Restart,
     Advance(u32),
@@ -73,13 +91,25 @@ fn priority() -> impl Strategy<Value = Priority> {
     ]
 }
 
+fn append() -> impl Strategy<Value = Append> {
+    (
+        0..TOPICS.len(),
+        prop::collection::vec(any::<u8>(), 0..40),
+        prop::option::weighted(0.1, priority()),
+        prop::option::weighted(0.2, 0u8..30),
+    )
+        .prop_map(|(topic, payload, priority, expiry_secs)| Append {
+            topic,
+            payload,
+            priority,
+            expiry_secs,
+        })
+}
+
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        10 => (0..TOPICS.len(), prop::collection::vec(any::<u8>(), 0..40),
-               prop::option::weighted(0.1, priority()), prop::option::weighted(0.2, 0u8..30))
-            .prop_map(|(topic, payload, priority, expiry_secs)| Op::Append {
-                topic, payload, priority, expiry_secs
-            }),
+        10 => append().prop_map(Op::Append),
+        2 => prop::collection::vec(append(), 1..80).prop_map(Op::Burst),
         3 => prop::collection::vec(any::<prop::sample::Index>(), 0..4).prop_map(Op::Confirm),
         1 => Just(Op::Restart),
         2 => (0u32..12_000).prop_map(Op::Advance),
@@ -104,6 +134,7 @@ struct Model {
     counters: Counters,
     now: u64,
     free: u64,
+    batch_limit: Option<(u64, QuotaReason)>,
 }
 
 impl Model {
@@ -131,8 +162,35 @@ impl Model {
         Err(reason)
     }
 
-    fn append(&mut self, e: &NewEntry) -> Result<u64, QuotaReason> {
+    /// The byte limit of the batch: the quota, or what the free disk allows, read once
+    /// per batch (at its first append) like the journal does.
+    fn limit(&mut self, total: u64) -> (u64, QuotaReason) {
+        if let Some(l) = self.batch_limit {
+            return l;
+        }
+        let disk = total + self.free.saturating_sub(MIN_FREE) / 2;
+        let l = if disk < self.cfg.max_bytes {
+            (disk, QuotaReason::Disk)
+        } else {
+            (self.cfg.max_bytes, QuotaReason::Bytes)
+        };
+        self.batch_limit = Some(l);
+        l
+    }
+
+    /// Appends `entries` as one batch: expired entries are swept once, when it begins,
+    /// and the disk limit is read once.
+    fn append_batch<'a>(
+        &mut self,
+        entries: impl IntoIterator<Item = &'a NewEntry>,
+    ) -> Vec<Result<u64, QuotaReason>> {
         self.sweep();
+        self.batch_limit = None;
+        entries.into_iter().map(|e| self.append(e)).collect()
+    }
+
+    /// One append inside a batch (the batch swept expired entries when it began).
+    fn append(&mut self, e: &NewEntry) -> Result<u64, QuotaReason> {
         let (rule_priority, ttl) = classify(&e.topic);
         let p = e.priority.unwrap_or(rule_priority);
         let size = e.quota_bytes();
@@ -140,12 +198,7 @@ impl Model {
             return self.reject(QuotaReason::TooLarge);
         }
         let total = self.bytes();
-        let disk = total + self.free.saturating_sub(MIN_FREE) / 2;
-        let (limit, reason) = if disk < self.cfg.max_bytes {
-            (disk, QuotaReason::Disk)
-        } else {
-            (self.cfg.max_bytes, QuotaReason::Bytes)
-        };
+        let (limit, reason) = self.limit(total);
         if total + size > limit {
             if self.cfg.when_full == WhenFull::RejectNew {
                 return self.reject(reason);
@@ -280,25 +333,31 @@ async fn run(cfg: JournalConfig, ops: Vec<Op>) {
         counters: Counters::default(),
         now: 1_000_000,
         free: HUGE_DISK,
+        batch_limit: None,
     };
     for op in ops {
         match op {
-            Op::Append {
-                topic,
-                payload,
-                priority,
-                expiry_secs,
-            } => {
-                let e = NewEntry {
-                    priority,
-                    message_expiry: expiry_secs.map(|s| Duration::from_secs(s.into())),
-                    ..NewEntry::new(TOPICS[topic], payload, Qos::AtLeastOnce)
-                };
-                let want = model.append(&e);
+            Op::Append(a) => {
+                let e = a.entry();
+                let want = model.append_batch([&e]).remove(0);
                 match (real.journal.append(e).await, want) {
                     (Ok(seq), Ok(w)) => assert_eq!(seq, w),
                     (Err(Error::QuotaExceeded(r)), Err(w)) => assert_eq!(r, w),
                     (got, want) => panic!("append: got {got:?}, model {want:?}"),
+                }
+            }
+            Op::Burst(appends) => {
+                let entries: Vec<NewEntry> = appends.iter().map(Append::entry).collect();
+                let want = model.append_batch(&entries);
+                let pending = real.journal.submit_many(entries).await.expect("submit");
+                let got = pending.committed().await.expect("commit");
+                assert_eq!(got.len(), want.len());
+                for (i, (got, want)) in got.into_iter().zip(want).enumerate() {
+                    match (got, want) {
+                        (Ok(seq), Ok(w)) => assert_eq!(seq, w, "entry {i} of the burst"),
+                        (Err(Error::QuotaExceeded(r)), Err(w)) => assert_eq!(r, w),
+                        (got, want) => panic!("burst entry {i}: got {got:?}, model {want:?}"),
+                    }
                 }
             }
             Op::Confirm(picks) => {

@@ -17,6 +17,8 @@ pub(crate) const APPLICATION_ID: i64 = 0x4541_4A4C;
 pub(crate) const SCHEMA_VERSION: i64 = 1;
 /// The WAL file is truncated to this size after a checkpoint.
 const JOURNAL_SIZE_LIMIT: i64 = 64 * 1024 * 1024;
+/// Prepared statements kept by the connection.
+const STATEMENT_CACHE: usize = 32;
 /// How long a statement waits for a lock held by another process (the CLI).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -50,9 +52,11 @@ pub(crate) const BEGIN_DEFERRED: &str = "BEGIN DEFERRED";
 pub(crate) const COMMIT: &str = "COMMIT";
 pub(crate) const ROLLBACK: &str = "ROLLBACK";
 
-pub(crate) const INSERT_ENTRY: &str = "INSERT INTO entries \
+/// The head of an INSERT of entries; the store appends one `(?, ...)` group of nine
+/// parameters per row (see `store::insert_sql`).
+pub(crate) const INSERT_ENTRIES: &str = "INSERT INTO entries \
     (topic, payload, qos, retain, priority, received_ms, expires_ms, user_properties, size) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    VALUES ";
 pub(crate) const DELETE_ENTRY: &str = "DELETE FROM entries WHERE seq = ?1 RETURNING priority, size";
 pub(crate) const DELETE_EXPIRED: &str =
     "DELETE FROM entries WHERE expires_ms <= ?1 RETURNING priority, size";
@@ -165,6 +169,8 @@ pub(crate) fn open(
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
         .map_err(err)?;
     conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+    // Room for every statement the journal runs (the multi-row INSERTs are 7 of them).
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
     // The first statement reads the header: a file that is not a database fails here.
     let app_id: i64 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))

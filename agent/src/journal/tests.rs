@@ -461,3 +461,71 @@ fn sqlite_full_fails_the_batch_and_loses_nothing() {
     );
     assert!(store.integrity_check().expect("check").is_empty());
 }
+
+#[test]
+fn one_batch_answers_each_append_command_with_its_own_outcomes() {
+    let f = Fixture::new();
+    let opts = StoreOptions {
+        read_only: false,
+        max_bytes: 500,
+        min_free_disk_bytes: 0,
+        when_full: WhenFull::RejectNew,
+        synchronous: SyncMode::Off,
+        sweep_interval_ms: 0,
+        quick_check: true,
+    };
+    let mut store = Store::open(&f.path, opts, JournalEnv::default()).expect("open");
+    let (a_tx, mut a) = oneshot::channel();
+    let (many_tx, mut many) = oneshot::channel();
+    let (stats_tx, mut stats) = oneshot::channel();
+    let (d_tx, mut d) = oneshot::channel();
+    let (confirm_tx, mut confirm) = oneshot::channel();
+    // 70 rows in one command: one INSERT of 64 rows and one of 4, around a refused one.
+    let mut burst: Vec<Record> = (0..70).map(|_| record("b", 1)).collect();
+    burst.insert(3, record("b", 600));
+    let mut batch = vec![
+        Command::Run(Op::Append(record("a", 1), a_tx)),
+        Command::Run(Op::AppendMany(burst, many_tx)),
+        Command::Run(Op::Stats(stats_tx)),
+        Command::Run(Op::Append(record("d", 1), d_tx)),
+        Command::Run(Op::Confirm(vec![1, 2], confirm_tx)),
+    ];
+    assert!(writer::run_batch(&mut store, &mut batch).is_none());
+    assert_eq!(a.try_recv().expect("answered").expect("a"), 1);
+    let many = many.try_recv().expect("answered").expect("burst");
+    assert_eq!(many.len(), 71);
+    let mut want = 2;
+    for (i, r) in many.into_iter().enumerate() {
+        match r {
+            Ok(seq) => {
+                assert_eq!(seq, want, "burst entry {i}");
+                want += 1;
+            }
+            Err(e) => {
+                assert_eq!(i, 3);
+                assert!(
+                    matches!(e, Error::QuotaExceeded(QuotaReason::TooLarge)),
+                    "{e}"
+                );
+            }
+        }
+    }
+    // The stats ran after the burst and before `d`.
+    assert_eq!(
+        stats.try_recv().expect("answered").expect("stats").entries,
+        71
+    );
+    assert_eq!(d.try_recv().expect("answered").expect("d"), 72);
+    assert_eq!(confirm.try_recv().expect("answered").expect("confirm"), 2);
+    let topics: Vec<(i64, String)> = store
+        .conn()
+        .prepare("SELECT seq, topic FROM entries ORDER BY seq")
+        .expect("prepare")
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows");
+    assert_eq!(topics.len(), 70);
+    assert_eq!(topics.first(), Some(&(3, "b".to_owned())));
+    assert_eq!(topics.last(), Some(&(72, "d".to_owned())));
+}

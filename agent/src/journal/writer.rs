@@ -81,28 +81,18 @@ fn finish<T, R>(
     }
 }
 
-/// Carries out one operation inside the open transaction. An `Err` fails the batch.
-fn execute(store: &mut Store, op: Op, appends: &mut u64) -> Result<Reply> {
+/// Carries out one operation inside the open transaction (`run_batch` gathers appends
+/// into an [`Appends`] run instead). An `Err` fails the batch.
+fn execute(store: &mut Store, op: Op) -> Result<Reply> {
     match op {
-        Op::Append(rec, tx) => {
-            *appends += 1;
-            let r = store.append(rec);
-            finish(store, tx, r, Reply::Count)
-        }
-        Op::AppendMany(recs, tx) => {
-            *appends += recs.len() as u64;
-            let mut out = Vec::with_capacity(recs.len());
-            let mut r = Ok(());
-            for rec in recs {
-                match store.append(rec) {
-                    Ok(one) => out.push(one),
-                    Err(e) => {
-                        r = Err(e);
-                        break;
-                    }
-                }
-            }
-            finish(store, tx, r.map(|()| out), Reply::Many)
+        Op::Append(..) | Op::AppendMany(..) => {
+            let mut run = Appends::default();
+            let mut replies = Vec::with_capacity(1);
+            let _ = run.take(op);
+            run.store(store, &mut replies)?;
+            replies.pop().ok_or_else(|| {
+                Error::InvalidEntry("the journal gave no answer to an append".to_owned())
+            })
         }
         Op::Confirm(seqs, tx) => {
             let r = store.confirm(&seqs);
@@ -123,6 +113,82 @@ fn execute(store: &mut Store, op: Op, appends: &mut u64) -> Result<Reply> {
         Op::IntegrityCheck(tx) => {
             let r = store.integrity_check();
             finish(store, tx, r, Reply::Check)
+        }
+    }
+}
+
+/// `Store::append_many` answers every record; this stands for an answer it did not give.
+fn missing_outcome() -> Result<u64> {
+    Err(Error::InvalidEntry(
+        "the journal gave no outcome for this entry".to_owned(),
+    ))
+}
+
+/// The caller of one append command gathered into an [`Appends`] run.
+enum Waiter {
+    One(oneshot::Sender<Result<u64>>),
+    Many(oneshot::Sender<Result<Vec<Result<u64>>>>, usize),
+}
+
+/// Consecutive append commands of a batch (from every connection), stored by one
+/// `append_many` so that their rows share multi-row INSERTs; same order, same outcomes
+/// as one command at a time.
+#[derive(Default)]
+struct Appends {
+    records: Vec<Record>,
+    waiters: Vec<Waiter>,
+}
+
+impl Appends {
+    /// Takes `op` into the run, or gives it back if it is not an append.
+    fn take(&mut self, op: Op) -> Option<Op> {
+        match op {
+            Op::Append(rec, tx) => {
+                self.records.push(rec);
+                self.waiters.push(Waiter::One(tx));
+                None
+            }
+            Op::AppendMany(recs, tx) => {
+                self.waiters.push(Waiter::Many(tx, recs.len()));
+                self.records.extend(recs);
+                None
+            }
+            other => Some(other),
+        }
+    }
+
+    /// Stores the run; its replies, or the error that fails the batch (its callers are
+    /// answered with it at once).
+    fn store(&mut self, store: &mut Store, replies: &mut Vec<Reply>) -> Result<()> {
+        if self.waiters.is_empty() {
+            return Ok(());
+        }
+        let records = std::mem::take(&mut self.records);
+        let waiters = std::mem::take(&mut self.waiters);
+        match store.append_many(records) {
+            Ok(outcomes) => {
+                let mut outcomes = outcomes.into_iter();
+                for w in waiters {
+                    replies.push(match w {
+                        Waiter::One(tx) => {
+                            let r = outcomes.next().unwrap_or_else(missing_outcome);
+                            Reply::Count(tx, r)
+                        }
+                        Waiter::Many(tx, n) => Reply::Many(tx, outcomes.by_ref().take(n).collect()),
+                    });
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let err = store.fail(e);
+                for w in waiters {
+                    match w {
+                        Waiter::One(tx) => drop(tx.send(Err(err.duplicate()))),
+                        Waiter::Many(tx, _) => drop(tx.send(Err(err.duplicate()))),
+                    }
+                }
+                Err(err)
+            }
         }
     }
 }
@@ -151,6 +217,7 @@ pub(crate) fn run_batch(
     let mut failure = store.begin().err().map(|e| store.fail(e));
     let mut appends = 0;
     let mut commands = 0;
+    let mut run = Appends::default();
     for cmd in batch.drain(..) {
         if close.is_some() {
             continue;
@@ -167,10 +234,28 @@ pub(crate) fn run_batch(
             continue;
         }
         commands += 1;
-        match execute(store, op, &mut appends) {
+        if let Op::Append(..) = op {
+            appends += 1;
+        } else if let Op::AppendMany(recs, _) = &op {
+            appends += recs.len() as u64;
+        }
+        let Some(op) = run.take(op) else {
+            continue;
+        };
+        if let Err(e) = run.store(store, &mut replies) {
+            fail(op, &e);
+            failure = Some(e);
+            continue;
+        }
+        match execute(store, op) {
             Ok(reply) => replies.push(reply),
             Err(e) => failure = Some(e),
         }
+    }
+    if failure.is_none()
+        && let Err(e) = run.store(store, &mut replies)
+    {
+        failure = Some(e);
     }
     if failure.is_none()
         && let Err(e) = store.commit()
