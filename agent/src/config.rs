@@ -102,6 +102,9 @@ pub struct Limits {
     pub receive_maximum: u16,
     /// Publishes of one connection being stored at once (in order; they share fsyncs).
     pub publish_pipeline: usize,
+    /// Bytes (topic + payload) of publishes being stored at once, over all connections;
+    /// a connection whose publish does not fit stops reading until it does.
+    pub max_storing_bytes: usize,
     /// Messages waiting in memory for one connected subscriber.
     pub subscriber_queue: usize,
     /// How long a publish waits for room in a full subscriber queue before that
@@ -117,6 +120,7 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             receive_maximum: 128,
             publish_pipeline: 128,
+            max_storing_bytes: 8 * 1024 * 1024,
             subscriber_queue: 1000,
             subscriber_wait_ms: 5000,
         }
@@ -212,6 +216,7 @@ impl Config {
         for (field, v) in [
             ("limits.max_connections", l.max_connections),
             ("limits.publish_pipeline", l.publish_pipeline),
+            ("limits.max_storing_bytes", l.max_storing_bytes),
             ("limits.subscriber_queue", l.subscriber_queue),
             ("limits.receive_maximum", usize::from(l.receive_maximum)),
         ] {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use mqtt::budget::StoreBudget;
 use mqtt::connection::{ConnectionConfig, Shared};
 use mqtt::listener;
 use mqtt::metrics::{ServerCounters, endpoint};
@@ -107,6 +108,7 @@ impl Agent {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             counters: Arc::new(ServerCounters::default()),
+            budget: StoreBudget::new(config.limits.max_storing_bytes),
         });
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut addrs = Vec::new();

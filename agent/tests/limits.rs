@@ -278,3 +278,62 @@ async fn a_subscriber_that_never_acknowledges_is_bounded_and_counted() {
     p.disconnect().await;
     stop(agent).await;
 }
+
+/// The store budget (`limits.max_storing_bytes`) is shared by all connections: with room
+/// for 3 publishes of 8 KiB, 6 publishers with 128 publishes each in their pipelines are
+/// held back (their sockets are not read) instead of buffering; every publish is still
+/// stored once, in order per publisher, and acknowledged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_budget_holds_publishers_back_and_loses_nothing() {
+    const PUBLISHERS: usize = 6;
+    const EACH: usize = 40;
+    const SIZE: usize = 8 * 1024;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.limits.max_storing_bytes = 3 * (SIZE + 16);
+    let (agent, addr) = start(c, dir.path()).await;
+    let mut tasks = Vec::new();
+    for p in 0..PUBLISHERS {
+        tasks.push(tokio::spawn(async move {
+            let (mut c, _) = v5::Client::connect(v5::options(addr, &format!("b{p}"))).await;
+            let topic = format!("q/budget/{p}");
+            for i in 0..EACH {
+                let mut payload = vec![b'x'; SIZE];
+                payload[..4].copy_from_slice(&(i as u32).to_be_bytes());
+                c.client
+                    .publish(&topic, v5::QoS::AtLeastOnce, false, payload)
+                    .await
+                    .unwrap();
+            }
+            let mut acked = 0;
+            while acked < EACH {
+                match c.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await {
+                    v5::Packet::PubAck(a) => {
+                        assert_eq!(a.reason, PubAckReason::Success);
+                        acked += 1;
+                    }
+                    _ => unreachable!(),
+                }
+            }
+            c.disconnect().await;
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let entries = agent.journal().peek(1000).await.unwrap();
+    assert_eq!(entries.len(), PUBLISHERS * EACH);
+    for p in 0..PUBLISHERS {
+        let topic = format!("q/budget/{p}");
+        let order: Vec<u32> = entries
+            .iter()
+            .filter(|e| e.topic == topic)
+            .map(|e| u32::from_be_bytes(e.payload[..4].try_into().unwrap()))
+            .collect();
+        assert_eq!(order, (0..EACH as u32).collect::<Vec<_>>(), "{topic}");
+    }
+    let waits = agent.metrics_snapshot().await.server.publish_budget_waits;
+    assert!(waits > 0, "no publish waited for the budget");
+    println!("{waits} publishes waited for room in the budget");
+    stop(agent).await;
+}

@@ -116,6 +116,9 @@ pub struct Limits {
     /// Stores in flight per connection: to different topics at once, to one topic one
     /// after another (order per topic).
     pub publish_pipeline: usize,
+    /// Bytes (topic + payload) of publishes in flight to RocketMQ, over all connections;
+    /// a connection whose publish does not fit stops reading until it does.
+    pub max_storing_bytes: usize,
     /// QoS 1/2 deliveries in flight per client.
     pub max_inflight: u16,
     /// Largest retained payload, bytes.
@@ -130,6 +133,7 @@ impl Default for Limits {
             connect_timeout_secs: 10,
             receive_maximum: 128,
             publish_pipeline: 16,
+            max_storing_bytes: 64 * 1024 * 1024,
             max_inflight: 32,
             max_retained_bytes: 64 * 1024,
         }
@@ -249,8 +253,14 @@ impl Config {
                 mqtt::codec::MIN_PACKET_SIZE
             ));
         }
-        if self.limits.max_connections == 0 || self.limits.publish_pipeline == 0 {
-            return Err("limits: max_connections and publish_pipeline must be > 0".into());
+        if self.limits.max_connections == 0
+            || self.limits.publish_pipeline == 0
+            || self.limits.max_storing_bytes == 0
+        {
+            return Err(
+                "limits: max_connections, publish_pipeline and max_storing_bytes must be > 0"
+                    .into(),
+            );
         }
         if self.limits.max_inflight == 0 || self.subscriptions.max_per_client == 0 {
             return Err("limits.max_inflight and subscriptions.max_per_client must be > 0".into());

@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use mqtt::budget::StoreBudget;
 use mqtt::connection::{ConnectionConfig, Shared};
 use mqtt::listener;
-use mqtt::metrics::{ServerCounters, endpoint};
+use mqtt::metrics::{ServerCounterValues, ServerCounters, endpoint};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -27,6 +28,7 @@ pub struct Server {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     metrics_addr: Option<SocketAddr>,
+    counters: Arc<ServerCounters>,
 }
 
 impl Server {
@@ -81,6 +83,7 @@ impl Server {
             shutdown: shutdown.clone(),
             tracker: tracker.clone(),
             counters: Arc::new(ServerCounters::default()),
+            budget: StoreBudget::new(config.limits.max_storing_bytes),
         });
         tracker.spawn(sweeper(bridge.clone(), shared.clone(), shutdown.clone()));
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
@@ -117,12 +120,18 @@ impl Server {
             shutdown,
             tracker,
             metrics_addr,
+            counters: shared.counters.clone(),
         })
     }
 
     /// The bound address of the metrics endpoint (`None` when turned off).
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_addr
+    }
+
+    /// The connection and publish counters now (what `/metrics` exports).
+    pub fn counters(&self) -> ServerCounterValues {
+        self.counters.values()
     }
 
     /// The bound address of a listener.

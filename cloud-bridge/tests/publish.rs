@@ -5,6 +5,7 @@
 
 mod harness;
 
+use cloud_bridge::config::Config;
 use harness::certs::Pki;
 use harness::clients::{Msg, Proto, Tls, mosquitto_pub, paho_publish, rumqttc_publish};
 use harness::{config_text, consume, max_offset, password, start_bridge, unique};
@@ -195,12 +196,38 @@ async fn empty_payload_and_user_properties_are_stored_like_rocketmq_mqtt() {
 /// order: the wildcard subscriber reads the LMQ that every one of them was appended to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_publishes_keep_the_order_of_each_topic() {
+    let (server, config) = ordered_publishes(None).await;
+    assert_eq!(config.limits.publish_pipeline, 16, "the default pipeline");
+    assert_eq!(server.counters().publish_budget_waits, 0);
+    server.stop(Duration::from_secs(5)).await;
+}
+
+/// A store budget (`limits.max_storing_bytes`) with room for about 3 publishes holds the
+/// publisher back (its publishes wait, counted) and changes nothing else: all are stored,
+/// each topic in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_store_budget_holds_publishes_back_without_loss_or_reordering() {
+    let (server, _) = ordered_publishes(Some(100)).await;
+    let waits = server.counters().publish_budget_waits;
+    assert!(waits > 0, "no publish waited for the budget");
+    server.stop(Duration::from_secs(5)).await;
+}
+
+/// One publisher sends 300 QoS 1 messages to each of 4 topics (interleaved); a wildcard
+/// subscriber must get all of them, each topic in order.
+async fn ordered_publishes(budget: Option<usize>) -> (cloud_bridge::server::Server, Config) {
     const TOPICS: usize = 4;
     const PER_TOPIC: usize = 300;
     let first = unique("ord");
     let plus = format!("{first}/+");
-    let (server, config) = start_bridge(&config_text(&first, &[&plus], "")).await;
-    assert_eq!(config.limits.publish_pipeline, 16, "the default pipeline");
+    let mut config = Config::parse(&config_text(&first, &[&plus], ""), "test").expect("config");
+    if let Some(b) = budget {
+        config.limits.max_storing_bytes = b;
+    }
+    cloud_bridge::admin::init(&config).await.expect("init");
+    let server = cloud_bridge::server::Server::start(config.clone())
+        .await
+        .expect("start bridge");
     let addr = server.local_addr("mqtt").expect("listener");
     let id = unique("s");
     let mut sub = harness::subscriber::rumqttc_subscribe(
@@ -239,5 +266,5 @@ async fn pipelined_publishes_keep_the_order_of_each_topic() {
         );
         next[t] += 1;
     }
-    server.stop(Duration::from_secs(5)).await;
+    (server, config)
 }

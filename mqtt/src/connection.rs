@@ -8,6 +8,9 @@
 //!   or, under 3.1.1 (which has none), by closing the connection so the client retries;
 //! - at most `publish_pipeline` stores are in flight per connection, and acks go out in
 //!   publish order; while the pipeline is full the socket is not read (back-pressure);
+//! - a store starts only once its publish's bytes fit in the server-wide
+//!   [`StoreBudget`]; a connection whose publish waits for room reads nothing meanwhile,
+//!   so memory held by publishes being stored is bounded across all connections;
 //! - a QoS 2 publish is stored once: a DUP retransmission of a packet id awaiting PUBREL
 //!   is answered with PUBREC again and not stored twice;
 //! - at most the client's receive-maximum deliveries are in flight to it;
@@ -34,6 +37,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
 use crate::broker::{Accepted, Broker, Close, Delivery, Peer, Refusal, Session};
+use crate::budget::{BudgetShare, StoreBudget};
 use crate::codec::Codec;
 use crate::error::Error;
 use crate::metrics::ServerCounters;
@@ -90,6 +94,8 @@ pub struct Shared<B> {
     pub tracker: TaskTracker,
     /// Connection and publish counters (the metrics endpoint reads them).
     pub counters: Arc<ServerCounters>,
+    /// Bytes of publishes being stored, across all connections.
+    pub budget: StoreBudget,
 }
 
 /// A store in flight: the backend's future with the packet id and QoS it answers (a
@@ -98,6 +104,15 @@ struct Stored {
     pkid: u16,
     qos: QoS,
     store: BoxFuture<'static, Result<Reason, Refusal>>,
+    /// The publish's bytes in the server's budget, given back when the store completes.
+    _share: Option<BudgetShare>,
+}
+
+/// A publish read from the socket whose bytes do not fit in the budget yet.
+struct Parked {
+    pkid: u16,
+    message: Message,
+    share: BoxFuture<'static, Option<BudgetShare>>,
 }
 
 impl std::future::Future for Stored {
@@ -183,6 +198,8 @@ where
                 .min(shared.config.max_inflight_deliveries.max(1)),
         ),
         pipeline: shared.config.publish_pipeline.max(1),
+        budget: shared.budget.clone(),
+        parked: None,
         connect_expiry: connect.session_expiry_interval,
         broker: shared.broker.clone(),
         counters: shared.counters.clone(),
@@ -336,6 +353,9 @@ struct Conn<B: Broker> {
     next_pkid: u16,
     client_receive_maximum: usize,
     pipeline: usize,
+    budget: StoreBudget,
+    /// A publish waiting for room in the budget; nothing is read until it has some.
+    parked: Option<Parked>,
     /// The CONNECT's session expiry interval (a DISCONNECT may not raise it from 0).
     connect_expiry: u32,
     broker: Arc<B>,
@@ -405,6 +425,10 @@ impl<B: Broker> Conn<B> {
                     return End::TakenOver;
                 }
                 Event::Stored(pkid, qos, result) => self.stored(framed, pkid, qos, result).await,
+                Event::Budget(share) => {
+                    self.unpark(share);
+                    Ok(Step::Continue)
+                }
                 Event::Packet(packet) => {
                     deadline = grace.map(|g| Instant::now() + g);
                     match packet {
@@ -463,24 +487,48 @@ impl<B: Broker> Conn<B> {
     /// Waits (at most `within`) for the stores still in flight when the connection ended.
     /// Their acks are not sent: the connection is gone, and a QoS 1/2 client resends.
     async fn finish_stores(&mut self, within: Duration) {
-        if self.stores.is_empty() {
-            return;
-        }
-        let counters = &self.counters;
-        let stores = &mut self.stores;
-        let drained = tokio::time::timeout(within, async {
-            while let Some((_, _, result)) = stores.next().await {
-                if result.is_err() {
-                    counters.publish_refused();
+        let deadline = Instant::now() + within;
+        loop {
+            let stores = &mut self.stores;
+            let parked = &mut self.parked;
+            let next = tokio::time::timeout_at(deadline, async {
+                tokio::select! {
+                    share = wait_parked(parked), if parked.is_some() => Some(Ok(share)),
+                    Some(stored) = stores.next(), if !stores.is_empty() => Some(Err(stored)),
+                    else => None,
+                }
+            })
+            .await;
+            match next {
+                Ok(None) => return,
+                Ok(Some(Ok(share))) => self.unpark(share),
+                Ok(Some(Err((_, _, result)))) => {
+                    if result.is_err() {
+                        self.counters.publish_refused();
+                    }
+                }
+                Err(_) => {
+                    warn!(
+                        pending = self.stores.len() + usize::from(self.parked.is_some()),
+                        "publishes still being stored when the connection closed were abandoned"
+                    );
+                    return;
                 }
             }
-        })
-        .await;
-        if drained.is_err() {
-            warn!(
-                pending = self.stores.len(),
-                "publishes still being stored when the connection closed were abandoned"
-            );
+        }
+    }
+
+    /// Starts the store of the parked publish, now that it has its share of the budget.
+    fn unpark(&mut self, share: Option<BudgetShare>) {
+        if let Some(p) = self.parked.take() {
+            let qos = p.message.qos;
+            let store = self.session.publish(p.message);
+            self.stores.push_back(Stored {
+                pkid: p.pkid,
+                qos,
+                store,
+                _share: share,
+            });
         }
     }
 
@@ -494,7 +542,7 @@ impl<B: Broker> Conn<B> {
         kicked: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Event {
-        let can_read = self.stores.len() < self.pipeline;
+        let can_read = self.stores.len() < self.pipeline && self.parked.is_none();
         let can_deliver = deliveries.is_some() && self.outgoing.len() < self.client_receive_maximum;
         tokio::select! {
             biased;
@@ -502,6 +550,9 @@ impl<B: Broker> Conn<B> {
             _ = kicked.cancelled() => Event::Kicked,
             Some((pkid, qos, result)) = self.stores.next(), if !self.stores.is_empty() => {
                 Event::Stored(pkid, qos, result)
+            }
+            share = wait_parked(&mut self.parked), if self.parked.is_some() => {
+                Event::Budget(share)
             }
             packet = framed.next(), if can_read => Event::Packet(packet),
             d = recv(deliveries), if can_deliver => Event::Delivery(d),
@@ -620,14 +671,33 @@ impl<B: Broker> Conn<B> {
                     pkid,
                     qos,
                     store: Box::pin(std::future::ready(Ok(Reason::Success))),
+                    _share: None,
                 });
                 self.storing.insert(pkid);
                 return Ok(Step::Continue);
             }
             self.storing.insert(pkid);
         }
-        let store = self.session.publish(message);
-        self.stores.push_back(Stored { pkid, qos, store });
+        let bytes = message.topic.len() + message.payload.len();
+        match self.budget.try_take(bytes) {
+            Some(share) => {
+                let store = self.session.publish(message);
+                self.stores.push_back(Stored {
+                    pkid,
+                    qos,
+                    store,
+                    _share: Some(share),
+                });
+            }
+            None => {
+                self.counters.publish_waited_for_budget();
+                self.parked = Some(Parked {
+                    pkid,
+                    message,
+                    share: Box::pin(self.budget.take(bytes)),
+                });
+            }
+        }
         Ok(Step::Continue)
     }
 
@@ -737,6 +807,8 @@ enum Event {
     Shutdown,
     Kicked,
     Stored(u16, QoS, Result<Reason, Refusal>),
+    /// The parked publish has its share of the budget.
+    Budget(Option<BudgetShare>),
     Packet(Option<Result<Inbound, Error>>),
     Delivery(Option<Delivery>),
     KeepAlive,
@@ -749,6 +821,14 @@ enum Step {
         session_expiry: Option<u32>,
     },
     Close(Refusal),
+}
+
+/// Waits for the parked publish's share of the budget (never completes without one).
+async fn wait_parked(p: &mut Option<Parked>) -> Option<BudgetShare> {
+    match p {
+        Some(p) => (&mut p.share).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn recv(d: &mut Option<mpsc::Receiver<Delivery>>) -> Option<Delivery> {

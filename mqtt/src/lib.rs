@@ -3,6 +3,7 @@
 //! rules, with storage behind the [`broker::Broker`] and [`broker::Session`] traits.
 
 pub mod broker;
+pub mod budget;
 pub mod codec;
 pub mod connection;
 pub mod error;

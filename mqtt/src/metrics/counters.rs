@@ -20,6 +20,7 @@ pub struct ServerCounters {
     received: [AtomicU64; 3],
     sent: [AtomicU64; 3],
     publish_refused: AtomicU64,
+    budget_waits: AtomicU64,
     subscribes: AtomicU64,
     unsubscribes: AtomicU64,
 }
@@ -99,6 +100,12 @@ impl ServerCounters {
         inc(&self.publish_refused);
     }
 
+    /// A publish waited for room in the server's store budget (its connection stopped
+    /// reading meanwhile).
+    pub fn publish_waited_for_budget(&self) {
+        inc(&self.budget_waits);
+    }
+
     /// A SUBSCRIBE packet was answered.
     pub fn subscribed(&self) {
         inc(&self.subscribes);
@@ -120,6 +127,7 @@ impl ServerCounters {
             publish_received: self.received.each_ref().map(get),
             publish_sent: self.sent.each_ref().map(get),
             publish_refused: get(&self.publish_refused),
+            publish_budget_waits: get(&self.budget_waits),
             subscribe_requests: get(&self.subscribes),
             unsubscribe_requests: get(&self.unsubscribes),
         }
@@ -143,6 +151,10 @@ pub struct ServerCounterValues {
     pub publish_sent: [u64; 3],
     /// Publishes the backend refused (journal full, RocketMQ failed, not authorised).
     pub publish_refused: u64,
+    /// Publishes that waited for room in the server-wide store budget
+    /// (`limits.max_storing_bytes`).
+    #[serde(default)]
+    pub publish_budget_waits: u64,
     /// SUBSCRIBE packets answered.
     pub subscribe_requests: u64,
     /// UNSUBSCRIBE packets answered.
@@ -203,6 +215,12 @@ impl ServerCounterValues {
             "publish_refused",
             "Publishes the storage refused (answered with a reason code or a close)",
             self.publish_refused,
+        )?;
+        encode::counter(
+            e,
+            "publish_budget_waits",
+            "Publishes that waited for room in the server-wide store budget (limits.max_storing_bytes)",
+            self.publish_budget_waits,
         )?;
         encode::counter(
             e,
