@@ -3,7 +3,8 @@
 //!    the agent's journal while the bridge is down; then the bridge starts and the drain
 //!    rate (messages/s until the journal is empty) is measured, next to a direct RocketMQ
 //!    producer's rate in the same run (`rocketmq.sh tool bench-produce`, 10 threads, LMQ
-//!    dispatch like the bridge's writes). `BENCH_TOPICS` spreads the backlog over that many
+//!    dispatch like the bridge's writes), and with 1 thread (one send at a time, how a
+//!    RocketMQ ordered producer keeps one topic's order). `BENCH_TOPICS` spreads the backlog over that many
 //!    topics (default 1); `BENCH_PIPELINE` sets the bridge's `publish_pipeline`.
 //! 2. Agent RSS while holding the backlog, and its peak (VmHWM) through the drain.
 //! 3. End-to-end latency at 1k msg/s: a device (`mosquitto_pub -l`, QoS 1) publishes its
@@ -77,9 +78,10 @@ fn cloud_bridge_pipeline(config: &std::path::Path) -> String {
         .unwrap_or_else(|| "16 (default)".to_owned())
 }
 
-fn direct_producer_rate(topic: &str) -> String {
+fn direct_producer_rate(topic: &str, threads: usize) -> String {
     let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .args(["tool", "bench-produce", "--topic", topic, "--threads", "10"])
+        .args(["tool", "bench-produce", "--topic", topic])
+        .args(["--threads", &threads.to_string()])
         .args(["--seconds", "10", "--size", "100", "--lmq"])
         .output()
         .expect("bench-produce");
@@ -172,7 +174,13 @@ fn main() {
     );
     println!(
         "direct RocketMQ producer, same run: {}",
-        direct_producer_rate(&first)
+        direct_producer_rate(&first, 10)
+    );
+    // RocketMQ's own way to keep one topic's order (an ordered producer) is one send at a
+    // time: the yardstick for a single-topic drain, which the bridge stores in order.
+    println!(
+        "direct RocketMQ producer, one send at a time (ordered), same run: {}",
+        direct_producer_rate(&first, 1)
     );
 
     // Latency at 1k msg/s: the first second (the device's connect, the bridge's first
