@@ -107,6 +107,8 @@ pub struct Limits {
     pub max_storing_bytes: usize,
     /// Messages waiting in memory for one connected subscriber.
     pub subscriber_queue: usize,
+    /// Bytes (topic + payload) of the messages waiting for one connected subscriber.
+    pub subscriber_queue_bytes: usize,
     /// How long a publish waits for room in a full subscriber queue before that
     /// subscriber misses the message (counted), milliseconds.
     pub subscriber_wait_ms: u64,
@@ -122,6 +124,7 @@ impl Default for Limits {
             publish_pipeline: 128,
             max_storing_bytes: 8 * 1024 * 1024,
             subscriber_queue: 1000,
+            subscriber_queue_bytes: 1024 * 1024,
             subscriber_wait_ms: 5000,
         }
     }
@@ -218,6 +221,7 @@ impl Config {
             ("limits.publish_pipeline", l.publish_pipeline),
             ("limits.max_storing_bytes", l.max_storing_bytes),
             ("limits.subscriber_queue", l.subscriber_queue),
+            ("limits.subscriber_queue_bytes", l.subscriber_queue_bytes),
             ("limits.receive_maximum", usize::from(l.receive_maximum)),
         ] {
             if v == 0 {

@@ -234,7 +234,69 @@ async fn a_subscriber_that_never_acknowledges_is_bounded_and_counted() {
     c.limits.subscriber_queue = 10;
     c.limits.subscriber_wait_ms = 20;
     let (agent, addr) = start(c, dir.path()).await;
-    // A raw 3.1.1 subscriber at QoS 1 that reads nothing and acknowledges nothing.
+    let _sock = stuck_subscriber(addr).await;
+    let (mut p, _) = v5::Client::connect(v5::options(addr, "fast")).await;
+    let start_t = std::time::Instant::now();
+    let reasons = publish_n(&mut p, "slow/t", 100).await;
+    assert!(
+        reasons
+            .iter()
+            .all(|r| *r == PubAckReason::Success || *r == PubAckReason::NoMatchingSubscribers)
+    );
+    // At most the in-flight window plus the queue reached the subscriber; the rest were
+    // dropped after a bounded wait each, and counted.
+    let counters = agent.counters();
+    assert!(
+        counters.dropped_subscriber_full >= 100 - 32 - 10 - 1,
+        "{counters:?}"
+    );
+    assert!(counters.delivered <= 32 + 10 + 1, "{counters:?}");
+    assert!(start_t.elapsed() < Duration::from_secs(20));
+    p.disconnect().await;
+    stop(agent).await;
+}
+
+/// A subscriber's queue is bounded in bytes too (`limits.subscriber_queue_bytes`): with
+/// room for 1,000 messages but only 64 KiB, a stuck subscriber of 16 KiB messages holds
+/// at most 4 of them queued (plus its in-flight window of 32, already written).
+#[tokio::test]
+async fn a_subscriber_queue_is_bounded_in_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.limits.subscriber_queue = 1000;
+    c.limits.subscriber_queue_bytes = 64 * 1024;
+    c.limits.subscriber_wait_ms = 20;
+    let (agent, addr) = start(c, dir.path()).await;
+    let _sock = stuck_subscriber(addr).await;
+    let (mut p, _) = v5::Client::connect(v5::options(addr, "fast")).await;
+    for _ in 0..100 {
+        p.client
+            .publish(
+                "slow/big",
+                v5::QoS::AtLeastOnce,
+                false,
+                vec![b'b'; 16 * 1024],
+            )
+            .await
+            .unwrap();
+    }
+    for _ in 0..100 {
+        p.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await;
+    }
+    let counters = agent.counters();
+    assert!(counters.delivered <= 32 + 4 + 1, "{counters:?}");
+    assert_eq!(
+        counters.delivered + counters.dropped_subscriber_full,
+        100,
+        "{counters:?}"
+    );
+    p.disconnect().await;
+    stop(agent).await;
+}
+
+/// A raw 3.1.1 subscriber to `slow/#` at QoS 1 that reads nothing and acknowledges
+/// nothing (the agent's window of 32 deliveries in flight fills, then its queue).
+async fn stuck_subscriber(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
     let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
     sock.write_all(&raw::connect_v311("stuck", 0))
         .await
@@ -256,27 +318,7 @@ async fn a_subscriber_that_never_acknowledges_is_bounded_and_counted() {
     let mut suback = [0u8; 5];
     sock.read_exact(&mut suback).await.unwrap();
     assert_eq!(suback[0], 0x90);
-
-    let (mut p, _) = v5::Client::connect(v5::options(addr, "fast")).await;
-    let start_t = std::time::Instant::now();
-    let reasons = publish_n(&mut p, "slow/t", 100).await;
-    assert!(
-        reasons
-            .iter()
-            .all(|r| *r == PubAckReason::Success || *r == PubAckReason::NoMatchingSubscribers)
-    );
-    // At most the in-flight window plus the queue reached the subscriber; the rest were
-    // dropped after a bounded wait each, and counted.
-    let counters = agent.counters();
-    assert!(
-        counters.dropped_subscriber_full >= 100 - 32 - 10 - 1,
-        "{counters:?}"
-    );
-    assert!(counters.delivered <= 32 + 10 + 1, "{counters:?}");
-    assert!(start_t.elapsed() < Duration::from_secs(20));
-    drop(sock);
-    p.disconnect().await;
-    stop(agent).await;
+    sock
 }
 
 /// The store budget (`limits.max_storing_bytes`) is shared by all connections: with room

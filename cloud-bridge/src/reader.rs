@@ -257,6 +257,7 @@ impl Reader {
             dup: matches!(self.start, Start::At { dup_below, .. } if at < dup_below),
             tag,
             expires_ms: None,
+            share: None,
         };
         tokio::select! {
             r = shared.tx.send(delivery) => r.is_ok(),

@@ -682,6 +682,7 @@ async fn send_retained_messages(inner: Arc<Inner>, filter: String, granted: QoS)
             dup: false,
             tag: 0,
             expires_ms: None,
+            share: None,
         };
         if inner.reader.tx.send(d).await.is_err() {
             return;

@@ -58,7 +58,7 @@ impl std::fmt::Display for Refusal {
 ///
 /// The message is boxed: a session's delivery channel allocates its slots up front, and
 /// idle sessions are the common case.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Delivery {
     /// The message; `qos` is already min(message QoS, granted QoS).
     pub message: Box<Message>,
@@ -70,6 +70,9 @@ pub struct Delivery {
     /// connection does not send an expired message (it reports it as acked), and sends
     /// the others with the expiry interval reduced to the time left (MQTT 5 §3.3.2.3.3).
     pub expires_ms: Option<i64>,
+    /// The message's bytes in its subscriber's queue budget, if the backend keeps one:
+    /// given back when the connection has written the message (the delivery is dropped).
+    pub share: Option<crate::budget::BudgetShare>,
 }
 
 /// Now, in Unix milliseconds (the clock of [`Delivery::expires_ms`]).

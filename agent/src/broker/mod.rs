@@ -70,7 +70,8 @@ use crate::auth::Authenticator;
 use crate::config::Config;
 use crate::error::Error;
 use crate::journal::{Journal, NewEntry, Qos};
-use router::Router;
+use mqtt::budget::StoreBudget;
+use router::{Online, Router};
 
 /// The agent's broker backend. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -86,6 +87,7 @@ pub(crate) struct Core {
     auth: Authenticator,
     max_expiry: u32,
     subscriber_queue: usize,
+    subscriber_queue_bytes: usize,
     pipeline: usize,
     tracker: TaskTracker,
     generation: AtomicU64,
@@ -165,6 +167,7 @@ impl LocalBroker {
                 auth: Authenticator::new(&config.auth),
                 max_expiry: config.sessions.max_session_expiry_secs,
                 subscriber_queue: config.limits.subscriber_queue,
+                subscriber_queue_bytes: config.limits.subscriber_queue_bytes,
                 pipeline: config.limits.publish_pipeline,
                 tracker,
                 generation: AtomicU64::new(1),
@@ -363,7 +366,11 @@ impl Core {
         }
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.subscriber_queue);
-        st.online = Some((generation, tx));
+        st.online = Some(Online {
+            generation,
+            tx,
+            bytes: StoreBudget::new(self.subscriber_queue_bytes),
+        });
         // The session's stored messages (unacknowledged ones of an earlier or taken-over
         // connection, then what was queued offline) go out before anything newer: the
         // task holds the client's lock until done. They stay stored until acknowledged.

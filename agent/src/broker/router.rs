@@ -6,8 +6,9 @@
 //!   everything that delivers to it, so deliveries keep publish order per publisher and
 //!   a resumed session's stored queue goes out before any newer message.
 //! - Memory is bounded: a connected client's queue is a bounded channel
-//!   (`limits.subscriber_queue`); a QoS 1/2 delivery waits up to `subscriber_wait_ms`
-//!   for room (the publisher's store future waits, so its connection stops reading: the
+//!   (`limits.subscriber_queue` messages) with a byte budget (`subscriber_queue_bytes`,
+//!   topic + payload, given back once the connection wrote the message); a QoS 1/2
+//!   delivery waits up to `subscriber_wait_ms` for room in both (the publisher's store future waits, so its connection stops reading: the
 //!   back-pressure reaches the socket), then a clean session misses it (counted as
 //!   `dropped_subscriber_full`) and a persistent session gets it as a stored row,
 //!   delivered when it next resumes. QoS 0 never waits: dropped at once when full.
@@ -35,6 +36,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use mqtt::broker::Delivery;
+use mqtt::budget::{BudgetShare, StoreBudget};
 use mqtt::packet::{Message, QoS};
 use mqtt::topic;
 use tokio::sync::mpsc;
@@ -77,8 +79,48 @@ pub struct CounterValues {
 pub(crate) struct ClientState {
     /// Kept across disconnects (session expiry > 0).
     pub persistent: bool,
-    /// The connection's queue and its generation, while connected.
-    pub online: Option<(u64, mpsc::Sender<Delivery>)>,
+    /// The connection's queue, its byte budget and its generation, while connected.
+    pub online: Option<Online>,
+}
+
+/// A connected client's queue.
+#[derive(Debug)]
+pub(crate) struct Online {
+    /// Which connection of the client this is.
+    pub generation: u64,
+    pub tx: mpsc::Sender<Delivery>,
+    /// Bytes (topic + payload) of the messages in `tx` and not yet written.
+    pub bytes: StoreBudget,
+}
+
+impl Online {
+    /// Room for `message` in the queue: at once (`wait` is `None`) or within `wait`.
+    /// `Err(true)`: the connection is gone; `Err(false)`: no room in time.
+    async fn room(
+        &self,
+        message: &Message,
+        wait: Option<Duration>,
+    ) -> Result<(mpsc::Permit<'_, Delivery>, BudgetShare), bool> {
+        let size = message.topic.len() + message.payload.len();
+        let Some(wait) = wait else {
+            let share = self.bytes.try_take(size).ok_or(false)?;
+            let slot = self
+                .tx
+                .try_reserve()
+                .map_err(|e| matches!(e, mpsc::error::TrySendError::Closed(_)))?;
+            return Ok((slot, share));
+        };
+        let both = async {
+            let share = self.bytes.take(size).await;
+            let slot = self.tx.reserve().await;
+            (share, slot)
+        };
+        match tokio::time::timeout(wait, both).await {
+            Ok((Some(share), Ok(slot))) => Ok((slot, share)),
+            Ok((_, Err(_))) | Ok((None, _)) => Err(true),
+            Err(_) => Err(false),
+        }
+    }
 }
 
 /// One client identifier's session.
@@ -269,19 +311,10 @@ impl Router {
     ) -> Option<Committed<()>> {
         let qos = message.qos;
         let keep = st.persistent && qos != QoS::AtMostOnce;
-        if let Some((_, tx)) = &st.online {
-            let permit = if qos == QoS::AtMostOnce {
-                tx.try_reserve()
-                    .map_err(|e| matches!(e, mpsc::error::TrySendError::Closed(_)))
-            } else {
-                match tokio::time::timeout(self.wait, tx.reserve()).await {
-                    Ok(Ok(p)) => Ok(p),
-                    Ok(Err(_)) => Err(true),
-                    Err(_) => Err(false),
-                }
-            };
-            match permit {
-                Ok(p) => {
+        if let Some(online) = &st.online {
+            let wait = (qos != QoS::AtMostOnce).then_some(self.wait);
+            match online.room(&message, wait).await {
+                Ok((p, share)) => {
                     let (tag, commit) = if keep {
                         let tag = self.tag();
                         let commit = self.queue(client, tag, &message, expires_ms, true).await;
@@ -294,6 +327,7 @@ impl Router {
                         dup: false,
                         tag,
                         expires_ms,
+                        share: Some(share),
                     });
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     return commit;
@@ -354,21 +388,22 @@ impl Router {
     /// Hands a resumed session's stored row to its connection (the row stays until
     /// acknowledged); `false` if the connection's queue stayed full or is gone.
     pub async fn redeliver(&self, st: &ClientState, q: super::store::Queued) -> bool {
-        let Some((_, tx)) = &st.online else {
+        let Some(online) = &st.online else {
             return false;
         };
-        match tokio::time::timeout(self.wait, tx.reserve()).await {
-            Ok(Ok(p)) => {
+        match online.room(&q.message, Some(self.wait)).await {
+            Ok((p, share)) => {
                 p.send(Delivery {
                     message: Box::new(q.message),
                     dup: q.sent,
                     tag: q.id,
                     expires_ms: q.expires_ms,
+                    share: Some(share),
                 });
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 true
             }
-            _ => false,
+            Err(_) => false,
         }
     }
 }

@@ -294,7 +294,7 @@ impl Session for LocalSession {
             let core = &self.core;
             let client = &self.client;
             let mut st = client.state.lock().await;
-            if st.online.as_ref().map(|(g, _)| *g) != Some(self.generation) {
+            if st.online.as_ref().map(|o| o.generation) != Some(self.generation) {
                 return; // taken over: the new connection owns the session now
             }
             st.online = None;
