@@ -8,8 +8,9 @@
 //! - Memory is bounded: a connected client's queue is a bounded channel
 //!   (`limits.subscriber_queue` messages) with a byte budget (`subscriber_queue_bytes`,
 //!   topic + payload, given back once the connection wrote the message); a QoS 1/2
-//!   delivery waits up to `subscriber_wait_ms` for room in both (the publisher's store future waits, so its connection stops reading: the
-//!   back-pressure reaches the socket), then a clean session misses it (counted as
+//!   delivery waits up to `subscriber_wait_ms` for room in both (the publisher's store
+//!   future waits, so its connection stops reading: the back-pressure reaches the
+//!   socket), then a clean session misses it (counted as
 //!   `dropped_subscriber_full`) and a persistent session gets it as a stored row,
 //!   delivered when it next resumes. QoS 0 never waits: dropped at once when full.
 //! - A persistent session holds at most `sessions.max_queued_messages` rows while its
