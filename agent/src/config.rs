@@ -228,6 +228,12 @@ impl Config {
                 return Err(bad(field, "must be greater than 0"));
             }
         }
+        if l.max_connections > mqtt::listener::MAX_CONNECTIONS_LIMIT {
+            return Err(bad(
+                "limits.max_connections",
+                format!("must be at most {}", mqtt::listener::MAX_CONNECTIONS_LIMIT),
+            ));
+        }
         self.uplink.check(&self.downlink)?;
         self.metrics_addr()?;
         crate::sensors::config::check_all(&self.sensors)?;
@@ -283,5 +289,31 @@ mod tests {
             format!("{DEFAULT_CONFIG}\n[[auth.users]]\nname = \"u\"\npassword_hash = \"plain\"\n");
         let e = Config::parse(&text, "x").expect_err("hash").to_string();
         assert!(e.contains("auth.users[0].password_hash"), "{e}");
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_by_name() {
+        for (old, new, field) in [
+            (
+                "max_connections = 1024",
+                "max_connections = 2000000000",
+                "limits.max_connections",
+            ),
+            (
+                "max_storing_bytes = 8388608",
+                "max_storing_bytes = 0",
+                "limits.max_storing_bytes",
+            ),
+            (
+                "subscriber_queue_bytes = 1048576",
+                "subscriber_queue_bytes = 0",
+                "limits.subscriber_queue_bytes",
+            ),
+        ] {
+            let text = DEFAULT_CONFIG.replace(old, new);
+            assert_ne!(text, DEFAULT_CONFIG, "{old}");
+            let e = Config::parse(&text, "x").expect_err(new).to_string();
+            assert!(e.contains(field), "{e}");
+        }
     }
 }

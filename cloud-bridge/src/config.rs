@@ -262,6 +262,12 @@ impl Config {
                     .into(),
             );
         }
+        if self.limits.max_connections > mqtt::listener::MAX_CONNECTIONS_LIMIT {
+            return Err(format!(
+                "limits.max_connections must be at most {}",
+                mqtt::listener::MAX_CONNECTIONS_LIMIT
+            ));
+        }
         if self.limits.max_inflight == 0 || self.subscriptions.max_per_client == 0 {
             return Err("limits.max_inflight and subscriptions.max_per_client must be > 0".into());
         }
@@ -343,5 +349,21 @@ mod tests {
         let text =
             DEFAULT_CONFIG.replace("wildcards = [\"t1/+\", \"t1/#\"]", "wildcards = [\"t2/+\"]");
         assert!(Config::parse(&text, "x").is_err());
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused() {
+        for (old, new) in [
+            ("max_connections = 20000", "max_connections = 2000000000"),
+            ("max_storing_bytes = 67108864", "max_storing_bytes = 0"),
+        ] {
+            let text = DEFAULT_CONFIG.replace(old, new);
+            assert_ne!(text, DEFAULT_CONFIG, "{old}");
+            let e = Config::parse(&text, "x").unwrap_err().to_string();
+            assert!(
+                e.contains("max_connections") || e.contains("max_storing_bytes"),
+                "{e}"
+            );
+        }
     }
 }

@@ -25,11 +25,13 @@ pub struct StoreBudget {
 pub type BudgetShare = OwnedSemaphorePermit;
 
 impl StoreBudget {
-    /// A budget of `bytes` (at least 1, at most 4 GiB − 1).
+    /// A budget of `bytes`: at least 1, and at most what a semaphore holds (512 MiB − 1
+    /// on 32-bit targets such as armv7, 4 GiB − 1 elsewhere); larger values are clamped.
     pub fn new(bytes: usize) -> StoreBudget {
-        let total = u32::try_from(bytes).unwrap_or(u32::MAX).max(1);
+        let most = u32::try_from(Semaphore::MAX_PERMITS).unwrap_or(u32::MAX);
+        let total = u32::try_from(bytes).unwrap_or(u32::MAX).clamp(1, most);
         StoreBudget {
-            bytes: Arc::new(Semaphore::new(total as usize)),
+            bytes: Arc::new(Semaphore::new(usize::try_from(total).unwrap_or(1))),
             total,
         }
     }
@@ -90,5 +92,13 @@ mod tests {
         assert_eq!(b.available(), 90);
         drop(share);
         assert_eq!(b.total(), 100);
+    }
+
+    #[test]
+    fn any_size_is_accepted_and_clamped() {
+        assert_eq!(StoreBudget::new(0).total(), 1);
+        let huge = StoreBudget::new(usize::MAX);
+        assert!(huge.total() <= Semaphore::MAX_PERMITS);
+        assert_eq!(huge.available(), huge.total());
     }
 }

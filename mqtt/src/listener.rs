@@ -19,6 +19,11 @@ use crate::error::Error;
 use crate::quickack::QuickAck;
 use crate::tls::certificate_identity;
 
+/// The largest `max_connections` a server accepts in its config. The accept loop counts
+/// connections with a semaphore, which holds at most 2^29 − 1 permits on 32-bit targets
+/// (armv7 gateways); a million is far past any file-descriptor limit anyway.
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
+
 /// One listener as configured (`[[listener]]` in both binaries' TOML).
 #[derive(Debug, Clone, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
