@@ -228,11 +228,20 @@ impl Config {
                 return Err(bad(field, "must be greater than 0"));
             }
         }
-        if l.max_connections > mqtt::listener::MAX_CONNECTIONS_LIMIT {
-            return Err(bad(
+        // Upper bounds: each of these sizes a semaphore, a channel or a buffer (a tokio
+        // semaphore or channel holds at most 2^29 - 1 on 32-bit gateways).
+        for (field, v, most) in [
+            (
                 "limits.max_connections",
-                format!("must be at most {}", mqtt::listener::MAX_CONNECTIONS_LIMIT),
-            ));
+                l.max_connections,
+                mqtt::listener::MAX_CONNECTIONS_LIMIT,
+            ),
+            ("limits.publish_pipeline", l.publish_pipeline, 65_535),
+            ("limits.subscriber_queue", l.subscriber_queue, 1_000_000),
+        ] {
+            if v > most {
+                return Err(bad(field, format!("must be at most {most}")));
+            }
         }
         self.uplink.check(&self.downlink)?;
         self.metrics_addr()?;
@@ -308,6 +317,16 @@ mod tests {
                 "subscriber_queue_bytes = 1048576",
                 "subscriber_queue_bytes = 0",
                 "limits.subscriber_queue_bytes",
+            ),
+            (
+                "subscriber_queue = 1000 ",
+                "subscriber_queue = 1000000000 ",
+                "limits.subscriber_queue",
+            ),
+            (
+                "publish_pipeline = 128 ",
+                "publish_pipeline = 100000 ",
+                "limits.publish_pipeline",
             ),
         ] {
             let text = DEFAULT_CONFIG.replace(old, new);

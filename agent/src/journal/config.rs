@@ -193,11 +193,17 @@ impl JournalConfig {
         if self.max_bytes == 0 {
             return Err(bad("max_bytes", "must be greater than 0"));
         }
-        if self.max_batch == 0 {
-            return Err(bad("max_batch", "must be greater than 0"));
-        }
-        if self.queue_capacity == 0 {
-            return Err(bad("queue_capacity", "must be greater than 0"));
+        // Each sizes a buffer or a channel (at most 2^29 - 1 on 32-bit gateways).
+        for (field, v) in [
+            ("max_batch", self.max_batch),
+            ("queue_capacity", self.queue_capacity),
+        ] {
+            if v == 0 {
+                return Err(bad(field, "must be greater than 0"));
+            }
+            if v > 1_000_000 {
+                return Err(bad(field, "must be at most 1000000"));
+            }
         }
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, rule) in self.rules.iter().enumerate() {
