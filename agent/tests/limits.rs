@@ -379,3 +379,43 @@ async fn the_store_budget_holds_publishers_back_and_loses_nothing() {
     println!("{waits} publishes waited for room in the budget");
     stop(agent).await;
 }
+
+/// While the agent does not read a publisher's socket (its pipeline waits for a full
+/// subscriber queue), the publisher's keepalive does not run out: a raw 3.1.1 publisher
+/// with a keepalive of 1 s (1.5 s grace) whose stores are held up to 2.5 s each gets
+/// every PUBACK and is never disconnected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_pressure_is_not_keepalive_silence() {
+    // 32 publishes fill the stuck subscriber's window and 1 its queue; the next 2 wait
+    // 2.5 s each for room (then the subscriber misses them, counted).
+    const N: u16 = 35;
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.limits.subscriber_queue = 1;
+    c.limits.subscriber_wait_ms = 2500;
+    c.limits.publish_pipeline = 1;
+    let (agent, addr) = start(c, dir.path()).await;
+    let _sub = stuck_subscriber(addr).await;
+    let mut p = tokio::net::TcpStream::connect(addr).await.unwrap();
+    p.write_all(&raw::connect_v311("held", 1)).await.unwrap();
+    let mut connack = [0u8; 4];
+    p.read_exact(&mut connack).await.unwrap();
+    assert_eq!(connack, [0x20, 2, 0, 0]);
+    for pkid in 1..=N {
+        p.write_all(&raw::publish_v311("slow/held", 1, pkid, b"h"))
+            .await
+            .unwrap();
+    }
+    for pkid in 1..=N {
+        let mut puback = [0u8; 4];
+        let read = tokio::time::timeout(WAIT, p.read_exact(&mut puback)).await;
+        match read {
+            Ok(Ok(_)) => assert_eq!(puback, [0x40, 2, 0, pkid as u8], "PUBACK {pkid}"),
+            Ok(Err(e)) => panic!("disconnected before PUBACK {pkid}: {e}"),
+            Err(_) => panic!("no PUBACK {pkid} in time"),
+        }
+    }
+    let counters = agent.counters();
+    assert!(counters.dropped_subscriber_full >= 2, "{counters:?}");
+    stop(agent).await;
+}

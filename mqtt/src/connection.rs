@@ -17,6 +17,8 @@
 //! - publishes read before the connection ended are stored before it closes (their acks
 //!   are not sent), then the will is published when the connection ended without a
 //!   normal DISCONNECT;
+//! - the keepalive (1.5 × the client's interval without a packet) counts only time
+//!   during which the socket is read: back-pressure is not the client's silence;
 //! - an MQTT 5 DISCONNECT's session expiry interval reaches the backend
 //!   (`Close::Normal`); changing it from 0 (in CONNECT) to non-0 is a protocol error
 //!   (server DISCONNECT 0x82, the will is published).
@@ -556,7 +558,11 @@ impl<B: Broker> Conn<B> {
             }
             packet = framed.next(), if can_read => Event::Packet(packet),
             d = recv(deliveries), if can_deliver => Event::Delivery(d),
-            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+            // The keepalive measures the client's silence, so it runs only while the
+            // socket is read: a connection held back (pipeline full, publish parked) does
+            // not blame the client for the packets waiting unread in its socket. Packets
+            // come first when reading resumes, so a client that did send resets it.
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() && can_read => {
                 Event::KeepAlive
             }
         }
