@@ -15,13 +15,18 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Publishes `n` QoS 1 messages of 100 bytes to `topic`; returns the PUBACK reasons.
 async fn publish_n(c: &mut v5::Client, topic: &str, n: usize) -> Vec<PubAckReason> {
+    publish_n_of(c, topic, n, 100).await
+}
+
+/// Publishes `n` QoS 1 messages of `size` bytes to `topic`; returns the PUBACK reasons.
+async fn publish_n_of(c: &mut v5::Client, topic: &str, n: usize, size: usize) -> Vec<PubAckReason> {
     for i in 0..n {
         c.client
             .publish(
                 topic,
                 v5::QoS::AtLeastOnce,
                 false,
-                vec![b'0' + (i % 10) as u8; 100],
+                vec![b'0' + (i % 10) as u8; size],
             )
             .await
             .unwrap();
@@ -269,20 +274,8 @@ async fn a_subscriber_queue_is_bounded_in_bytes() {
     let (agent, addr) = start(c, dir.path()).await;
     let _sock = stuck_subscriber(addr).await;
     let (mut p, _) = v5::Client::connect(v5::options(addr, "fast")).await;
-    for _ in 0..100 {
-        p.client
-            .publish(
-                "slow/big",
-                v5::QoS::AtLeastOnce,
-                false,
-                vec![b'b'; 16 * 1024],
-            )
-            .await
-            .unwrap();
-    }
-    for _ in 0..100 {
-        p.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await;
-    }
+    let reasons = publish_n_of(&mut p, "slow/big", 100, 16 * 1024).await;
+    assert_eq!(reasons.len(), 100);
     let counters = agent.counters();
     assert!(counters.delivered <= 32 + 4 + 1, "{counters:?}");
     assert_eq!(
