@@ -275,6 +275,7 @@ async fn open(path: &Path, cfg: &JournalConfig, clock: &ManualClock, disk: &Fixe
     let env = JournalEnv {
         clock: Arc::new(clock.clone()),
         disk: Arc::new(disk.clone()),
+        ..JournalEnv::default()
     };
     Journal::open_with_env(path, cfg, env).await.expect("open")
 }

@@ -42,6 +42,7 @@ fn env() -> JournalEnv {
     JournalEnv {
         clock: Arc::new(ManualClock::new(1_000_000)),
         disk: Arc::new(FixedDisk::new(u64::MAX / 4)),
+        ..JournalEnv::default()
     }
 }
 

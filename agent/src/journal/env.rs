@@ -1,7 +1,9 @@
-//! What the journal asks of the outside world: the time and the free disk space.
-//! Both are injectable so that tests can expire entries and fill the disk at will.
+//! What the journal asks of the outside world: the time, the free disk space and the
+//! flush of its WAL to stable storage. All are injectable so that tests can expire
+//! entries, fill the disk and hold back or fail a flush at will.
 
 use std::fmt::Debug;
+use std::fs::File;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;
@@ -93,13 +95,31 @@ impl DiskSpace for FixedDisk {
     }
 }
 
-/// The clock and disk a journal uses.
+/// Flushes the journal's `-wal` file to stable storage (`synchronous = full`).
+pub trait WalSync: Send + Sync + Debug {
+    /// Makes every byte written to `wal` so far durable.
+    fn sync(&self, wal: &File) -> io::Result<()>;
+}
+
+/// `fdatasync(2)`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fdatasync;
+
+impl WalSync for Fdatasync {
+    fn sync(&self, wal: &File) -> io::Result<()> {
+        wal.sync_data()
+    }
+}
+
+/// The clock, disk and flush a journal uses.
 #[derive(Debug, Clone)]
 pub struct JournalEnv {
     /// Source of "now" for receipt times and expiry.
     pub clock: Arc<dyn Clock>,
     /// Source of the free-space figure for the watermark.
     pub disk: Arc<dyn DiskSpace>,
+    /// The flush of the WAL before appends are answered (`synchronous = full`).
+    pub wal_sync: Arc<dyn WalSync>,
 }
 
 impl Default for JournalEnv {
@@ -107,6 +127,7 @@ impl Default for JournalEnv {
         JournalEnv {
             clock: Arc::new(SystemClock),
             disk: Arc::new(StatvfsDisk),
+            wal_sync: Arc::new(Fdatasync),
         }
     }
 }

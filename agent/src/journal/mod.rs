@@ -22,7 +22,10 @@
 //! bounded tokio channel (`queue_capacity`; appenders wait when it is full, which is the
 //! back-pressure the broker needs) and awaits a oneshot reply. The thread takes every
 //! queued command (up to `max_batch`) into one `BEGIN IMMEDIATE … COMMIT`, so concurrent
-//! publishes share one fsync; replies leave after the commit.
+//! publishes share one fsync; replies leave after the commit. With `synchronous = full`
+//! a second thread, the [syncer](syncer), flushes the WAL (`fdatasync`) before the replies
+//! of committed batches leave, while the journal thread already runs the next batch: one
+//! flush covers every batch committed before it started.
 //!
 //! # `synchronous` and the loss window (WAL mode)
 //! | setting | process killed (kill -9, panic, OOM) | OS crash or power cut |
@@ -77,6 +80,7 @@ mod render;
 mod schema;
 mod stats;
 mod store;
+mod syncer;
 mod writer;
 
 #[cfg(test)]
@@ -91,7 +95,10 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{Classifier, JournalConfig, Priority, SyncMode, TopicRule, WhenFull};
 pub use entry::{Cursor, Entry, NewEntry, Qos, ReadOrder};
-pub use env::{Clock, DiskSpace, FixedDisk, JournalEnv, ManualClock, StatvfsDisk, SystemClock};
+pub use env::{
+    Clock, DiskSpace, Fdatasync, FixedDisk, JournalEnv, ManualClock, StatvfsDisk, SystemClock,
+    WalSync,
+};
 pub use filter::{FilterError, TopicFilter};
 pub(crate) use render::{age as human_age, bytes as human_bytes};
 pub use render::{render_entry, render_stats};

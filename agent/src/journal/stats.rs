@@ -131,6 +131,9 @@ pub struct WriterStats {
     pub appends: u64,
     /// Largest number of commands in one transaction.
     pub max_batch: u64,
+    /// Flushes of the WAL by the syncer thread (`synchronous = full`); each one covers
+    /// every transaction committed before it.
+    pub wal_flushes: u64,
 }
 
 impl WriterStats {

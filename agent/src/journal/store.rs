@@ -6,6 +6,8 @@
 mod read;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -184,12 +186,27 @@ pub(crate) struct Store {
     batch_limit: Option<(u64, QuotaReason)>,
     batch_swept: bool,
     pub(crate) writer: WriterStats,
+    /// WAL flushes by the syncer (`synchronous = full`), read into the stats.
+    pub(crate) writer_flushes: Option<Arc<AtomicU64>>,
 }
 
 impl Store {
     /// Opens the journal, recomputes the accounting and sweeps expired entries.
+    #[cfg(test)]
     pub(crate) fn open(path: &Path, opts: StoreOptions, env: JournalEnv) -> Result<Store> {
-        let conn = sql::open(path, opts.read_only, opts.synchronous, opts.quick_check)?;
+        let sync = opts.synchronous;
+        Self::open_with(path, opts, env, sync)
+    }
+
+    /// Like [`Store::open`], with SQLite's own `synchronous` set to `sqlite_sync` (the
+    /// journal thread flushes the WAL itself for `full`).
+    pub(crate) fn open_with(
+        path: &Path,
+        opts: StoreOptions,
+        env: JournalEnv,
+        sqlite_sync: SyncMode,
+    ) -> Result<Store> {
+        let conn = sql::open(path, opts.read_only, sqlite_sync, opts.quick_check)?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
             _ => PathBuf::from("."),
@@ -208,6 +225,7 @@ impl Store {
             batch_limit: None,
             batch_swept: false,
             writer: WriterStats::default(),
+            writer_flushes: None,
         };
         let loaded = store.load().and_then(|()| {
             if !store.opts.read_only {
@@ -254,6 +272,11 @@ impl Store {
 
     pub(crate) fn read_only(&self) -> bool {
         self.opts.read_only
+    }
+
+    /// The directory holding the journal file.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
     }
 
     /// Opens the batch transaction; sweeps expired entries when a sweep is due.

@@ -42,6 +42,7 @@ impl Fixture {
         let env = JournalEnv {
             clock: Arc::new(self.clock.clone()),
             disk: Arc::new(self.disk.clone()),
+            ..JournalEnv::default()
         };
         Journal::open_with_env(&self.path, cfg, env)
             .await
@@ -384,6 +385,110 @@ async fn concurrent_appends_share_commits() {
     assert_eq!(s.entries, 200);
     assert_eq!(s.writer.appends, 200);
     assert!(s.writer.batches < 200, "no group commit: {:?}", s.writer);
+    let flushes = s.writer.wal_flushes;
+    assert!(
+        flushes >= 1 && flushes <= s.writer.batches,
+        "{:?}",
+        s.writer
+    );
+}
+
+/// A WAL flush that waits until the test opens the gate, and fails while told to.
+#[derive(Debug, Default)]
+struct Gate {
+    state: std::sync::Mutex<GateState>,
+    changed: std::sync::Condvar,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    open: bool,
+    fail: bool,
+    /// Flushes started, and the WAL's length at the last one.
+    started: u64,
+    wal_len: u64,
+}
+
+impl Gate {
+    fn set(&self, open: bool, fail: bool) {
+        let mut st = self.state.lock().unwrap();
+        st.open = open;
+        st.fail = fail;
+        self.changed.notify_all();
+    }
+
+    fn started(&self) -> (u64, u64) {
+        let st = self.state.lock().unwrap();
+        (st.started, st.wal_len)
+    }
+}
+
+impl WalSync for Gate {
+    fn sync(&self, wal: &std::fs::File) -> std::io::Result<()> {
+        let len = wal.metadata()?.len();
+        let mut st = self.state.lock().unwrap();
+        st.started += 1;
+        st.wal_len = len;
+        // Bounded: a test that forgets to open the gate fails instead of hanging.
+        let (st, _) = self
+            .changed
+            .wait_timeout_while(st, Duration::from_secs(20), |st| !st.open)
+            .unwrap();
+        if st.fail {
+            return Err(std::io::Error::other("injected flush failure"));
+        }
+        wal.sync_data()
+    }
+}
+
+#[tokio::test]
+async fn an_append_is_answered_only_after_its_wal_flush() {
+    let f = Fixture::new();
+    let gate = Arc::new(Gate::default());
+    let env = JournalEnv {
+        clock: Arc::new(f.clock.clone()),
+        disk: Arc::new(f.disk.clone()),
+        wal_sync: gate.clone(),
+    };
+    let j = Journal::open_with_env(&f.path, &config(), env)
+        .await
+        .expect("open");
+    let pending = tokio::spawn({
+        let j = j.clone();
+        async move { j.append(msg("t", "first")).await }
+    });
+    // Committed (another connection sees it) but not answered while the flush waits.
+    let reader = Journal::open_read_only(&f.path).await.expect("reader");
+    let mut seen = Vec::new();
+    for _ in 0..100 {
+        seen = all(&reader).await;
+        if !seen.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(seen, vec![1]);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!pending.is_finished(), "answered before the WAL flush");
+    let (started, wal_len) = gate.started();
+    assert_eq!(started, 1);
+    assert!(wal_len > 0, "the flush was given the journal's WAL");
+    gate.set(true, false);
+    assert_eq!(pending.await.expect("task").expect("append"), 1);
+
+    // A failed flush fails the append: the caller is not told it is on disk. The entry
+    // stays in the journal (it is sent like any other), nothing is lost.
+    gate.set(true, true);
+    let e = j.append(msg("t", "second")).await;
+    let e = e.expect_err("answered Ok after a failed flush").to_string();
+    assert!(e.contains("-wal") && e.contains("injected"), "{e}");
+    gate.set(true, false);
+    assert_eq!(j.append(msg("t", "third")).await.expect("append"), 3);
+    assert_eq!(all(&j).await, vec![1, 2, 3]);
+    let s = j.stats().await.expect("stats");
+    assert_eq!(s.writer.wal_flushes, 3);
+    reader.close().await.expect("close reader");
+    j.close().await.expect("close");
 }
 
 #[tokio::test]
@@ -438,7 +543,7 @@ fn sqlite_full_fails_the_batch_and_loses_nothing() {
     for _ in 0..50 {
         let (tx, mut rx) = oneshot::channel();
         let mut batch = vec![Command::Run(Op::Append(record("t", 1000), tx))];
-        assert!(writer::run_batch(&mut store, &mut batch).is_none());
+        assert!(writer::run_batch(&mut store, &mut batch, &writer::Outbox::Direct).is_none());
         match rx.try_recv().expect("answered") {
             Ok(_) => stored += 1,
             Err(e) => {
@@ -490,7 +595,7 @@ fn one_batch_answers_each_append_command_with_its_own_outcomes() {
         Command::Run(Op::Append(record("d", 1), d_tx)),
         Command::Run(Op::Confirm(vec![1, 2], confirm_tx)),
     ];
-    assert!(writer::run_batch(&mut store, &mut batch).is_none());
+    assert!(writer::run_batch(&mut store, &mut batch, &writer::Outbox::Direct).is_none());
     assert_eq!(a.try_recv().expect("answered").expect("a"), 1);
     let many = many.try_recv().expect("answered").expect("burst");
     assert_eq!(many.len(), 71);

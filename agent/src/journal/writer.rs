@@ -3,15 +3,23 @@
 //! already queued (up to `max_batch`), runs all of them in one transaction and commits
 //! once, then answers every caller. So N concurrent appends cost one fsync, and no reply
 //! (in particular no `append` Ok) leaves before the commit that made it durable.
+//!
+//! With `synchronous = full` the replies of a committed batch go through the
+//! [syncer](super::syncer), which flushes the WAL before they leave, while this thread
+//! already runs the next batch.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::config::SyncMode;
 use super::entry::{Cursor, Entry};
 use super::env::JournalEnv;
 use super::stats::Stats;
 use super::store::{Record, Sql, Store, StoreOptions};
+use super::syncer::Syncer;
 use crate::error::{Error, Result};
 
 /// A request to the journal thread.
@@ -206,11 +214,51 @@ fn fail(op: Op, e: &Error) {
     }
 }
 
+/// The replies of one batch, and the error that failed it (if it did).
+pub(crate) struct Answers {
+    replies: Vec<Reply>,
+    failure: Option<Error>,
+}
+
+impl Answers {
+    /// Answers every caller: with the batch's failure, else with the flush's, else with
+    /// its result.
+    fn send(self, flush: Option<&Error>) {
+        let failure = self.failure.as_ref().or(flush);
+        for reply in self.replies {
+            reply.send(failure);
+        }
+    }
+}
+
+/// Where the replies of a finished batch go.
+pub(crate) enum Outbox {
+    /// Straight to the callers (`synchronous` below `full`: the commit is as durable as
+    /// it gets; and read-only handles).
+    Direct,
+    /// Through the syncer, which flushes the WAL first.
+    Flushed(Syncer<Answers>),
+}
+
+impl Outbox {
+    /// Hands over the answers of a batch; `appended` says whether it must be flushed.
+    fn post(&self, answers: Answers, appended: bool) {
+        match self {
+            Outbox::Direct => answers.send(None),
+            Outbox::Flushed(syncer) => {
+                let durable = appended && answers.failure.is_none();
+                syncer.submit(answers, durable);
+            }
+        }
+    }
+}
+
 /// Runs one batch in one transaction; returns the close request if there was one.
 /// Commands queued behind a close are dropped, so their callers see `Error::Closed`.
 pub(crate) fn run_batch(
     store: &mut Store,
     batch: &mut Vec<Command>,
+    outbox: &Outbox,
 ) -> Option<oneshot::Sender<()>> {
     let mut close = None;
     let mut replies = Vec::with_capacity(batch.len());
@@ -275,10 +323,36 @@ pub(crate) fn run_batch(
             w.max_batch = w.max_batch.max(commands);
         }
     }
-    for reply in replies {
-        reply.send(failure.as_ref());
-    }
+    outbox.post(Answers { replies, failure }, appends > 0);
     close
+}
+
+/// Opens the store and, for `synchronous = full`, starts the syncer: the connection then
+/// runs SQLite's NORMAL and the syncer flushes the WAL before replies leave.
+fn open(path: &std::path::Path, opts: StoreOptions, env: JournalEnv) -> Result<(Store, Outbox)> {
+    let flushed = !opts.read_only && opts.synchronous == SyncMode::Full;
+    let sqlite_sync = if flushed {
+        SyncMode::Normal
+    } else {
+        opts.synchronous
+    };
+    let wal_sync = env.wal_sync.clone();
+    let mut store = Store::open_with(path, opts, env, sqlite_sync)?;
+    if !flushed {
+        return Ok((store, Outbox::Direct));
+    }
+    let mut wal = path.as_os_str().to_owned();
+    wal.push("-wal");
+    let flushes = Arc::new(AtomicU64::new(0));
+    store.writer_flushes = Some(flushes.clone());
+    let syncer = Syncer::spawn(
+        PathBuf::from(wal),
+        store.dir(),
+        wal_sync,
+        flushes,
+        Answers::send,
+    )?;
+    Ok((store, Outbox::Flushed(syncer)))
 }
 
 /// Starts the journal thread; the returned receiver yields the outcome of opening.
@@ -295,10 +369,11 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("journal".to_owned())
         .spawn(move || {
-            let mut store = match Store::open(&path, opts, env) {
-                Ok(store) => {
-                    drop(ready_tx.send(Ok(store.read_only())));
-                    store
+            let opened = open(&path, opts, env);
+            let (mut store, outbox) = match opened {
+                Ok(opened) => {
+                    drop(ready_tx.send(Ok(opened.0.read_only())));
+                    opened
                 }
                 Err(e) => {
                     drop(ready_tx.send(Err(e)));
@@ -316,12 +391,14 @@ pub(crate) fn spawn(
                         Err(_) => break,
                     }
                 }
-                close = run_batch(&mut store, &mut batch);
+                close = run_batch(&mut store, &mut batch, &outbox);
                 if close.is_some() {
                     break;
                 }
             }
             rx.close();
+            // Every reply leaves (flushed) before the connection closes.
+            drop(outbox);
             drop(store);
             if let Some(tx) = close {
                 let _ = tx.send(());

@@ -10,7 +10,7 @@ use super::{MAX_READ, Sql, Store, bad_column, priority_column, to_i64, to_u64};
 use crate::journal::config::Priority;
 use crate::journal::entry::{Cursor, Entry, Qos, ReadOrder};
 use crate::journal::schema as sql;
-use crate::journal::stats::{PriorityStats, Stats};
+use crate::journal::stats::{PriorityStats, Stats, WriterStats};
 
 fn entry_from_row(r: &Row<'_>) -> Sql<Entry> {
     let qos = u8::try_from(r.get::<_, i64>(3)?)
@@ -116,7 +116,13 @@ impl Store {
                 })
                 .collect(),
             counters: self.counters,
-            writer: self.writer,
+            writer: WriterStats {
+                wal_flushes: self
+                    .writer_flushes
+                    .as_ref()
+                    .map_or(0, |f| f.load(std::sync::atomic::Ordering::Relaxed)),
+                ..self.writer
+            },
             synchronous: self.opts.synchronous,
             when_full: self.opts.when_full,
             read_only: self.opts.read_only,
