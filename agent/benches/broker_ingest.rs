@@ -3,17 +3,24 @@
 //! unloaded QoS 1 publish -> subscribe latency at 1k msg/s, side by side in the same run:
 //!
 //! - edge-agent (this crate's binary, release build, its own process): every message is
-//!   committed to the journal (`synchronous = full`) before its PUBACK;
+//!   committed to the journal and its WAL flushed (`synchronous = full`) before its
+//!   PUBACK. For each ingest phase the bench also prints the journal's work, read from
+//!   the agent's /metrics: transactions (messages and µs each) and WAL flushes (messages
+//!   and µs each);
 //! - rumqttd 0.20 (crates.io), run in a child process of this bench: in memory;
 //! - Debian's mosquitto, if `/usr/sbin/mosquitto` exists (else reported as skipped):
 //!   in memory.
 //!
-//! Peak RSS is each broker process's VmHWM after the run. Run with
-//! `cargo bench -p edge-agent --bench broker_ingest`.
+//! The brokers take turns, round after round (`BROKER_BENCH_ROUNDS`, default 3), each
+//! started afresh; the summary gives medians and ranges over the rounds, and the agent's
+//! ratio to rumqttd within each round (this VM's neighbours move every broker's figures
+//! by ±30% from one minute to the next). Peak RSS is each broker process's VmHWM after
+//! its run. Run with `cargo bench -p edge-agent --bench broker_ingest`.
 //!
-//! For experiments: `BROKER_BENCH_AGENT_ONLY=1` skips rumqttd and mosquitto, and
+//! For experiments: `BROKER_BENCH_AGENT_ONLY=1` skips rumqttd and mosquitto,
 //! `BROKER_BENCH_CONFIG="old=>new|old=>new"` edits the agent's config text (for example
-//! `synchronous = "full"=>synchronous = "off"`). The figures of record use neither.
+//! `synchronous = "full"=>synchronous = "off"`), and `BROKER_BENCH_SCALE=n` publishes n
+//! times as many messages (long enough to profile). The figures of record use none.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::io::{BufRead, BufReader};
@@ -37,78 +44,255 @@ fn main() {
         println!("broker_ingest: run it with `cargo bench -p edge-agent --bench broker_ingest`");
         return;
     }
+    let env_num = |name: &str, default: usize| {
+        std::env::var(name)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(default)
+    };
+    let rounds = env_num("BROKER_BENCH_ROUNDS", 3).max(1);
+    let scale = env_num("BROKER_BENCH_SCALE", 1).max(1);
+    let agent_only = std::env::var_os("BROKER_BENCH_AGENT_ONLY").is_some();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .unwrap();
     rt.block_on(async {
-        let dir = tempfile::tempdir().unwrap();
-        let (agent, addr) = spawn_agent(dir.path());
-        measure(
-            "edge-agent (durable, journal fsync before PUBACK)",
-            addr,
-            "up/t",
-            agent.id(),
-        )
-        .await;
-        let lat_local = latency(addr, "local/lat").await;
-        println!("  edge-agent latency, local-only topic: {lat_local}");
-        report_rss("edge-agent", agent.id());
-        stop(agent);
-        if std::env::var_os("BROKER_BENCH_AGENT_ONLY").is_some() {
-            return;
+        let mut all: Vec<(&str, Vec<Figures>)> = vec![("edge-agent", Vec::new())];
+        if !agent_only {
+            all.push(("rumqttd", Vec::new()));
+            all.push(("mosquitto", Vec::new()));
         }
-
-        let port = free_port();
-        let rumqttd = Command::new(std::env::current_exe().unwrap())
-            .env(RUMQTTD_ENV, port.to_string())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_port(addr).await;
-        measure("rumqttd 0.20 (in memory)", addr, "up/t", rumqttd.id()).await;
-        report_rss("rumqttd", rumqttd.id());
-        stop(rumqttd);
-
-        let mosquitto = std::path::Path::new("/usr/sbin/mosquitto");
-        if mosquitto.exists() {
-            let port = free_port();
-            let conf = dir.path().join("mosquitto.conf");
-            std::fs::write(
-                &conf,
-                format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
-            )
-            .unwrap();
-            let m = Command::new(mosquitto)
-                .arg("-c")
-                .arg(&conf)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap();
-            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-            wait_port(addr).await;
-            measure("mosquitto (Debian, in memory)", addr, "up/t", m.id()).await;
-            report_rss("mosquitto", m.id());
-            stop(m);
-        } else {
-            println!(
-                "mosquitto: skipped (/usr/sbin/mosquitto not installed; apt-get install mosquitto)"
-            );
+        for round in 1..=rounds {
+            println!("round {round} of {rounds}");
+            for (name, figures) in &mut all {
+                let f = match *name {
+                    "edge-agent" => run_agent(scale).await,
+                    "rumqttd" => run_rumqttd_child(scale).await,
+                    _ => run_mosquitto(scale).await,
+                };
+                if let Some(f) = f {
+                    figures.push(f);
+                }
+            }
         }
+        summary(&all);
     });
 }
 
-async fn measure(name: &str, addr: SocketAddr, topic: &str, _pid: u32) {
+/// One broker's figures in one round.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    one: f64,
+    ten: f64,
+    /// p50, p99 in µs (None: messages were lost).
+    latency: Option<(f64, f64)>,
+    rss_kib: u64,
+}
+
+async fn run_agent(scale: usize) -> Option<Figures> {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent, addr, metrics) = spawn_agent(dir.path());
+    let f = measure(
+        "edge-agent (durable, journal fsync before PUBACK)",
+        addr,
+        scale,
+        Some(metrics),
+    )
+    .await;
+    let lat_local = latency(addr, "local/lat").await;
+    println!("  edge-agent latency, local-only topic: {}", show(lat_local));
+    let rss_kib = report_rss("edge-agent", agent.id());
+    stop(agent);
+    Some(Figures { rss_kib, ..f })
+}
+
+async fn run_rumqttd_child(scale: usize) -> Option<Figures> {
+    let port = free_port();
+    let rumqttd = Command::new(std::env::current_exe().unwrap())
+        .env(RUMQTTD_ENV, port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_port(addr).await;
+    let f = measure("rumqttd 0.20 (in memory)", addr, scale, None).await;
+    let rss_kib = report_rss("rumqttd", rumqttd.id());
+    stop(rumqttd);
+    Some(Figures { rss_kib, ..f })
+}
+
+async fn run_mosquitto(scale: usize) -> Option<Figures> {
+    let mosquitto = std::path::Path::new("/usr/sbin/mosquitto");
+    if !mosquitto.exists() {
+        println!("mosquitto: skipped (/usr/sbin/mosquitto not installed; apt-get install mosquitto)");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+    )
+    .unwrap();
+    let m = Command::new(mosquitto)
+        .arg("-c")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    wait_port(addr).await;
+    let f = measure("mosquitto (Debian, in memory)", addr, scale, None).await;
+    let rss_kib = report_rss("mosquitto", m.id());
+    stop(m);
+    Some(Figures { rss_kib, ..f })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn range(v: &[f64]) -> String {
+    let lo = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    format!("{lo:.0}-{hi:.0}")
+}
+
+/// Medians over the rounds, and the agent's ratio to rumqttd within each round.
+fn summary(all: &[(&str, Vec<Figures>)]) {
+    println!("summary over rounds (median, range):");
+    for (name, f) in all {
+        let one: Vec<f64> = f.iter().map(|f| f.one).collect();
+        let ten: Vec<f64> = f.iter().map(|f| f.ten).collect();
+        let p50: Vec<f64> = f.iter().filter_map(|f| f.latency.map(|l| l.0)).collect();
+        let p99: Vec<f64> = f.iter().filter_map(|f| f.latency.map(|l| l.1)).collect();
+        let rss = f.iter().map(|f| f.rss_kib).max().unwrap_or(0);
+        println!(
+            "  {name:<10} 1 pub {:>7.0} ({}) acks/s | 10 pub {:>7.0} ({}) acks/s | p50 {:.0} µs, p99 {:.0} µs ({}) | peak RSS {rss} kB",
+            median(one.clone()),
+            range(&one),
+            median(ten.clone()),
+            range(&ten),
+            median(p50),
+            median(p99.clone()),
+            range(&p99),
+        );
+    }
+    let agent = all.iter().find(|(n, _)| *n == "edge-agent");
+    let rumqttd = all.iter().find(|(n, _)| *n == "rumqttd");
+    if let (Some((_, a)), Some((_, r))) = (agent, rumqttd) {
+        let one: Vec<f64> = a.iter().zip(r).map(|(a, r)| a.one / r.one).collect();
+        let ten: Vec<f64> = a.iter().zip(r).map(|(a, r)| a.ten / r.ten).collect();
+        let fmt = |v: &[f64]| {
+            v.iter()
+                .map(|x| format!("{x:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        println!(
+            "  edge-agent / rumqttd in the same round: 1 pub {} (median {:.2}), 10 pub {} (median {:.2})",
+            fmt(&one),
+            median(one.clone()),
+            fmt(&ten),
+            median(ten.clone())
+        );
+    }
+}
+
+fn show(l: Option<(f64, f64)>) -> String {
+    match l {
+        Some((p50, p99)) => format!("p50 {p50:.0} µs, p99 {p99:.0} µs"),
+        None => "messages lost".to_owned(),
+    }
+}
+
+/// Ingest with 1 and 10 publishers, then latency; with `metrics`, also the journal's
+/// commits and WAL flushes during each ingest phase (from the agent's /metrics).
+async fn measure(
+    name: &str,
+    addr: SocketAddr,
+    scale: usize,
+    metrics: Option<SocketAddr>,
+) -> Figures {
     println!("{name}:");
-    for (publishers, per) in [(1usize, 50_000usize), (10, 10_000)] {
-        let rate = ingest(addr, topic, publishers, per).await;
-        println!("  QoS 1 ingest, {publishers:>2} publisher(s), {PAYLOAD} B: {rate:>9.0} acks/s");
+    let mut rates = [0.0; 2];
+    for (i, (publishers, per)) in [(1usize, 50_000 * scale), (10, 10_000 * scale)]
+        .into_iter()
+        .enumerate()
+    {
+        let before = match metrics {
+            Some(m) => Some(JournalWork::scrape(m).await),
+            None => None,
+        };
+        rates[i] = ingest(addr, "up/t", publishers, per).await;
+        println!(
+            "  QoS 1 ingest, {publishers:>2} publisher(s), {PAYLOAD} B: {:>9.0} acks/s",
+            rates[i]
+        );
+        if let (Some(m), Some(before)) = (metrics, before) {
+            let after = JournalWork::scrape(m).await;
+            println!("    {}", after.since(&before));
+        }
     }
     let lat = latency(addr, "lat/t").await;
-    println!("  QoS 1 pub->sub latency at 1k msg/s: {lat}");
+    println!("  QoS 1 pub->sub latency at 1k msg/s: {}", show(lat));
+    Figures {
+        one: rates[0],
+        ten: rates[1],
+        latency: lat,
+        rss_kib: 0,
+    }
+}
+
+/// The journal's group-commit counters, scraped from the agent's /metrics.
+#[derive(Debug, Default)]
+struct JournalWork {
+    appended: f64,
+    commits: f64,
+    commit_seconds: f64,
+    flushes: f64,
+    flush_seconds: f64,
+}
+
+impl JournalWork {
+    async fn scrape(addr: SocketAddr) -> JournalWork {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut text = String::new();
+        if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await;
+            let _ = s.read_to_string(&mut text).await;
+        }
+        let get = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+                .unwrap_or(0.0)
+        };
+        JournalWork {
+            appended: get("edge_agent_journal_appended_total"),
+            commits: get("edge_agent_journal_commits_total"),
+            commit_seconds: get("edge_agent_journal_commit_seconds_total"),
+            flushes: get("edge_agent_journal_wal_flushes_total"),
+            flush_seconds: get("edge_agent_journal_wal_flush_seconds_total"),
+        }
+    }
+
+    fn since(&self, b: &JournalWork) -> String {
+        let n = self.appended - b.appended;
+        let c = (self.commits - b.commits).max(1.0);
+        let f = (self.flushes - b.flushes).max(1.0);
+        format!(
+            "journal: {c:.0} commits ({:.0} msgs, {:.0} µs each), {f:.0} WAL flushes ({:.0} msgs, {:.0} µs each)",
+            n / c,
+            (self.commit_seconds - b.commit_seconds) * 1e6 / c,
+            n / f,
+            (self.flush_seconds - b.flush_seconds) * 1e6 / f,
+        )
+    }
 }
 
 /// `publishers` clients each publish `per` QoS 1 messages; returns acks per second.
@@ -158,8 +342,9 @@ async fn ingest(addr: SocketAddr, topic: &str, publishers: usize, per: usize) ->
     (publishers * per) as f64 / start.elapsed().as_secs_f64()
 }
 
-/// 2000 QoS 1 messages at 1k msg/s to one QoS 1 subscriber; "p50/p99" in µs.
-async fn latency(addr: SocketAddr, topic: &str) -> String {
+/// 2000 QoS 1 messages at 1k msg/s to one QoS 1 subscriber; p50 and p99 in µs (None if
+/// messages were lost).
+async fn latency(addr: SocketAddr, topic: &str) -> Option<(f64, f64)> {
     const N: usize = 2000;
     let mut o = MqttOptions::new(
         format!("lat-sub-{}", rand::random::<u32>()),
@@ -222,20 +407,22 @@ async fn latency(addr: SocketAddr, topic: &str) -> String {
     let _ = sub.disconnect().await;
     pump.abort();
     if lat.len() < N {
-        return format!("only {} of {N} received", lat.len());
+        println!("  only {} of {N} received", lat.len());
+        return None;
     }
     lat.sort_unstable();
     let p = |q: f64| lat[((lat.len() as f64 * q) as usize).min(lat.len() - 1)] as f64 / 1000.0;
-    format!("p50 {:.0} µs, p99 {:.0} µs", p(0.50), p(0.99))
+    Some((p(0.50), p(0.99)))
 }
 
-fn spawn_agent(dir: &std::path::Path) -> (Child, SocketAddr) {
+/// The agent's process, MQTT address and metrics address.
+fn spawn_agent(dir: &std::path::Path) -> (Child, SocketAddr, SocketAddr) {
     let config = dir.join("agent.toml");
+    let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
     let text = edge_agent::config::DEFAULT_CONFIG
         .replace("127.0.0.1:1883", "127.0.0.1:0")
-        .replace("127.0.0.1:9181", "127.0.0.1:0")
-        .replace("topics = [\"#\"]", "topics = [\"up/#\", \"lat/#\"]")
-        .replace("127.0.0.1:9181", "127.0.0.1:0");
+        .replace("127.0.0.1:9181", &metrics.to_string())
+        .replace("topics = [\"#\"]", "topics = [\"up/#\", \"lat/#\"]");
     let text = std::env::var("BROKER_BENCH_CONFIG")
         .unwrap_or_default()
         .split('|')
@@ -266,7 +453,7 @@ fn spawn_agent(dir: &std::path::Path) -> (Child, SocketAddr) {
         .unwrap()
         .parse()
         .unwrap();
-    (child, addr)
+    (child, addr, metrics)
 }
 
 fn run_rumqttd(port: u16) {
@@ -313,7 +500,8 @@ async fn wait_port(addr: SocketAddr) {
     panic!("{addr} does not accept connections");
 }
 
-fn report_rss(name: &str, pid: u32) {
+/// Prints and returns the process's peak RSS in kB.
+fn report_rss(name: &str, pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let hwm = status
         .lines()
@@ -323,6 +511,7 @@ fn report_rss(name: &str, pid: u32) {
         .trim()
         .to_owned();
     println!("  {name} peak RSS (VmHWM): {hwm}");
+    hwm.trim_end_matches("kB").trim().parse().unwrap_or(0)
 }
 
 fn stop(mut child: Child) {

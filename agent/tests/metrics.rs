@@ -136,6 +136,14 @@ async fn scrape_counts_exactly_what_was_sent_refused_and_delivered() {
     let stats = agent.journal().stats().await.unwrap();
     assert_eq!(value(&m, "edge_agent_journal_bytes"), stats.bytes as f64);
     assert!(value(&m, "edge_agent_journal_oldest_age_seconds") >= 0.0);
+    // Stored publishes were committed and their WAL flushed (`synchronous = full`); a
+    // flush covers one or more transactions. (The scrape's own read is one more.)
+    let commits = value(&m, "edge_agent_journal_commits_total");
+    let flushes = value(&m, "edge_agent_journal_wal_flushes_total");
+    assert!(stats.writer.batches as f64 > commits, "{commits} commits");
+    assert!(flushes >= 1.0 && flushes <= commits, "{flushes} flushes, {commits} commits");
+    assert!(value(&m, "edge_agent_journal_wal_flush_seconds_total") > 0.0);
+    assert!(value(&m, "edge_agent_journal_commit_seconds_total") > 0.0);
     assert_eq!(
         value(&m, "edge_agent_uplink_state{state=\"disabled\"}")
             + value(&m, "edge_agent_uplink_state{state=\"connecting\"}")
@@ -246,6 +254,8 @@ async fn status_prints_the_running_agents_figures() {
         "connections  1 open, 1 MQTT clients".to_owned(),
         "in 2 (QoS 0/1/2: 0/2/0)".to_owned(),
         "journal      2 entries".to_owned(),
+        // Acknowledged one after the other: one flush each.
+        "2 WAL flushes (avg ".to_owned(),
         "drops        none".to_owned(),
         "uplink       ".to_owned(),
     ] {

@@ -131,9 +131,14 @@ pub struct WriterStats {
     pub appends: u64,
     /// Largest number of commands in one transaction.
     pub max_batch: u64,
+    /// Time spent in committed transactions (BEGIN to COMMIT), in microseconds.
+    pub batch_micros: u64,
     /// Flushes of the WAL by the syncer thread (`synchronous = full`); each one covers
     /// every transaction committed before it.
     pub wal_flushes: u64,
+    /// Time spent in those flushes (`fdatasync`), in microseconds: on a failing SD card
+    /// this is the figure that grows.
+    pub wal_flush_micros: u64,
 }
 
 impl WriterStats {

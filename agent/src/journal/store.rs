@@ -7,7 +7,6 @@ mod read;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -19,6 +18,7 @@ use super::entry::Qos;
 use super::env::JournalEnv;
 use super::schema::{self as sql, classify};
 use super::stats::{Counter, Counters, WriterStats};
+use super::syncer::FlushStats;
 use crate::error::{Error, QuotaReason, Result};
 
 /// SQLite result: an `Err` aborts (rolls back) the whole batch.
@@ -187,7 +187,7 @@ pub(crate) struct Store {
     batch_swept: bool,
     pub(crate) writer: WriterStats,
     /// WAL flushes by the syncer (`synchronous = full`), read into the stats.
-    pub(crate) writer_flushes: Option<Arc<AtomicU64>>,
+    pub(crate) writer_flushes: Option<Arc<FlushStats>>,
 }
 
 impl Store {

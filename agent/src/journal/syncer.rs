@@ -33,12 +33,20 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use super::env::WalSync;
 use crate::error::{Error, Result};
 
 /// Committed batches waiting for a flush; the journal thread waits when it is full.
 const QUEUE: usize = 64;
+
+/// Flushes done and the time they took (read into the journal's stats).
+#[derive(Debug, Default)]
+pub(crate) struct FlushStats {
+    pub count: AtomicU64,
+    pub micros: AtomicU64,
+}
 
 /// Answers a batch once it may leave: its payload and the flush failure, if any.
 pub(crate) type Deliver<T> = fn(T, Option<&Error>);
@@ -102,12 +110,12 @@ impl Wal {
 
 impl<T: Send + 'static> Syncer<T> {
     /// Starts the thread that flushes `wal` (in `dir`) and then calls `deliver`;
-    /// `flushes` counts the flushes.
+    /// `flushes` counts the flushes and their time.
     pub(crate) fn spawn(
         wal: PathBuf,
         dir: &Path,
         sync: Arc<dyn WalSync>,
-        flushes: Arc<AtomicU64>,
+        flushes: Arc<FlushStats>,
         deliver: Deliver<T>,
     ) -> Result<Syncer<T>> {
         let (tx, rx) = sync_channel(QUEUE);
@@ -164,7 +172,7 @@ impl<T> Drop for Syncer<T> {
 
 /// The thread: takes every queued batch, flushes once if any of them appended, answers
 /// them all in order.
-fn run<T>(mut wal: Wal, rx: &Receiver<Job<T>>, flushes: &AtomicU64, deliver: Deliver<T>) {
+fn run<T>(mut wal: Wal, rx: &Receiver<Job<T>>, flushes: &FlushStats, deliver: Deliver<T>) {
     let mut jobs = Vec::with_capacity(QUEUE);
     while let Ok(first) = rx.recv() {
         jobs.push(first);
@@ -175,8 +183,12 @@ fn run<T>(mut wal: Wal, rx: &Receiver<Job<T>>, flushes: &AtomicU64, deliver: Del
             }
         }
         let failure = if jobs.iter().any(|j| j.durable) {
-            flushes.fetch_add(1, Ordering::Relaxed);
-            wal.flush().err()
+            let started = Instant::now();
+            let result = wal.flush();
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            flushes.count.fetch_add(1, Ordering::Relaxed);
+            flushes.micros.fetch_add(micros, Ordering::Relaxed);
+            result.err()
         } else {
             None
         };
@@ -220,7 +232,7 @@ mod tests {
         let _ = out.1.send((out.0, failure.is_some()));
     }
 
-    fn spawn(wal: &Path, rec: &Arc<Recorder>, flushes: &Arc<AtomicU64>) -> Syncer<Out> {
+    fn spawn(wal: &Path, rec: &Arc<Recorder>, flushes: &Arc<FlushStats>) -> Syncer<Out> {
         let dir = wal.parent().expect("dir");
         Syncer::spawn(
             wal.to_path_buf(),
@@ -238,7 +250,7 @@ mod tests {
         let wal = dir.path().join("j.db-wal");
         std::fs::write(&wal, b"abc").expect("write");
         let rec = Arc::new(Recorder::default());
-        let flushes = Arc::new(AtomicU64::new(0));
+        let flushes = Arc::new(FlushStats::default());
         let syncer = spawn(&wal, &rec, &flushes);
         let (tx, rx) = channel();
         for i in 0..100 {
@@ -248,7 +260,7 @@ mod tests {
         drop(syncer);
         let got: Vec<(u32, bool)> = rx.try_iter().collect();
         assert_eq!(got, (0..100).map(|i| (i, false)).collect::<Vec<_>>());
-        let n = flushes.load(Ordering::Relaxed);
+        let n = flushes.count.load(Ordering::Relaxed);
         assert!((1..=66).contains(&n), "{n} flushes");
         assert_eq!(rec.0.lock().expect("lock").len() as u64, n);
     }
@@ -259,7 +271,7 @@ mod tests {
         let wal = dir.path().join("j.db-wal");
         std::fs::write(&wal, b"abc").expect("write");
         let rec = Arc::new(Recorder::default());
-        let syncer = spawn(&wal, &rec, &Arc::new(AtomicU64::new(0)));
+        let syncer = spawn(&wal, &rec, &Arc::new(FlushStats::default()));
         let (tx, rx) = channel();
         let wait = Duration::from_secs(5);
         syncer.submit((1, tx.clone()), true);
@@ -276,7 +288,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = dir.path().join("missing-wal");
         let rec = Arc::new(Recorder::default());
-        let syncer = spawn(&wal, &rec, &Arc::new(AtomicU64::new(0)));
+        let syncer = spawn(&wal, &rec, &Arc::new(FlushStats::default()));
         let (tx, rx) = channel();
         let wait = Duration::from_secs(5);
         syncer.submit((1, tx.clone()), true);

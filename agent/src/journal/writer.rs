@@ -10,7 +10,6 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,7 +18,7 @@ use super::entry::{Cursor, Entry};
 use super::env::JournalEnv;
 use super::stats::Stats;
 use super::store::{Record, Sql, Store, StoreOptions};
-use super::syncer::Syncer;
+use super::syncer::{FlushStats, Syncer};
 use crate::error::{Error, Result};
 
 /// A request to the journal thread.
@@ -260,6 +259,7 @@ pub(crate) fn run_batch(
     batch: &mut Vec<Command>,
     outbox: &Outbox,
 ) -> Option<oneshot::Sender<()>> {
+    let started = std::time::Instant::now();
     let mut close = None;
     let mut replies = Vec::with_capacity(batch.len());
     let mut failure = store.begin().err().map(|e| store.fail(e));
@@ -321,6 +321,8 @@ pub(crate) fn run_batch(
             w.commands += commands;
             w.appends += appends;
             w.max_batch = w.max_batch.max(commands);
+            let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+            w.batch_micros = w.batch_micros.saturating_add(micros);
         }
     }
     outbox.post(Answers { replies, failure }, appends > 0);
@@ -343,7 +345,7 @@ fn open(path: &std::path::Path, opts: StoreOptions, env: JournalEnv) -> Result<(
     }
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
-    let flushes = Arc::new(AtomicU64::new(0));
+    let flushes = Arc::new(FlushStats::default());
     store.writer_flushes = Some(flushes.clone());
     let syncer = Syncer::spawn(
         PathBuf::from(wal),

@@ -45,6 +45,15 @@ pub fn render_status(s: &Snapshot, at: &str) -> String {
                 human_bytes(j.bytes),
                 human_bytes(j.max_bytes)
             );
+            let avg = |micros: u64, n: u64| micros.checked_div(n).unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "             {} commits (avg {} µs), {} WAL flushes (avg {} µs)",
+                j.commits,
+                avg(j.commit_micros, j.commits),
+                j.wal_flushes,
+                avg(j.wal_flush_micros, j.wal_flushes)
+            );
         }
         (None, e) => {
             let _ = writeln!(

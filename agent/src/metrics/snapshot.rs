@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
 use mqtt::metrics::ServerCounterValues;
-use mqtt::metrics::encode::{counter, counter_family, gauge, gauge_f64, gauge_family};
+use mqtt::metrics::encode::{counter, counter_f64, counter_family, gauge, gauge_f64, gauge_family};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::DescriptorEncoder;
 use prometheus_client::registry::Registry;
@@ -61,6 +61,16 @@ pub struct JournalFigures {
     pub oldest_age_ms: Option<u64>,
     /// Every persisted counter by name (`appended`, `confirmed`, drops by reason).
     pub counters: BTreeMap<String, u64>,
+    /// Transactions committed since start, and their time in microseconds.
+    #[serde(default)]
+    pub commits: u64,
+    #[serde(default)]
+    pub commit_micros: u64,
+    /// WAL flushes since start (`synchronous = full`), and their time in microseconds.
+    #[serde(default)]
+    pub wal_flushes: u64,
+    #[serde(default)]
+    pub wal_flush_micros: u64,
 }
 
 impl From<&Stats> for JournalFigures {
@@ -72,6 +82,10 @@ impl From<&Stats> for JournalFigures {
             file_bytes: s.file_bytes,
             oldest_age_ms: s.oldest_age_ms,
             counters: s.counters.iter().map(|(k, v)| (k.to_owned(), v)).collect(),
+            commits: s.writer.batches,
+            commit_micros: s.writer.batch_micros,
+            wal_flushes: s.writer.wal_flushes,
+            wal_flush_micros: s.writer.wal_flush_micros,
         }
     }
 }
@@ -277,6 +291,30 @@ impl Snapshot {
                 "journal_confirmed",
                 "Entries confirmed by the cloud",
                 confirmed,
+            )?;
+            counter(
+                e,
+                "journal_commits",
+                "Journal transactions committed since start (group commits)",
+                j.commits,
+            )?;
+            counter_f64(
+                e,
+                "journal_commit_seconds",
+                "Time spent in journal transactions since start",
+                j.commit_micros as f64 / 1e6,
+            )?;
+            counter(
+                e,
+                "journal_wal_flushes",
+                "fdatasync calls on the journal's WAL since start (synchronous = full)",
+                j.wal_flushes,
+            )?;
+            counter_f64(
+                e,
+                "journal_wal_flush_seconds",
+                "Time spent in those flushes since start (slow storage shows here)",
+                j.wal_flush_micros as f64 / 1e6,
             )?;
         }
         let u = &self.uplink;

@@ -14,6 +14,12 @@ pub fn counter(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Res
     m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
 }
 
+/// A counter in floating point (seconds).
+pub fn counter_f64(e: &mut DescriptorEncoder, name: &str, help: &str, v: f64) -> Result {
+    let m = ConstCounter::new(v);
+    m.encode(e.encode_descriptor(name, help, None, m.metric_type())?)
+}
+
 /// A gauge without labels.
 pub fn gauge(e: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> Result {
     let m = ConstGauge::new(i64::try_from(v).unwrap_or(i64::MAX));

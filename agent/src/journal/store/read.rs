@@ -1,6 +1,7 @@
 //! The reading side of the store: entries for the uplink, statistics, integrity.
 
 use std::path::Path;
+use std::sync::atomic::Ordering::Relaxed;
 
 use bytes::Bytes;
 use rusqlite::types::Type;
@@ -81,6 +82,7 @@ impl Store {
     /// The figures for `journal stats`.
     pub(crate) fn stats(&self) -> Sql<Stats> {
         let now = self.env.clock.now_ms();
+        let flushes = self.writer_flushes.as_deref();
         let expired: i64 = self
             .conn
             .prepare_cached(sql::COUNT_EXPIRED)?
@@ -117,10 +119,8 @@ impl Store {
                 .collect(),
             counters: self.counters,
             writer: WriterStats {
-                wal_flushes: self
-                    .writer_flushes
-                    .as_ref()
-                    .map_or(0, |f| f.load(std::sync::atomic::Ordering::Relaxed)),
+                wal_flushes: flushes.map_or(0, |f| f.count.load(Relaxed)),
+                wal_flush_micros: flushes.map_or(0, |f| f.micros.load(Relaxed)),
                 ..self.writer
             },
             synchronous: self.opts.synchronous,
