@@ -101,7 +101,10 @@ async fn run_agent(scale: usize) -> Option<Figures> {
     )
     .await;
     let lat_local = latency(addr, "local/lat").await;
-    println!("  edge-agent latency, local-only topic: {}", show(lat_local));
+    println!(
+        "  edge-agent latency, local-only topic: {}",
+        show(lat_local)
+    );
     let rss_kib = report_rss("edge-agent", agent.id());
     stop(agent);
     Some(Figures { rss_kib, ..f })
@@ -126,7 +129,9 @@ async fn run_rumqttd_child(scale: usize) -> Option<Figures> {
 async fn run_mosquitto(scale: usize) -> Option<Figures> {
     let mosquitto = std::path::Path::new("/usr/sbin/mosquitto");
     if !mosquitto.exists() {
-        println!("mosquitto: skipped (/usr/sbin/mosquitto not installed; apt-get install mosquitto)");
+        println!(
+            "mosquitto: skipped (/usr/sbin/mosquitto not installed; apt-get install mosquitto)"
+        );
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -141,9 +141,13 @@ async fn scrape_counts_exactly_what_was_sent_refused_and_delivered() {
     let commits = value(&m, "edge_agent_journal_commits_total");
     let flushes = value(&m, "edge_agent_journal_wal_flushes_total");
     assert!(stats.writer.batches as f64 > commits, "{commits} commits");
-    assert!(flushes >= 1.0 && flushes <= commits, "{flushes} flushes, {commits} commits");
+    assert!(
+        flushes >= 1.0 && flushes <= commits,
+        "{flushes} flushes, {commits} commits"
+    );
     assert!(value(&m, "edge_agent_journal_wal_flush_seconds_total") > 0.0);
     assert!(value(&m, "edge_agent_journal_commit_seconds_total") > 0.0);
+    assert_eq!(value(&m, "edge_agent_journal_wal_flush_failed"), 0.0);
     assert_eq!(
         value(&m, "edge_agent_uplink_state{state=\"disabled\"}")
             + value(&m, "edge_agent_uplink_state{state=\"connecting\"}")

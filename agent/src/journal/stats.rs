@@ -139,6 +139,8 @@ pub struct WriterStats {
     /// Time spent in those flushes (`fdatasync`), in microseconds: on a failing SD card
     /// this is the figure that grows.
     pub wal_flush_micros: u64,
+    /// A WAL flush failed: appends fail until the agent is restarted.
+    pub wal_flush_failed: bool,
 }
 
 impl WriterStats {

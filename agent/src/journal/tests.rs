@@ -476,18 +476,29 @@ async fn an_append_is_answered_only_after_its_wal_flush() {
     gate.set(true, false);
     assert_eq!(pending.await.expect("task").expect("append"), 1);
 
-    // A failed flush fails the append: the caller is not told it is on disk. The entry
-    // stays in the journal (it is sent like any other), nothing is lost.
+    // A failed flush fails the append: the caller is not told it is on disk. After it
+    // no flush proves anything about earlier pages, so later appends fail too, while
+    // reads go on. The entries stay in the journal (they are sent like any other).
     gate.set(true, true);
     let e = j.append(msg("t", "second")).await;
     let e = e.expect_err("answered Ok after a failed flush").to_string();
     assert!(e.contains("-wal") && e.contains("injected"), "{e}");
     gate.set(true, false);
-    assert_eq!(j.append(msg("t", "third")).await.expect("append"), 3);
+    let e = j.append(msg("t", "third")).await;
+    assert!(
+        e.is_err(),
+        "answered Ok after an earlier failed flush: {e:?}"
+    );
     assert_eq!(all(&j).await, vec![1, 2, 3]);
     let s = j.stats().await.expect("stats");
-    assert_eq!(s.writer.wal_flushes, 3);
+    assert_eq!(s.writer.wal_flushes, 2);
+    assert!(s.writer.wal_flush_failed);
     reader.close().await.expect("close reader");
+    j.close().await.expect("close");
+    // A restart recovers the journal from the disk, and appends work again.
+    let j = f.open(&config()).await;
+    assert_eq!(all(&j).await, vec![1, 2, 3]);
+    assert_eq!(j.append(msg("t", "fourth")).await.expect("append"), 4);
     j.close().await.expect("close");
 }
 

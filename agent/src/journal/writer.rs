@@ -353,6 +353,7 @@ fn open(path: &std::path::Path, opts: StoreOptions, env: JournalEnv) -> Result<(
         wal_sync,
         flushes,
         Answers::send,
+        super::syncer::FLUSHERS,
     )?;
     Ok((store, Outbox::Flushed(syncer)))
 }

@@ -98,16 +98,21 @@ impl Exporter for AgentExporter {
         let this = self.clone();
         Box::pin(async move {
             let journal = this.journal.stats().await;
+            // After a failed WAL flush the journal refuses appends until a restart.
+            let usable = journal.as_ref().is_ok_and(|s| !s.writer.wal_flush_failed);
             let body = serde_json::json!({
-                "status": if journal.is_ok() { "ok" } else { "unavailable" },
+                "status": if usable { "ok" } else { "unavailable" },
                 "listeners": this.listeners.len(),
                 "journal": match &journal {
+                    Ok(s) if s.writer.wal_flush_failed => {
+                        "a WAL flush failed: appends are refused until a restart".to_owned()
+                    }
                     Ok(_) => "open".to_owned(),
                     Err(e) => e.to_string(),
                 },
             });
             Health {
-                ok: journal.is_ok() && !this.listeners.is_empty(),
+                ok: usable && !this.listeners.is_empty(),
                 json: body.to_string(),
             }
         })

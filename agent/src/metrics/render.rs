@@ -54,6 +54,12 @@ pub fn render_status(s: &Snapshot, at: &str) -> String {
                 j.wal_flushes,
                 avg(j.wal_flush_micros, j.wal_flushes)
             );
+            if j.wal_flush_failed {
+                let _ = writeln!(
+                    out,
+                    "             a WAL flush FAILED: appends are refused until a restart"
+                );
+            }
         }
         (None, e) => {
             let _ = writeln!(

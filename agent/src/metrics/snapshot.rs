@@ -71,6 +71,9 @@ pub struct JournalFigures {
     pub wal_flushes: u64,
     #[serde(default)]
     pub wal_flush_micros: u64,
+    /// A WAL flush failed: appends are refused until the agent is restarted.
+    #[serde(default)]
+    pub wal_flush_failed: bool,
 }
 
 impl From<&Stats> for JournalFigures {
@@ -86,6 +89,7 @@ impl From<&Stats> for JournalFigures {
             commit_micros: s.writer.batch_micros,
             wal_flushes: s.writer.wal_flushes,
             wal_flush_micros: s.writer.wal_flush_micros,
+            wal_flush_failed: s.writer.wal_flush_failed,
         }
     }
 }
@@ -315,6 +319,12 @@ impl Snapshot {
                 "journal_wal_flush_seconds",
                 "Time spent in those flushes since start (slow storage shows here)",
                 j.wal_flush_micros as f64 / 1e6,
+            )?;
+            gauge(
+                e,
+                "journal_wal_flush_failed",
+                "1 after a failed WAL flush: appends are refused until a restart",
+                u64::from(j.wal_flush_failed),
             )?;
         }
         let u = &self.uplink;

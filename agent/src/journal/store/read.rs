@@ -121,6 +121,7 @@ impl Store {
             writer: WriterStats {
                 wal_flushes: flushes.map_or(0, |f| f.count.load(Relaxed)),
                 wal_flush_micros: flushes.map_or(0, |f| f.micros.load(Relaxed)),
+                wal_flush_failed: flushes.is_some_and(|f| f.failed.load(Relaxed)),
                 ..self.writer
             },
             synchronous: self.opts.synchronous,
