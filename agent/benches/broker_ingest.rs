@@ -288,14 +288,15 @@ impl JournalWork {
 
     fn since(&self, b: &JournalWork) -> String {
         let n = self.appended - b.appended;
-        let c = (self.commits - b.commits).max(1.0);
-        let f = (self.flushes - b.flushes).max(1.0);
+        let c = self.commits - b.commits;
+        let f = self.flushes - b.flushes;
+        let per = |total: f64, count: f64| if count > 0.0 { total / count } else { 0.0 };
         format!(
             "journal: {c:.0} commits ({:.0} msgs, {:.0} µs each), {f:.0} WAL flushes ({:.0} msgs, {:.0} µs each)",
-            n / c,
-            (self.commit_seconds - b.commit_seconds) * 1e6 / c,
-            n / f,
-            (self.flush_seconds - b.flush_seconds) * 1e6 / f,
+            per(n, c),
+            per((self.commit_seconds - b.commit_seconds) * 1e6, c),
+            per(n, f),
+            per((self.flush_seconds - b.flush_seconds) * 1e6, f),
         )
     }
 }
