@@ -3,6 +3,9 @@
 //! before the next, like a publisher with one message in flight) and one appender with
 //! 64 appends in flight (one MQTT connection with receive maximum 64), under
 //! `synchronous` FULL and NORMAL. Prints the figures and the average group-commit size.
+//! The last cases run FULL with every WAL flush made 5 ms slower (an emulated SD card,
+//! whose flushes take milliseconds): what group commit and the flush thread sustain
+//! there.
 //!
 //! `cargo bench -p edge-agent --bench journal_ingest` (BENCH_SECS=n to change the 2 s
 //! per case; BENCH_DIR to put the files elsewhere than target/tmp).
@@ -10,7 +13,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use edge_agent::journal::{Journal, JournalConfig, NewEntry, Qos, SyncMode};
+use std::sync::Arc;
+
+use edge_agent::journal::{Journal, JournalConfig, JournalEnv, NewEntry, Qos, SyncMode, WalSync};
 use tokio::task::JoinSet;
 
 const PAYLOAD: [u8; 100] = [b'x'; 100];
@@ -19,6 +24,19 @@ struct Case {
     sync: SyncMode,
     appenders: usize,
     in_flight: usize,
+    /// Added to every WAL flush.
+    slow_flush: Option<Duration>,
+}
+
+/// An fdatasync that takes `0` longer.
+#[derive(Debug)]
+struct SlowFlush(Duration);
+
+impl WalSync for SlowFlush {
+    fn sync(&self, wal: &std::fs::File) -> std::io::Result<()> {
+        std::thread::sleep(self.0);
+        wal.sync_data()
+    }
 }
 
 struct Figures {
@@ -27,6 +45,7 @@ struct Figures {
     batches: u64,
     batch_appends: u64,
     max_batch: u64,
+    flushes: u64,
 }
 
 async fn appender(j: Journal, id: usize, in_flight: usize, until: Instant) -> u64 {
@@ -69,7 +88,11 @@ async fn run(dir: &Path, case: &Case, secs: u64) -> Result<Figures, edge_agent::
         max_bytes: 4 * 1024 * 1024 * 1024,
         ..JournalConfig::default()
     };
-    let j = Journal::open(&path, &cfg).await?;
+    let mut env = JournalEnv::default();
+    if let Some(d) = case.slow_flush {
+        env.wal_sync = Arc::new(SlowFlush(d));
+    }
+    let j = Journal::open_with_env(&path, &cfg, env).await?;
     let start = Instant::now();
     let until = start + Duration::from_secs(secs);
     let mut tasks = JoinSet::new();
@@ -89,6 +112,7 @@ async fn run(dir: &Path, case: &Case, secs: u64) -> Result<Figures, edge_agent::
         batches: w.batches,
         batch_appends: w.appends,
         max_batch: w.max_batch,
+        flushes: w.wal_flushes,
     })
 }
 
@@ -145,8 +169,8 @@ fn main() {
         dir.display()
     );
     println!(
-        "{:<8} {:>9} {:>9} {:>12} {:>10} {:>9}",
-        "sync", "appenders", "in-flight", "appends/s", "avg batch", "max batch"
+        "{:<8} {:>9} {:>9} {:>12} {:>10} {:>9} {:>9}",
+        "sync", "appenders", "in-flight", "appends/s", "avg batch", "max batch", "flushes/s"
     );
     for sync in [SyncMode::Full, SyncMode::Normal] {
         match baseline(&dir, sync, secs) {
@@ -166,19 +190,41 @@ fn main() {
                 sync,
                 appenders,
                 in_flight,
+                slow_flush: None,
             };
-            match rt.block_on(run(&dir, &case, secs)) {
-                Ok(f) => println!(
-                    "{:<8} {:>9} {:>9} {:>12.0} {:>10.1} {:>9}",
-                    format!("{sync:?}"),
-                    appenders,
-                    in_flight,
-                    f.appends as f64 / f.elapsed.as_secs_f64(),
-                    f.batch_appends as f64 / f.batches.max(1) as f64,
-                    f.max_batch
-                ),
-                Err(e) => println!("{sync:?} {appenders}x{in_flight}: failed: {e}"),
-            }
+            print_case(&rt, &dir, &case, secs);
         }
+    }
+    for (appenders, in_flight) in [(1, 1), (10, 1), (1, 64), (10, 64)] {
+        let case = Case {
+            sync: SyncMode::Full,
+            appenders,
+            in_flight,
+            slow_flush: Some(Duration::from_millis(5)),
+        };
+        print_case(&rt, &dir, &case, secs);
+    }
+}
+
+fn print_case(rt: &tokio::runtime::Runtime, dir: &Path, case: &Case, secs: u64) {
+    let name = match case.slow_flush {
+        Some(d) => format!("{:?}+{}ms", case.sync, d.as_millis()),
+        None => format!("{:?}", case.sync),
+    };
+    match rt.block_on(run(dir, case, secs)) {
+        Ok(f) => {
+            let secs = f.elapsed.as_secs_f64();
+            println!(
+                "{:<8} {:>9} {:>9} {:>12.0} {:>10.1} {:>9} {:>9.0}",
+                name,
+                case.appenders,
+                case.in_flight,
+                f.appends as f64 / secs,
+                f.batch_appends as f64 / f.batches.max(1) as f64,
+                f.max_batch,
+                f.flushes as f64 / secs,
+            );
+        }
+        Err(e) => println!("{name} {}x{}: failed: {e}", case.appenders, case.in_flight),
     }
 }
