@@ -271,7 +271,7 @@ impl Journal {
         let record = self.record(entry)?;
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Run(Op::Append(record, reply)))
+            .send(Command::Append(record, reply))
             .await
             .map_err(|_| Error::Closed)?;
         Ok(Pending(answer, self.committed.clone()))
@@ -287,7 +287,7 @@ impl Journal {
             .collect::<Result<Vec<_>>>()?;
         let (reply, answer) = oneshot::channel();
         self.tx
-            .send(Command::Run(Op::AppendMany(records, reply)))
+            .send(Command::AppendMany(records, reply))
             .await
             .map_err(|_| Error::Closed)?;
         Ok(PendingMany(answer, self.committed.clone()))

@@ -553,7 +553,7 @@ fn sqlite_full_fails_the_batch_and_loses_nothing() {
     let mut failed = None;
     for _ in 0..50 {
         let (tx, mut rx) = oneshot::channel();
-        let mut batch = vec![Command::Run(Op::Append(record("t", 1000), tx))];
+        let mut batch = vec![Command::Append(record("t", 1000), tx)];
         assert!(writer::run_batch(&mut store, &mut batch, &writer::Outbox::Direct).is_none());
         match rx.try_recv().expect("answered") {
             Ok(_) => stored += 1,
@@ -600,10 +600,10 @@ fn one_batch_answers_each_append_command_with_its_own_outcomes() {
     let mut burst: Vec<Record> = (0..70).map(|_| record("b", 1)).collect();
     burst.insert(3, record("b", 600));
     let mut batch = vec![
-        Command::Run(Op::Append(record("a", 1), a_tx)),
-        Command::Run(Op::AppendMany(burst, many_tx)),
+        Command::Append(record("a", 1), a_tx),
+        Command::AppendMany(burst, many_tx),
         Command::Run(Op::Stats(stats_tx)),
-        Command::Run(Op::Append(record("d", 1), d_tx)),
+        Command::Append(record("d", 1), d_tx),
         Command::Run(Op::Confirm(vec![1, 2], confirm_tx)),
     ];
     assert!(writer::run_batch(&mut store, &mut batch, &writer::Outbox::Direct).is_none());

@@ -21,21 +21,22 @@ use super::store::{Record, Sql, Store, StoreOptions};
 use super::syncer::{FlushStats, Syncer};
 use crate::error::{Error, Result};
 
-/// A request to the journal thread.
+/// A request to the journal thread, with the channel for its answer.
 #[derive(Debug)]
 pub(crate) enum Command {
-    /// Carry out an operation in the next batch.
+    /// Store one entry.
+    Append(Record, oneshot::Sender<Result<u64>>),
+    /// Several appends with one reply: each entry's own outcome, in order.
+    AppendMany(Vec<Record>, oneshot::Sender<Result<Vec<Result<u64>>>>),
+    /// Carry out another operation in the next batch.
     Run(Op),
     /// Stop after this batch; answered once the connection is closed.
     Close(oneshot::Sender<()>),
 }
 
-/// An operation and the channel for its answer.
+/// An operation other than an append, and the channel for its answer.
 #[derive(Debug)]
 pub(crate) enum Op {
-    Append(Record, oneshot::Sender<Result<u64>>),
-    /// Several appends with one reply: each entry's own outcome, in order.
-    AppendMany(Vec<Record>, oneshot::Sender<Result<Vec<Result<u64>>>>),
     Confirm(Vec<u64>, oneshot::Sender<Result<u64>>),
     Sweep(oneshot::Sender<Result<u64>>),
     NextBatch(Cursor, usize, oneshot::Sender<Result<Vec<Entry>>>),
@@ -88,19 +89,9 @@ fn finish<T, R>(
     }
 }
 
-/// Carries out one operation inside the open transaction (`run_batch` gathers appends
-/// into an [`Appends`] run instead). An `Err` fails the batch.
+/// Carries out one operation inside the open transaction. An `Err` fails the batch.
 fn execute(store: &mut Store, op: Op) -> Result<Reply> {
     match op {
-        Op::Append(..) | Op::AppendMany(..) => {
-            let mut run = Appends::default();
-            let mut replies = Vec::with_capacity(1);
-            let _ = run.take(op);
-            run.store(store, &mut replies)?;
-            replies.pop().ok_or_else(|| {
-                Error::InvalidEntry("the journal gave no answer to an append".to_owned())
-            })
-        }
         Op::Confirm(seqs, tx) => {
             let r = store.confirm(&seqs);
             finish(store, tx, r, Reply::Count)
@@ -147,21 +138,14 @@ struct Appends {
 }
 
 impl Appends {
-    /// Takes `op` into the run, or gives it back if it is not an append.
-    fn take(&mut self, op: Op) -> Option<Op> {
-        match op {
-            Op::Append(rec, tx) => {
-                self.records.push(rec);
-                self.waiters.push(Waiter::One(tx));
-                None
-            }
-            Op::AppendMany(recs, tx) => {
-                self.waiters.push(Waiter::Many(tx, recs.len()));
-                self.records.extend(recs);
-                None
-            }
-            other => Some(other),
-        }
+    fn push(&mut self, rec: Record, tx: oneshot::Sender<Result<u64>>) {
+        self.records.push(rec);
+        self.waiters.push(Waiter::One(tx));
+    }
+
+    fn push_many(&mut self, recs: Vec<Record>, tx: oneshot::Sender<Result<Vec<Result<u64>>>>) {
+        self.waiters.push(Waiter::Many(tx, recs.len()));
+        self.records.extend(recs);
     }
 
     /// Stores the run; its replies, or the error that fails the batch (its callers are
@@ -201,12 +185,20 @@ impl Appends {
 }
 
 /// Fails a command that could not be carried out because its batch failed.
-fn fail(op: Op, e: &Error) {
+fn fail(cmd: Command, e: &Error) {
+    match cmd {
+        Command::Append(_, tx) => drop(tx.send(Err(e.duplicate()))),
+        Command::AppendMany(_, tx) => drop(tx.send(Err(e.duplicate()))),
+        Command::Run(op) => fail_op(op, e),
+        // Not reached: a close is taken before failures are looked at.
+        Command::Close(_) => {}
+    }
+}
+
+/// Fails an operation that could not be carried out because its batch failed.
+fn fail_op(op: Op, e: &Error) {
     match op {
-        Op::Append(_, tx) | Op::Confirm(_, tx) | Op::Sweep(tx) => {
-            drop(tx.send(Err(e.duplicate())));
-        }
-        Op::AppendMany(_, tx) => drop(tx.send(Err(e.duplicate()))),
+        Op::Confirm(_, tx) | Op::Sweep(tx) => drop(tx.send(Err(e.duplicate()))),
         Op::NextBatch(_, _, tx) => drop(tx.send(Err(e.duplicate()))),
         Op::Stats(tx) => drop(tx.send(Err(e.duplicate()))),
         Op::IntegrityCheck(tx) => drop(tx.send(Err(e.duplicate()))),
@@ -270,28 +262,35 @@ pub(crate) fn run_batch(
         if close.is_some() {
             continue;
         }
-        let op = match cmd {
-            Command::Close(tx) => {
+        let op = match (cmd, &failure) {
+            (Command::Close(tx), _) => {
                 close = Some(tx);
                 continue;
             }
-            Command::Run(op) => op,
+            (cmd, Some(e)) => {
+                fail(cmd, e);
+                continue;
+            }
+            (Command::Append(rec, tx), None) => {
+                commands += 1;
+                appends += 1;
+                run.push(rec, tx);
+                continue;
+            }
+            (Command::AppendMany(recs, tx), None) => {
+                commands += 1;
+                appends += recs.len() as u64;
+                run.push_many(recs, tx);
+                continue;
+            }
+            (Command::Run(op), None) => {
+                commands += 1;
+                op
+            }
         };
-        if let Some(e) = &failure {
-            fail(op, e);
-            continue;
-        }
-        commands += 1;
-        if let Op::Append(..) = op {
-            appends += 1;
-        } else if let Op::AppendMany(recs, _) = &op {
-            appends += recs.len() as u64;
-        }
-        let Some(op) = run.take(op) else {
-            continue;
-        };
+        // The appends before this operation are stored first: the order is kept.
         if let Err(e) = run.store(store, &mut replies) {
-            fail(op, &e);
+            fail_op(op, &e);
             failure = Some(e);
             continue;
         }
