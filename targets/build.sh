@@ -191,7 +191,8 @@ cmd_smoke() {
   local t
   t=$(target_of "${1:-aarch64}")
   local bin=$CARGO_TARGET_DIR/$t/release/edge-agent
-  [[ -x $bin ]] || cmd_build "$t"
+  # Always through cargo: a binary left from an older tree would test old code.
+  cmd_build "$t"
   command -v mosquitto_pub >/dev/null || die "smoke needs mosquitto_pub (apt-get install mosquitto-clients)"
   local -a qemu
   read -r -a qemu <<<"${QEMU[$t]}"
