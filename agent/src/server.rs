@@ -24,7 +24,7 @@ use tracing::{info, warn};
 use crate::broker::{BrokerStore, CounterValues, LocalBroker, store};
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::journal::{self, Journal};
+use crate::journal::{self, Journal, JournalEnv};
 use crate::metrics::{AgentExporter, ListenerInfo, SensorValues};
 use crate::sensors::Sensors;
 use crate::uplink::UplinkStatus;
@@ -48,6 +48,12 @@ impl Agent {
     /// Opens the state in `state_dir` (created if missing), binds every listener and
     /// starts serving. Fails on a bad TLS file, a busy port or an unusable journal.
     pub async fn start(config: Config, state_dir: &Path) -> Result<Self> {
+        Self::start_with_env(config, state_dir, JournalEnv::default()).await
+    }
+
+    /// Like [`Agent::start`], with the journal's clock, disk and WAL flush injected
+    /// (failure injection in tests).
+    pub async fn start_with_env(config: Config, state_dir: &Path, env: JournalEnv) -> Result<Self> {
         std::fs::create_dir_all(state_dir).map_err(|source| Error::Io {
             path: state_dir.to_path_buf(),
             source,
@@ -57,7 +63,9 @@ impl Agent {
             Some(addr) => Some(endpoint::bind(addr).await?),
             None => None,
         };
-        let journal = Journal::open(state_dir.join(journal::FILE_NAME), &config.journal).await?;
+        let journal =
+            Journal::open_with_env(state_dir.join(journal::FILE_NAME), &config.journal, env)
+                .await?;
         let (store, snapshot) = match BrokerStore::open(
             &state_dir.join(store::FILE_NAME),
             config.journal.synchronous,

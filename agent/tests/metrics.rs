@@ -1,6 +1,6 @@
 //! The metrics endpoint and `edge-agent status` on a real agent: after known traffic the
 //! scraped counters are exactly what was sent, refused by the journal and delivered;
-//! `/health` turns 503 when the journal is gone; `status` prints the running agent's
+//! `/health` turns 503 when the journal is gone or a WAL flush failed; `status` prints the running agent's
 //! figures, and without an agent says so, shows the journal offline and fails.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
@@ -11,7 +11,13 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use edge_agent::journal::{FILE_NAME, Journal, JournalConfig, NewEntry, Qos, WhenFull};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use edge_agent::journal::{
+    FILE_NAME, Journal, JournalConfig, JournalEnv, NewEntry, Qos, WalSync, WhenFull,
+};
+use edge_agent::server::Agent;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
 use support::{WAIT, config, start, stop, v5};
 
@@ -209,6 +215,94 @@ async fn health_is_503_when_the_journal_is_closed() {
     let (code, text) = get(metrics, "/metrics").await;
     assert_eq!(code, 200);
     assert!(!text.contains("edge_agent_journal_entries"), "{text}");
+    stop(agent).await;
+}
+
+/// A WAL flush that works until told to fail (failure injection: a real disk cannot be
+/// made to fail an fdatasync on demand).
+#[derive(Debug, Default)]
+struct FailingFlush(AtomicBool);
+
+impl WalSync for FailingFlush {
+    fn sync(&self, wal: &std::fs::File) -> std::io::Result<()> {
+        if self.0.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other("injected EIO"));
+        }
+        wal.sync_data()
+    }
+}
+
+#[tokio::test]
+async fn a_failed_wal_flush_refuses_appends_and_turns_health_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let flush = Arc::new(FailingFlush::default());
+    let env = JournalEnv {
+        wal_sync: flush.clone(),
+        ..JournalEnv::default()
+    };
+    let agent = Agent::start_with_env(config(), dir.path(), env)
+        .await
+        .expect("agent starts");
+    let addr = agent.local_addr("tcp").expect("tcp listener");
+    let metrics = agent.metrics_addr().unwrap();
+    let (mut p, _) = v5::Client::connect(v5::options(addr, "pub")).await;
+    let publish = |p: &v5::Client, body: &'static [u8]| {
+        let client = p.client.clone();
+        async move {
+            client
+                .publish("s/t", v5::QoS::AtLeastOnce, false, body)
+                .await
+                .unwrap();
+        }
+    };
+    let puback = |packet: v5::Packet| match packet {
+        v5::Packet::PubAck(a) => a.reason,
+        other => panic!("{other:?}"),
+    };
+    publish(&p, b"before").await;
+    let ack = p.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await;
+    assert_eq!(puback(ack), PubAckReason::Success);
+    assert_eq!(get(metrics, "/health").await.0, 200);
+
+    flush.0.store(true, Ordering::SeqCst);
+    for body in [&b"during"[..], &b"after"[..]] {
+        publish(&p, body).await;
+        let ack = p.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await;
+        assert_eq!(puback(ack), PubAckReason::UnspecifiedError, "{body:?}");
+    }
+    // The disk "recovers", but nothing proves what became of the pages the failed flush
+    // covered: appends stay refused until a restart.
+    flush.0.store(false, Ordering::SeqCst);
+    publish(&p, b"later").await;
+    let ack = p.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await;
+    assert_eq!(puback(ack), PubAckReason::UnspecifiedError);
+
+    let (code, body) = get(metrics, "/health").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("WAL flush failed"), "{body}");
+    let (_, text) = get(metrics, "/metrics").await;
+    assert_eq!(
+        value(&samples(&text), "edge_agent_journal_wal_flush_failed"),
+        1.0
+    );
+    p.disconnect().await;
+    stop(agent).await;
+
+    // A restart recovers the journal from the disk: everything committed is there (the
+    // refused messages too: they were committed, just not known to be flushed), and
+    // appends work again.
+    let (agent, addr) = start(config(), dir.path()).await;
+    let (mut p, _) = v5::Client::connect(v5::options(addr, "pub")).await;
+    publish(&p, b"restarted").await;
+    let ack = p.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await;
+    assert_eq!(puback(ack), PubAckReason::Success);
+    let entries = agent.journal().peek(100).await.unwrap();
+    let bodies: Vec<&[u8]> = entries.iter().map(|e| &e.payload[..]).collect();
+    assert_eq!(
+        bodies,
+        vec![&b"before"[..], b"during", b"after", b"later", b"restarted"]
+    );
+    p.disconnect().await;
     stop(agent).await;
 }
 
