@@ -61,14 +61,16 @@ pub struct JournalFigures {
     pub oldest_age_ms: Option<u64>,
     /// Every persisted counter by name (`appended`, `confirmed`, drops by reason).
     pub counters: BTreeMap<String, u64>,
-    /// Transactions committed since start, and their time in microseconds.
+    /// Transactions committed since start.
     #[serde(default)]
     pub commits: u64,
+    /// Time spent in them, in microseconds.
     #[serde(default)]
     pub commit_micros: u64,
-    /// WAL flushes since start (`synchronous = full`), and their time in microseconds.
+    /// WAL flushes since start (`synchronous = full`).
     #[serde(default)]
     pub wal_flushes: u64,
+    /// Time spent in them, in microseconds.
     #[serde(default)]
     pub wal_flush_micros: u64,
     /// A WAL flush failed: appends are refused until the agent is restarted.
