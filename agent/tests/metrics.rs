@@ -288,9 +288,9 @@ async fn a_failed_wal_flush_refuses_appends_and_turns_health_503() {
     p.disconnect().await;
     stop(agent).await;
 
-    // A restart recovers the journal from the disk: everything committed is there (the
-    // refused messages too: they were committed, just not known to be flushed), and
-    // appends work again.
+    // A restart recovers the journal from the disk: what was committed is there ("during"
+    // too: committed, only not known to be flushed; the later ones were never stored),
+    // and appends work again.
     let (agent, addr) = start(config(), dir.path()).await;
     let (mut p, _) = v5::Client::connect(v5::options(addr, "pub")).await;
     publish(&p, b"restarted").await;
@@ -298,10 +298,7 @@ async fn a_failed_wal_flush_refuses_appends_and_turns_health_503() {
     assert_eq!(puback(ack), PubAckReason::Success);
     let entries = agent.journal().peek(100).await.unwrap();
     let bodies: Vec<&[u8]> = entries.iter().map(|e| &e.payload[..]).collect();
-    assert_eq!(
-        bodies,
-        vec![&b"before"[..], b"during", b"after", b"later", b"restarted"]
-    );
+    assert_eq!(bodies, vec![&b"before"[..], b"during", b"restarted"]);
     p.disconnect().await;
     stop(agent).await;
 }

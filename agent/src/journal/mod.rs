@@ -23,7 +23,7 @@
 //! back-pressure the broker needs) and awaits a oneshot reply. The thread takes every
 //! queued command (up to `max_batch`) into one `BEGIN IMMEDIATE … COMMIT`, so concurrent
 //! publishes share one fsync; replies leave after the commit. With `synchronous = full`
-//! a second thread, the [syncer](syncer), flushes the WAL (`fdatasync`) before the replies
+//! a second thread, the syncer (`syncer.rs`), flushes the WAL (`fdatasync`) before the replies
 //! of committed batches leave, while the journal thread already runs the next batch: one
 //! flush covers every batch committed before it started.
 //!

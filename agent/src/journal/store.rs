@@ -195,17 +195,23 @@ impl Store {
     #[cfg(test)]
     pub(crate) fn open(path: &Path, opts: StoreOptions, env: JournalEnv) -> Result<Store> {
         let sync = opts.synchronous;
-        Self::open_with(path, opts, env, sync)
+        Self::open_with(path, opts, env, sync, |_| Ok(())).map(|(store, ())| store)
     }
 
     /// Like [`Store::open`], with SQLite's own `synchronous` set to `sqlite_sync` (the
-    /// journal thread flushes the WAL itself for `full`).
-    pub(crate) fn open_with(
+    /// journal thread flushes the WAL itself for `full`). `connected` runs once the file
+    /// is open, before this process writes or syncs anything in it: the WAL flushers
+    /// open their descriptors there, so that every later write-back error reaches them.
+    /// A read-write open then checkpoints the whole WAL into the main file (checked, and
+    /// synced by SQLite): after a failed flush in an earlier run the WAL may be whole only
+    /// in the page cache, and this makes it whole on disk before anything is appended.
+    pub(crate) fn open_with<R>(
         path: &Path,
         opts: StoreOptions,
         env: JournalEnv,
         sqlite_sync: SyncMode,
-    ) -> Result<Store> {
+        connected: impl FnOnce(&Path) -> Result<R>,
+    ) -> Result<(Store, R)> {
         let conn = sql::open(path, opts.read_only, sqlite_sync, opts.quick_check)?;
         let dir = match path.parent() {
             Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
@@ -227,9 +233,11 @@ impl Store {
             writer: WriterStats::default(),
             writer_flushes: None,
         };
+        let hooked = connected(&store.dir)?;
         let loaded = store.load().and_then(|()| {
             if !store.opts.read_only {
                 sql::accept(&store.conn)?;
+                sql::checkpoint_whole_wal(&store.conn)?;
             }
             store.begin()?;
             store.commit()
@@ -238,7 +246,7 @@ impl Store {
             store.rollback();
             return Err(store.fail(e));
         }
-        Ok(store)
+        Ok((store, hooked))
     }
 
     fn load(&mut self) -> Sql<()> {
@@ -272,11 +280,6 @@ impl Store {
 
     pub(crate) fn read_only(&self) -> bool {
         self.opts.read_only
-    }
-
-    /// The directory holding the journal file.
-    pub(crate) fn dir(&self) -> &Path {
-        &self.dir
     }
 
     /// Opens the batch transaction; sweeps expired entries when a sweep is due.

@@ -10,7 +10,7 @@
 //! next batch while the disk flushes, and one flush covers every batch committed before
 //! it started. ([`FLUSHERS`] says why there is one flusher; the syncer can run more.)
 //!
-//! Why this is as durable as FULL:
+//! Why this is as durable as FULL, for appends:
 //! - WAL recovery keeps every frame up to the last valid commit frame (frames carry a
 //!   checksum chained from the WAL header), and `fdatasync` returns once every byte
 //!   written to the file before it was called is durable, including pages another
@@ -18,18 +18,23 @@
 //!   before a flush started survives a power cut once that flush returns.
 //! - SQLite at NORMAL still flushes the WAL before every checkpoint, the database after
 //!   it, and the new WAL header when the WAL restarts; checkpoints are not changed.
-//! - Each flusher opens the `-wal` file itself, by path, and reopens it (with a flush of
-//!   its directory) if SQLite ever replaced it; the check is one `stat` per flush. Own
-//!   descriptors matter with several flushers: Linux reports a write-back error to the
-//!   next flush of every descriptor open when it happened, so one flusher cannot
-//!   consume the error another should see.
+//! - Each flusher opens the `-wal` file itself when the journal is opened, before this
+//!   process writes or syncs anything in it, and reopens it (with a flush of its
+//!   directory) if SQLite ever replaced it; the check is one `stat` per flush. Linux
+//!   reports a write-back error to the next flush of every descriptor open when it
+//!   happened, so a flusher sees an error even if SQLite's own checkpoint consumed it
+//!   on its descriptor first.
 //! - A failed flush poisons the syncer: after a failed `fdatasync` the kernel may have
-//!   dropped the unwritten pages, so no later flush proves anything about earlier
-//!   commits. Every append not yet answered, and every later one, fails; reads and
-//!   confirms still work. Restarting the agent recovers the journal from what is on
-//!   disk.
-//! - Replies leave in commit order: a batch is answered only after every earlier one,
-//!   so no reply (a read included) reveals a commit that is not durable yet.
+//!   dropped the unwritten pages (marked clean, still in the page cache), so no later
+//!   flush proves anything about earlier commits. Every append not yet answered fails,
+//!   and from then on the journal stores nothing, hands out no entry and takes no
+//!   confirm (the writer checks [`Syncer::failure`]); only its figures are served, so
+//!   health checks can say why. Restarting the agent recovers: opening checkpoints the
+//!   whole WAL into the main file, checked and synced, before anything is appended.
+//! - Batches are released in commit order: one is answered only once every earlier one
+//!   is, so no reply (a read included) reveals a commit that is not durable yet.
+//!   Confirms and sweeps are not waited for themselves; a confirm lost to a power cut
+//!   means one more delivery of that entry (at least once).
 //!
 //! Written by hand: it is a small ticket queue under a mutex, and no crate does this for
 //! SQLite.
@@ -154,38 +159,61 @@ struct Wal {
     open: Option<(File, (u64, u64))>,
 }
 
+fn wal_error(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// (device, inode) of the file at `path`.
+fn identity(path: &Path) -> Result<(u64, u64)> {
+    std::fs::metadata(path)
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| wal_error(path, e))
+}
+
+/// Opens the WAL at `path`, and flushes its directory (SQLite created the file: its
+/// directory entry must be durable too).
+fn open_wal(path: &Path, dir: &Path) -> Result<(File, (u64, u64))> {
+    let file = File::open(path).map_err(|e| wal_error(path, e))?;
+    let id = file
+        .metadata()
+        .map(|m| (m.dev(), m.ino()))
+        .map_err(|e| wal_error(path, e))?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| wal_error(dir, e))?;
+    Ok((file, id))
+}
+
 impl Wal {
-    fn io(&self, source: std::io::Error) -> Error {
-        Error::Io {
-            path: self.path.clone(),
-            source,
-        }
+    /// A flusher's WAL, opened now if SQLite has created it (else at the first flush).
+    fn new(path: PathBuf, dir: PathBuf, sync: Arc<dyn WalSync>) -> Result<Wal> {
+        let open = match open_wal(&path, &dir) {
+            Ok(open) => Some(open),
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        Ok(Wal {
+            path,
+            dir,
+            sync,
+            open,
+        })
     }
 
     /// Flushes the WAL, opening it first if needed (or if SQLite replaced it).
     fn flush(&mut self) -> Result<()> {
-        let id = std::fs::metadata(&self.path)
-            .map(|m| (m.dev(), m.ino()))
-            .map_err(|e| self.io(e))?;
-        if self.open.as_ref().map(|(_, open)| *open) != Some(id) {
-            let file = File::open(&self.path).map_err(|e| self.io(e))?;
-            let id = file
-                .metadata()
-                .map(|m| (m.dev(), m.ino()))
-                .map_err(|e| self.io(e))?;
-            // SQLite created this file: its directory entry must be durable too.
-            File::open(&self.dir)
-                .and_then(|d| d.sync_all())
-                .map_err(|source| Error::Io {
-                    path: self.dir.clone(),
-                    source,
-                })?;
-            self.open = Some((file, id));
+        let id = identity(&self.path)?;
+        if !matches!(&self.open, Some((_, open)) if *open == id) {
+            self.open = None;
         }
-        match &self.open {
-            Some((file, _)) => self.sync.sync(file).map_err(|e| self.io(e)),
-            None => Ok(()),
-        }
+        let file = match &mut self.open {
+            Some((file, _)) => &*file,
+            slot @ None => &slot.insert(open_wal(&self.path, &self.dir)?).0,
+        };
+        self.sync.sync(file).map_err(|e| wal_error(&self.path, e))
     }
 }
 
@@ -219,12 +247,8 @@ impl<T: Send + 'static> Syncer<T> {
             threads: Vec::with_capacity(flushers),
         };
         for i in 0..flushers.max(1) {
-            let wal = Wal {
-                path: wal.clone(),
-                dir: dir.to_path_buf(),
-                sync: sync.clone(),
-                open: None,
-            };
+            // Each flusher's descriptor is open from here on (see the module doc).
+            let wal = Wal::new(wal.clone(), dir.to_path_buf(), sync.clone())?;
             let shared = shared.clone();
             let flushes = flushes.clone();
             let thread = std::thread::Builder::new()
@@ -270,6 +294,13 @@ impl<T: Send + 'static> Syncer<T> {
             self.shared.work.notify_one();
         }
         self.shared.answer(ready);
+    }
+}
+
+impl<T> Syncer<T> {
+    /// The flush failure that poisoned the syncer, if one did.
+    pub(crate) fn failure(&self) -> Option<Error> {
+        self.shared.lock().poison.as_ref().map(Error::duplicate)
     }
 }
 

@@ -477,28 +477,71 @@ async fn an_append_is_answered_only_after_its_wal_flush() {
     assert_eq!(pending.await.expect("task").expect("append"), 1);
 
     // A failed flush fails the append: the caller is not told it is on disk. After it
-    // no flush proves anything about earlier pages, so later appends fail too, while
-    // reads go on. The entries stay in the journal (they are sent like any other).
+    // no flush proves anything about earlier pages, so the journal stores nothing more
+    // and hands out nothing (entries, confirms); only its figures are served.
     gate.set(true, true);
     let e = j.append(msg("t", "second")).await;
     let e = e.expect_err("answered Ok after a failed flush").to_string();
     assert!(e.contains("-wal") && e.contains("injected"), "{e}");
     gate.set(true, false);
     let e = j.append(msg("t", "third")).await;
+    let e = e.expect_err("stored after a failed flush").to_string();
+    assert!(e.contains("restart the agent"), "{e}");
     assert!(
-        e.is_err(),
-        "answered Ok after an earlier failed flush: {e:?}"
+        j.peek(10).await.is_err(),
+        "entries handed out after a failed flush"
     );
-    assert_eq!(all(&j).await, vec![1, 2, 3]);
+    assert!(
+        j.confirm(&[1]).await.is_err(),
+        "confirmed after a failed flush"
+    );
     let s = j.stats().await.expect("stats");
     assert_eq!(s.writer.wal_flushes, 2);
     assert!(s.writer.wal_flush_failed);
+    // "second" was committed before its flush failed; "third" was never stored.
+    assert_eq!(all(&reader).await, vec![1, 2]);
     reader.close().await.expect("close reader");
     j.close().await.expect("close");
-    // A restart recovers the journal from the disk, and appends work again.
+    // After a restart appends work again.
     let j = f.open(&config()).await;
+    assert_eq!(all(&j).await, vec![1, 2]);
+    assert_eq!(j.append(msg("t", "fourth")).await.expect("append"), 3);
+    j.close().await.expect("close");
+}
+
+fn wal_len(db: &std::path::Path) -> u64 {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    std::fs::metadata(wal).map(|m| m.len()).unwrap_or(0)
+}
+
+#[tokio::test]
+async fn opening_checkpoints_a_wal_left_by_a_crash_into_the_main_file() {
+    let f = Fixture::new();
+    let j = f.open(&config()).await;
+    for p in ["a", "b", "c"] {
+        j.append(msg("t", p)).await.expect("append");
+    }
+    // The files as a crash leaves them: the entries are in the WAL only.
+    let crashed = f._dir.path().join("crashed");
+    std::fs::create_dir_all(&crashed).expect("dir");
+    let copy = crashed.join(FILE_NAME);
+    std::fs::copy(&f.path, &copy).expect("copy");
+    let mut wal = f.path.clone().into_os_string();
+    wal.push("-wal");
+    let mut copy_wal = copy.clone().into_os_string();
+    copy_wal.push("-wal");
+    std::fs::copy(&wal, &copy_wal).expect("copy wal");
+    assert!(wal_len(&copy) > 0);
+    j.close().await.expect("close");
+
+    // After a failed flush the WAL may be whole only in the page cache: opening writes it
+    // into the main file (synced) before anything new is appended after it.
+    let j = Journal::open(&copy, &config())
+        .await
+        .expect("open the copy");
+    assert_eq!(wal_len(&copy), 0, "the WAL was not checkpointed at open");
     assert_eq!(all(&j).await, vec![1, 2, 3]);
-    assert_eq!(j.append(msg("t", "fourth")).await.expect("append"), 4);
     j.close().await.expect("close");
 }
 

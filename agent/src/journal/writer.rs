@@ -34,6 +34,13 @@ pub(crate) enum Command {
     Close(oneshot::Sender<()>),
 }
 
+impl Command {
+    /// Whether it only reads the journal's figures (stats, integrity check).
+    fn is_figures(&self) -> bool {
+        matches!(self, Command::Run(Op::Stats(_) | Op::IntegrityCheck(_)))
+    }
+}
+
 /// An operation other than an append, and the channel for its answer.
 #[derive(Debug)]
 pub(crate) enum Op {
@@ -232,6 +239,19 @@ pub(crate) enum Outbox {
 }
 
 impl Outbox {
+    /// Once a WAL flush failed: the error every command that writes or reads entries
+    /// gets from then on (see the syncer's module doc).
+    fn refusal(&self) -> Option<Error> {
+        match self {
+            Outbox::Direct => None,
+            Outbox::Flushed(syncer) => syncer.failure().map(|e| {
+                Error::Internal(format!(
+                    "the journal refuses work after a failed WAL flush (restart the agent): {e}"
+                ))
+            }),
+        }
+    }
+
     /// Hands over the answers of a batch; `appended` says whether it must be flushed.
     fn post(&self, answers: Answers, appended: bool) {
         match self {
@@ -252,6 +272,7 @@ pub(crate) fn run_batch(
     outbox: &Outbox,
 ) -> Option<oneshot::Sender<()>> {
     let started = std::time::Instant::now();
+    let refusal = outbox.refusal();
     let mut close = None;
     let mut replies = Vec::with_capacity(batch.len());
     let mut failure = store.begin().err().map(|e| store.fail(e));
@@ -269,6 +290,14 @@ pub(crate) fn run_batch(
             }
             (cmd, Some(e)) => {
                 fail(cmd, e);
+                continue;
+            }
+            // After a failed flush only the figures are served: nothing is stored, and no
+            // entry that might not be on disk is handed out or confirmed.
+            (cmd, None) if refusal.is_some() && !cmd.is_figures() => {
+                if let Some(e) = &refusal {
+                    fail(cmd, e);
+                }
                 continue;
             }
             (Command::Append(rec, tx), None) => {
@@ -338,23 +367,32 @@ fn open(path: &std::path::Path, opts: StoreOptions, env: JournalEnv) -> Result<(
         opts.synchronous
     };
     let wal_sync = env.wal_sync.clone();
-    let mut store = Store::open_with(path, opts, env, sqlite_sync)?;
-    if !flushed {
-        return Ok((store, Outbox::Direct));
-    }
     let mut wal = path.as_os_str().to_owned();
     wal.push("-wal");
     let flushes = Arc::new(FlushStats::default());
-    store.writer_flushes = Some(flushes.clone());
-    let syncer = Syncer::spawn(
-        PathBuf::from(wal),
-        store.dir(),
-        wal_sync,
-        flushes,
-        Answers::send,
-        super::syncer::FLUSHERS,
-    )?;
-    Ok((store, Outbox::Flushed(syncer)))
+    // The flushers open the WAL as soon as the file is open, before anything is written.
+    let start = |dir: &std::path::Path| {
+        if !flushed {
+            return Ok(None);
+        }
+        Syncer::spawn(
+            PathBuf::from(wal),
+            dir,
+            wal_sync,
+            flushes.clone(),
+            Answers::send,
+            super::syncer::FLUSHERS,
+        )
+        .map(Some)
+    };
+    let (mut store, syncer) = Store::open_with(path, opts, env, sqlite_sync, start)?;
+    match syncer {
+        Some(syncer) => {
+            store.writer_flushes = Some(flushes);
+            Ok((store, Outbox::Flushed(syncer)))
+        }
+        None => Ok((store, Outbox::Direct)),
+    }
 }
 
 /// Starts the journal thread; the returned receiver yields the outcome of opening.
