@@ -200,8 +200,9 @@ impl Store {
 
     /// Like [`Store::open`], with SQLite's own `synchronous` set to `sqlite_sync` (the
     /// journal thread flushes the WAL itself for `full`). `connected` runs once the file
-    /// is open, before this process writes or syncs anything in it: the WAL flushers
-    /// open their descriptors there, so that every later write-back error reaches them.
+    /// is open (and, if new, created), before this process writes or syncs anything else
+    /// in it: the WAL flushers open their descriptors there, so that every later
+    /// write-back error reaches them.
     /// A read-write open then checkpoints the whole WAL into the main file (checked, and
     /// synced by SQLite): after a failed flush in an earlier run the WAL may be whole only
     /// in the page cache, and this makes it whole on disk before anything is appended.

@@ -19,7 +19,7 @@
 //! - SQLite at NORMAL still flushes the WAL before every checkpoint, the database after
 //!   it, and the new WAL header when the WAL restarts; checkpoints are not changed.
 //! - Each flusher opens the `-wal` file itself when the journal is opened, before this
-//!   process writes or syncs anything in it, and reopens it (with a flush of its
+//!   process writes or syncs anything in it beyond creating a new file, and reopens it (with a flush of its
 //!   directory) if SQLite ever replaced it; the check is one `stat` per flush. Linux
 //!   reports a write-back error to the next flush of every descriptor open when it
 //!   happened, so a flusher sees an error even if SQLite's own checkpoint consumed it
