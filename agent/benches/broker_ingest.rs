@@ -118,12 +118,7 @@ async fn run_rumqttd_child(scale: usize) -> Option<Figures> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    wait_port(addr).await;
-    let f = measure("rumqttd 0.20 (in memory)", addr, scale, None).await;
-    let rss_kib = report_rss("rumqttd", rumqttd.id());
-    stop(rumqttd);
-    Some(Figures { rss_kib, ..f })
+    Some(measure_child("rumqttd 0.20 (in memory)", "rumqttd", rumqttd, port, scale).await)
 }
 
 async fn run_mosquitto(scale: usize) -> Option<Figures> {
@@ -149,12 +144,18 @@ async fn run_mosquitto(scale: usize) -> Option<Figures> {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    Some(measure_child("mosquitto (Debian, in memory)", "mosquitto", m, port, scale).await)
+}
+
+/// Measures the in-memory broker running as `child` on `port`, then reports its peak RSS
+/// and stops it.
+async fn measure_child(title: &str, name: &str, child: Child, port: u16, scale: usize) -> Figures {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     wait_port(addr).await;
-    let f = measure("mosquitto (Debian, in memory)", addr, scale, None).await;
-    let rss_kib = report_rss("mosquitto", m.id());
-    stop(m);
-    Some(Figures { rss_kib, ..f })
+    let f = measure(title, addr, scale, None).await;
+    let rss_kib = report_rss(name, child.id());
+    stop(child);
+    Figures { rss_kib, ..f }
 }
 
 fn median(mut v: Vec<f64>) -> f64 {

@@ -399,15 +399,20 @@ mod tests {
         let _ = out.1.send((out.0, failure.is_some()));
     }
 
-    fn spawn(wal: &Path, rec: &Arc<Recorder>, flushes: &Arc<FlushStats>) -> Syncer<Out> {
+    fn spawn(
+        wal: &Path,
+        sync: Arc<dyn WalSync>,
+        flushes: &Arc<FlushStats>,
+        flushers: usize,
+    ) -> Syncer<Out> {
         let dir = wal.parent().expect("dir");
         Syncer::spawn(
             wal.to_path_buf(),
             dir,
-            rec.clone(),
+            sync,
             flushes.clone(),
             deliver,
-            FLUSHERS,
+            flushers,
         )
         .expect("spawn")
     }
@@ -419,7 +424,7 @@ mod tests {
         std::fs::write(&wal, b"abc").expect("write");
         let rec = Arc::new(Recorder::default());
         let flushes = Arc::new(FlushStats::default());
-        let syncer = spawn(&wal, &rec, &flushes);
+        let syncer = spawn(&wal, rec.clone(), &flushes, FLUSHERS);
         let (tx, rx) = channel();
         for i in 0..100 {
             syncer.submit((i, tx.clone()), i % 3 != 0);
@@ -439,7 +444,12 @@ mod tests {
         let wal = dir.path().join("j.db-wal");
         std::fs::write(&wal, b"abc").expect("write");
         let rec = Arc::new(Recorder::default());
-        let syncer = spawn(&wal, &rec, &Arc::new(FlushStats::default()));
+        let syncer = spawn(
+            &wal,
+            rec.clone(),
+            &Arc::new(FlushStats::default()),
+            FLUSHERS,
+        );
         let (tx, rx) = channel();
         let wait = Duration::from_secs(5);
         syncer.submit((1, tx.clone()), true);
@@ -456,7 +466,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = dir.path().join("j.db-wal");
         let rec = Arc::new(Recorder::default());
-        let syncer = spawn(&wal, &rec, &Arc::new(FlushStats::default()));
+        let syncer = spawn(
+            &wal,
+            rec.clone(),
+            &Arc::new(FlushStats::default()),
+            FLUSHERS,
+        );
         let (tx, rx) = channel();
         let wait = Duration::from_secs(5);
         // No WAL file: the flush fails.
@@ -517,15 +532,7 @@ mod tests {
         let wal = dir.path().join("j.db-wal");
         std::fs::write(&wal, b"abc").expect("write");
         let held = Arc::new(Held::default());
-        let syncer: Syncer<Out> = Syncer::spawn(
-            wal,
-            dir.path(),
-            held.clone(),
-            Arc::new(FlushStats::default()),
-            deliver,
-            2,
-        )
-        .expect("spawn");
+        let syncer = spawn(&wal, held.clone(), &Arc::new(FlushStats::default()), 2);
         let (tx, rx) = channel();
         syncer.submit((1, tx.clone()), true);
         assert_eq!(held.started(1), 1);
