@@ -319,7 +319,8 @@ impl Journal {
     }
 
     /// Deletes the given entries (the cloud acknowledged them); returns how many were
-    /// still stored. Unknown sequence numbers are ignored.
+    /// still stored. Unknown sequence numbers are ignored. With `synchronous = full` it
+    /// answers once the deletion is flushed, like an append.
     pub async fn confirm(&self, seqs: &[u64]) -> Result<u64> {
         let seqs = seqs.to_vec();
         self.call(|tx| Op::Confirm(seqs, tx)).await

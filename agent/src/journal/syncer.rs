@@ -33,8 +33,9 @@
 //!   whole WAL into the main file, checked and synced, before anything is appended.
 //! - Batches are released in commit order: one is answered only once every earlier one
 //!   is, so no reply (a read included) reveals a commit that is not durable yet.
-//!   Confirms and sweeps are not waited for themselves; a confirm lost to a power cut
-//!   means one more delivery of that entry (at least once).
+//!   Confirms are flushed before they are answered too: the uplink holds an entry's
+//!   window slot until then, so a power cut sends again at most a window of entries the
+//!   bridge already has. Sweeps are not waited for (a lost one is swept again).
 //!
 //! Written by hand: it is a small ticket queue under a mutex, and no crate does this for
 //! SQLite.

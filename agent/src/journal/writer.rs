@@ -252,12 +252,13 @@ impl Outbox {
         }
     }
 
-    /// Hands over the answers of a batch; `appended` says whether it must be flushed.
-    fn post(&self, answers: Answers, appended: bool) {
+    /// Hands over the answers of a batch; `durable` says whether it must be flushed
+    /// (it stored or confirmed entries).
+    fn post(&self, answers: Answers, durable: bool) {
         match self {
             Outbox::Direct => answers.send(None),
             Outbox::Flushed(syncer) => {
-                let durable = appended && answers.failure.is_none();
+                let durable = durable && answers.failure.is_none();
                 syncer.submit(answers, durable);
             }
         }
@@ -277,6 +278,7 @@ pub(crate) fn run_batch(
     let mut replies = Vec::with_capacity(batch.len());
     let mut failure = store.begin().err().map(|e| store.fail(e));
     let mut appends = 0;
+    let mut confirms = false;
     let mut commands = 0;
     let mut run = Appends::default();
     for cmd in batch.drain(..) {
@@ -314,6 +316,7 @@ pub(crate) fn run_batch(
             }
             (Command::Run(op), None) => {
                 commands += 1;
+                confirms |= matches!(op, Op::Confirm(..));
                 op
             }
         };
@@ -353,7 +356,7 @@ pub(crate) fn run_batch(
             w.batch_micros = w.batch_micros.saturating_add(micros);
         }
     }
-    outbox.post(Answers { replies, failure }, appends > 0);
+    outbox.post(Answers { replies, failure }, appends > 0 || confirms);
     close
 }
 

@@ -43,8 +43,9 @@ pub struct UplinkConfig {
     pub tls: Option<UplinkTls>,
     /// Topic mapping rules, first match wins (default: `"" -> "{first}/{gateway}/"`).
     pub map: Vec<TopicRule>,
-    /// Publishes sent and not yet acknowledged (also capped by the bridge's receive
-    /// maximum).
+    /// Entries in flight: sent and not yet deleted from the journal (acknowledged, and
+    /// the deletion committed and flushed). At most this many are sent twice after a
+    /// crash. Also capped by the bridge's receive maximum.
     pub window: u16,
     /// MQTT keepalive, seconds.
     pub keepalive_secs: u16,

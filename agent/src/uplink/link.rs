@@ -3,6 +3,14 @@
 //! PUBACKs in (each confirmed in the journal, which deletes the entry), and cloud
 //! messages down to local subscribers (PUBACK only after the local broker took them).
 //!
+//! # The window
+//! An entry holds one of the connection's `window` slots from the moment it is sent
+//! until the journal answered its confirm (with `synchronous = full`, once the deletion
+//! is flushed), not only until its PUBACK. Whatever holds no slot is either unsent or
+//! deleted for good, so a crash, a power cut or a lost connection sends again at most
+//! `window` entries the bridge already has. A connection that ends waits for its
+//! confirms before the next one starts reading the journal from its beginning.
+//!
 //! # Why packets are handled here and not by rumqttc's client
 //! rumqttc's `AsyncClient` does not say which packet id a publish got, so a PUBACK
 //! cannot be tied to a journal entry, and its event loop resends unacknowledged
@@ -25,7 +33,7 @@ use rumqttc::v5::mqttbytes::v5::{
 use rumqttc::v5::mqttbytes::{Error as MqttError, QoS};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_rustls::TlsConnector;
 use tokio_util::codec::Framed;
 use tokio_util::sync::CancellationToken;
@@ -42,8 +50,6 @@ use crate::journal::{Entry, Journal};
 pub const MSG_KEY: &str = "msg-key";
 /// Largest packet accepted from the bridge.
 const MAX_INCOMING: u32 = 1024 * 1024;
-/// Acknowledged sequence numbers confirmed in the journal at once (at most).
-const CONFIRM_BATCH: usize = 1024;
 /// How long a stopping link waits for the acknowledgements of what it sent.
 const STOP_GRACE: Duration = Duration::from_secs(2);
 /// The client id under which downlink messages are published locally.
@@ -87,7 +93,7 @@ pub(crate) struct Ctx {
     pub broker: LocalBroker,
     pub status: Arc<UplinkStatus>,
     pub tls: Option<TlsConnector>,
-    pub confirm: mpsc::Sender<Vec<u64>>,
+    pub confirm: mpsc::Sender<Acked>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -277,9 +283,12 @@ pub(crate) async fn run(
 
     let mut ids = PacketIds::default();
     // pkid -> journal seq of publishes in flight; the SUBSCRIBE's id until its SUBACK.
-    let mut inflight: HashMap<u16, u64> = HashMap::new();
+    let mut inflight: HashMap<u16, (u64, OwnedSemaphorePermit)> = HashMap::new();
     let mut subscribing: Option<u16> = None;
-    let mut acked: Vec<u64> = Vec::new();
+    let mut acked = Acked::default();
+    // The window: a slot per entry from its send until its confirm is answered.
+    let slots = Arc::new(Semaphore::new(window));
+    let mut slot: Option<OwnedSemaphorePermit> = None;
 
     // The downlink: subscribe (the bridge keeps the session), and a task that hands
     // cloud messages to the local broker in order and returns packet ids to acknowledge.
@@ -334,7 +343,10 @@ pub(crate) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let result = loop {
-        let room = inflight.len() < window;
+        if slot.is_none() {
+            slot = slots.clone().try_acquire_owned().ok();
+        }
+        let room = slot.is_some();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break Ok(()),
@@ -347,11 +359,11 @@ pub(crate) async fn run(
                 };
                 match packet {
                     Packet::PubAck(PubAck { pkid, reason, .. }) => {
-                        let Some(seq) = inflight.remove(&pkid) else {
+                        let Some((seq, held)) = inflight.remove(&pkid) else {
                             break Err(Failure::Transient(format!("PUBACK for unknown packet id {pkid}")));
                         };
                         match reason {
-                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => acked.push(seq),
+                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => acked.push(seq, held),
                             PubAckReason::NotAuthorized | PubAckReason::TopicNameInvalid | PubAckReason::PayloadFormatInvalid => {
                                 break Err(Failure::Refused(format!(
                                     "the bridge refused journal entry {seq}: {reason:?} (kept; check the topic mapping and the bridge's ACLs)")));
@@ -408,21 +420,25 @@ pub(crate) async fn run(
                 let Some(entry) = entry else {
                     break Err(Failure::Transient("the journal reader stopped".into()));
                 };
+                // Entries are taken from the feed only with a slot in hand (`room`).
+                let Some(held) = slot.take() else {
+                    break Err(Failure::Transient("internal: a journal entry without a window slot".into()));
+                };
                 let now = u64::try_from(mqtt::broker::now_ms()).unwrap_or_default();
-                let mut next = Some(entry);
+                let mut next = Some((entry, held));
                 let mut fed = 0u64;
-                while let Some(entry) = next.take() {
+                while let Some((entry, held)) = next.take() {
                     match ctx.map.to_cloud(&entry.topic) {
                         None => {
                             tracing::warn!(topic = %entry.topic, seq = entry.seq, "uplink: no [[uplink.map]] rule maps this topic; removed unsent");
                             UplinkStatus::add(&status.unmapped, 1);
-                            acked.push(entry.seq);
+                            acked.push(entry.seq, held);
                         }
                         Some(topic) => {
                             let pkid = ids.next(|id| {
                                 inflight.contains_key(&id) || subscribing == Some(id)
                             });
-                            inflight.insert(pkid, entry.seq);
+                            inflight.insert(pkid, (entry.seq, held));
                             let publish = publish_for(ctx, entry, topic, pkid, now);
                             if conn.feed(Packet::Publish(publish)).await.is_err() {
                                 break; // the flush below reports it
@@ -430,8 +446,8 @@ pub(crate) async fn run(
                             fed += 1;
                         }
                     }
-                    if inflight.len() < window {
-                        next = feed.try_recv().ok();
+                    if let Ok(held) = slots.clone().try_acquire_owned() {
+                        next = feed.try_recv().ok().map(|entry| (entry, held));
                     }
                 }
                 if let Err(e) = conn.flush().await {
@@ -439,6 +455,15 @@ pub(crate) async fn run(
                 }
                 UplinkStatus::add(&status.sent, fed);
                 last_sent = Instant::now();
+            }
+            // The window is full: wake when a confirm gives a slot back.
+            held = slots.clone().acquire_owned(), if !room => slot = held.ok(),
+            // The confirmer was busy after the last packet: hand it what waits.
+            reserved = ctx.confirm.reserve(), if !acked.is_empty() => {
+                if let Ok(permit) = reserved {
+                    UplinkStatus::add(&status.acked, acked.seqs.len() as u64);
+                    permit.send(std::mem::take(&mut acked));
+                }
             }
             _ = tick.tick() => {
                 if let Some(at) = ping_sent && at.elapsed() > keepalive {
@@ -472,13 +497,13 @@ pub(crate) async fn run(
         while !inflight.is_empty() {
             match tokio::time::timeout_at(deadline, conn.next()).await {
                 Ok(Some(Ok(Packet::PubAck(PubAck { pkid, reason, .. })))) => {
-                    if let Some(seq) = inflight.remove(&pkid)
+                    if let Some((seq, held)) = inflight.remove(&pkid)
                         && matches!(
                             reason,
                             PubAckReason::Success | PubAckReason::NoMatchingSubscribers
                         )
                     {
-                        acked.push(seq);
+                        acked.push(seq, held);
                     }
                 }
                 Ok(Some(Ok(_))) => {}
@@ -495,32 +520,66 @@ pub(crate) async fn run(
     status
         .inflight
         .store(0, std::sync::atomic::Ordering::Relaxed);
+    // What was sent and not acknowledged gives its slot back; the next connection reads
+    // the journal from its start, so wait until what was acknowledged is deleted.
+    drop(inflight);
+    drop(slot);
+    let all = slots.acquire_many(u32::try_from(window).unwrap_or(u32::MAX));
+    if cancel.is_cancelled() {
+        let _ = tokio::time::timeout(STOP_GRACE, all).await;
+    } else {
+        tokio::select! {
+            _ = all => {}
+            _ = cancel.cancelled() => {}
+        }
+    }
     result
+}
+
+/// Entries the bridge acknowledged, on their way to the confirmer, with their window
+/// slots (given back once the journal answered the confirm).
+#[derive(Debug, Default)]
+pub(crate) struct Acked {
+    pub seqs: Vec<u64>,
+    pub slots: Option<OwnedSemaphorePermit>,
+}
+
+impl Acked {
+    fn push(&mut self, seq: u64, slot: OwnedSemaphorePermit) {
+        self.seqs.push(seq);
+        match &mut self.slots {
+            // One connection's slots all come from its one semaphore.
+            Some(held) => held.merge(slot),
+            None => self.slots = Some(slot),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.seqs.is_empty()
+    }
 }
 
 /// Entries the feeder may read ahead of the window.
 const READ_AHEAD_MIN: usize = 512;
 
-/// Hands acknowledged sequence numbers to the confirmer task (without waiting unless
-/// `wait`: the link keeps them and tries again after its next packet).
-async fn flush_acked(ctx: &Ctx, acked: &mut Vec<u64>, wait: bool) {
-    while !acked.is_empty() {
-        let n = acked.len().min(CONFIRM_BATCH);
-        let batch: Vec<u64> = acked.drain(..n).collect();
-        let count = batch.len() as u64;
-        let sent = if wait {
-            ctx.confirm.send(batch).await.map_err(|e| e.0)
-        } else {
-            ctx.confirm.try_send(batch).map_err(|e| e.into_inner())
-        };
-        match sent {
-            Ok(()) => UplinkStatus::add(&ctx.status.acked, count),
-            Err(batch) => {
-                // Confirmer busy (or gone): keep them for the next round.
-                acked.splice(0..0, batch);
-                return;
-            }
-        }
+/// Hands acknowledged entries to the confirmer task (without waiting unless `wait`: the
+/// link keeps them, and its loop hands them over once the confirmer has room). At most
+/// `window` entries, as each holds a slot.
+async fn flush_acked(ctx: &Ctx, acked: &mut Acked, wait: bool) {
+    if acked.is_empty() {
+        return;
+    }
+    let batch = std::mem::take(acked);
+    let count = batch.seqs.len() as u64;
+    let sent = if wait {
+        ctx.confirm.send(batch).await.map_err(|e| e.0)
+    } else {
+        ctx.confirm.try_send(batch).map_err(|e| e.into_inner())
+    };
+    match sent {
+        Ok(()) => UplinkStatus::add(&ctx.status.acked, count),
+        // Confirmer busy (or gone): keep them for the next round.
+        Err(batch) => *acked = batch,
     }
 }
 

@@ -5,8 +5,9 @@
 //! - An entry leaves the journal only after the bridge acknowledged it (PUBACK success,
 //!   which cloud-bridge sends only after RocketMQ stored it). Everything else is sent
 //!   again on the next connection, so delivery is at least once; duplicates happen only
-//!   for what was in flight (at most `window` messages) when a connection or the agent
-//!   died, and they carry the same stable id: user property `msg-key` =
+//!   for what was in flight (at most `window` messages: an entry holds its slot until its
+//!   deletion is committed, and flushed with `synchronous = full`) when a connection or
+//!   the agent died, or the power was cut, and they carry the same stable id: user property `msg-key` =
 //!   `{gateway}:{journal seq}`, which the bridge puts in the RocketMQ KEYS.
 //! - Order per topic: one connection, entries sent in journal order (`fifo`), and the
 //!   bridge stores one connection's publishes in order. Under `live-first`, live traffic
@@ -153,15 +154,22 @@ async fn run(ctx: Ctx, cancel: CancellationToken) {
     status.set_state(LinkState::Stopped);
 }
 
-/// Deletes acknowledged entries from the journal, a batch at a time. A failed confirm
-/// leaves the entries in the journal: they are sent again (duplicates, not losses).
-async fn confirmer(journal: Journal, mut rx: mpsc::Receiver<Vec<u64>>) {
-    while let Some(mut seqs) = rx.recv().await {
+/// Deletes acknowledged entries from the journal, a batch at a time, and then gives
+/// their window slots back to the link. A failed confirm leaves the entries in the
+/// journal: they are sent again (duplicates, not losses).
+async fn confirmer(journal: Journal, mut rx: mpsc::Receiver<link::Acked>) {
+    while let Some(first) = rx.recv().await {
+        let mut seqs = first.seqs;
+        // Batches of an old connection and of its successor may meet here: their slots
+        // are kept apart (they come from different semaphores).
+        let mut slots = vec![first.slots];
         while let Ok(more) = rx.try_recv() {
-            seqs.extend(more);
+            seqs.extend(more.seqs);
+            slots.push(more.slots);
         }
         if let Err(e) = journal.confirm(&seqs).await {
             tracing::warn!(error = %e, entries = seqs.len(), "uplink: confirming acknowledged entries failed; they will be sent again");
         }
+        drop(slots);
     }
 }
