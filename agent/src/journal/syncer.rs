@@ -31,11 +31,13 @@
 //!   confirm (the writer checks [`Syncer::failure`]); only its figures are served, so
 //!   health checks can say why. Restarting the agent recovers: opening checkpoints the
 //!   whole WAL into the main file, checked and synced, before anything is appended.
-//! - Batches are released in commit order: one is answered only once every earlier one
-//!   is, so no reply (a read included) reveals a commit that is not durable yet.
-//!   Confirms are flushed before they are answered too: the uplink holds an entry's
-//!   window slot until then, so a power cut sends again at most a window of entries the
-//!   bridge already has. Sweeps are not waited for (a lost one is swept again).
+//! - No reply (a read included) leaves before the appends committed before it are
+//!   flushed, so none reveals an entry that a power cut could still take back.
+//! - Confirms (deletions) are flushed before they are answered too: the uplink holds an
+//!   entry's window slot until then, so a power cut sends again at most a window of
+//!   entries the bridge already has. Later batches do not wait for a confirm's flush: a
+//!   read that shows an entry gone a little early costs, at worst, one more delivery.
+//!   Sweeps are not flushed for (a lost one is swept again).
 //!
 //! Written by hand: it is a small ticket queue under a mutex, and no crate does this for
 //! SQLite.
@@ -72,12 +74,25 @@ pub(crate) struct FlushStats {
 /// Answers a batch once it may leave: its payload and the flush failure, if any.
 pub(crate) type Deliver<T> = fn(T, Option<&Error>);
 
-/// A committed batch: its ticket (commit order), payload and whether it must be flushed
-/// before it is answered.
+/// What a committed batch changed, which decides when it may be answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Changes {
+    /// Nothing that must survive a power cut (reads, sweeps): answered once the entries
+    /// appended before it are flushed.
+    Volatile,
+    /// Deletions (confirms): answered once flushed; later batches do not wait for it.
+    Deletions,
+    /// New entries: answered once flushed, and every later batch waits for that flush.
+    Entries,
+}
+
+/// A committed batch: its ticket (commit order), payload, whether it must be flushed,
+/// and the ticket a completed flush must cover before it is answered.
 struct Job<T> {
     ticket: u64,
     payload: T,
     durable: bool,
+    needs: u64,
 }
 
 /// What the journal thread and the flushers share, under one mutex.
@@ -88,6 +103,8 @@ struct State<T> {
     last: u64,
     /// The last ticket of a batch that must be flushed.
     durable_last: u64,
+    /// The last ticket of a batch of new entries (every later batch waits for it).
+    entries_last: u64,
     /// Everything up to this ticket is covered by a flush that has started.
     flush_started: u64,
     /// Everything up to this ticket is covered by a flush that has completed.
@@ -98,20 +115,25 @@ struct State<T> {
 }
 
 impl<T> State<T> {
-    /// Takes the batches that may be answered now, from the front (commit order).
+    /// Takes the batches that may be answered now (in commit order among themselves).
     fn ready(&mut self) -> Vec<(T, Option<Error>)> {
         let mut out = Vec::new();
-        while let Some(job) = self.queue.front() {
+        let mut kept = VecDeque::with_capacity(self.queue.len());
+        for job in self.queue.drain(..) {
             let failure = match (&self.poison, job.durable) {
-                (_, false) => None,
-                (Some(e), true) => Some(e.duplicate()),
-                (None, true) if job.ticket <= self.flushed => None,
-                (None, true) => break,
+                (_, false) if job.needs <= self.flushed => None,
+                // After a failure nothing more is proven: the batch's own changes fail.
+                (Some(e), true) if job.ticket > self.flushed => Some(e.duplicate()),
+                (Some(_), _) => None,
+                (None, _) if job.needs <= self.flushed => None,
+                (None, _) => {
+                    kept.push_back(job);
+                    continue;
+                }
             };
-            if let Some(job) = self.queue.pop_front() {
-                out.push((job.payload, failure));
-            }
+            out.push((job.payload, failure));
         }
+        self.queue = kept;
         out
     }
 
@@ -234,6 +256,7 @@ impl<T: Send + 'static> Syncer<T> {
                 queue: VecDeque::with_capacity(QUEUE),
                 last: 0,
                 durable_last: 0,
+                entries_last: 0,
                 flush_started: 0,
                 flushed: 0,
                 poison: None,
@@ -265,10 +288,10 @@ impl<T: Send + 'static> Syncer<T> {
         Ok(syncer)
     }
 
-    /// Queues a committed batch (`durable`: it appended, so it waits for a flush); waits
-    /// while the queue is full. After close the batch is answered with
-    /// [`Error::Closed`].
-    pub(crate) fn submit(&self, payload: T, durable: bool) {
+    /// Queues a committed batch (see [`Changes`] for when it is answered); waits while the
+    /// queue is full. After close the batch is answered with [`Error::Closed`].
+    pub(crate) fn submit(&self, payload: T, changes: Changes) {
+        let durable = changes != Changes::Volatile;
         let mut st = self.shared.lock();
         while st.queue.len() >= QUEUE && !st.closed {
             st = self.shared.room.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -283,12 +306,17 @@ impl<T: Send + 'static> Syncer<T> {
         if durable {
             st.durable_last = ticket;
         }
+        let needs = if durable { ticket } else { st.entries_last };
+        if changes == Changes::Entries {
+            st.entries_last = ticket;
+        }
         st.queue.push_back(Job {
             ticket,
             payload,
             durable,
+            needs,
         });
-        // A batch behind nothing that needs a flush (a read) leaves at once.
+        // A read behind no unflushed append leaves at once.
         let ready = st.ready();
         drop(st);
         if durable {
@@ -428,7 +456,12 @@ mod tests {
         let syncer = spawn(&wal, rec.clone(), &flushes, FLUSHERS);
         let (tx, rx) = channel();
         for i in 0..100 {
-            syncer.submit((i, tx.clone()), i % 3 != 0);
+            let changes = if i % 3 == 0 {
+                Changes::Volatile
+            } else {
+                Changes::Entries
+            };
+            syncer.submit((i, tx.clone()), changes);
         }
         // Dropping the handle flushes and answers everything queued.
         drop(syncer);
@@ -453,11 +486,11 @@ mod tests {
         );
         let (tx, rx) = channel();
         let wait = Duration::from_secs(5);
-        syncer.submit((1, tx.clone()), true);
+        syncer.submit((1, tx.clone()), Changes::Entries);
         assert_eq!(rx.recv_timeout(wait), Ok((1, false)));
         std::fs::remove_file(&wal).expect("remove");
         std::fs::write(&wal, b"abcdef").expect("rewrite");
-        syncer.submit((2, tx.clone()), true);
+        syncer.submit((2, tx.clone()), Changes::Entries);
         assert_eq!(rx.recv_timeout(wait), Ok((2, false)));
         assert_eq!(*rec.0.lock().expect("lock"), vec![3, 6]);
     }
@@ -476,13 +509,13 @@ mod tests {
         let (tx, rx) = channel();
         let wait = Duration::from_secs(5);
         // No WAL file: the flush fails.
-        syncer.submit((1, tx.clone()), true);
+        syncer.submit((1, tx.clone()), Changes::Entries);
         assert_eq!(rx.recv_timeout(wait), Ok((1, true)));
-        syncer.submit((2, tx.clone()), false);
+        syncer.submit((2, tx.clone()), Changes::Volatile);
         assert_eq!(rx.recv_timeout(wait), Ok((2, false)));
         // The file is there now, but nothing proves what became of the earlier pages.
         std::fs::write(&wal, b"abc").expect("write");
-        syncer.submit((3, tx.clone()), true);
+        syncer.submit((3, tx.clone()), Changes::Entries);
         assert_eq!(rx.recv_timeout(wait), Ok((3, true)));
         assert!(rec.0.lock().expect("lock").is_empty());
     }
@@ -535,13 +568,13 @@ mod tests {
         let held = Arc::new(Held::default());
         let syncer = spawn(&wal, held.clone(), &Arc::new(FlushStats::default()), 2);
         let (tx, rx) = channel();
-        syncer.submit((1, tx.clone()), true);
+        syncer.submit((1, tx.clone()), Changes::Entries);
         assert_eq!(held.started(1), 1);
         // The first flush is held; the next commit does not wait for it to end.
-        syncer.submit((2, tx.clone()), true);
+        syncer.submit((2, tx.clone()), Changes::Entries);
         assert_eq!(held.started(2), 2);
         // A read behind them waits for them (commit order).
-        syncer.submit((3, tx.clone()), false);
+        syncer.submit((3, tx.clone()), Changes::Volatile);
         assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
         held.release();
         let wait = Duration::from_secs(5);
@@ -549,6 +582,39 @@ mod tests {
         let mut sorted = got.clone();
         sorted.sort_unstable();
         assert_eq!(sorted, vec![(1, false), (2, false), (3, false)]);
+        drop(syncer);
+    }
+
+    #[test]
+    fn a_deletion_waits_for_its_flush_but_later_reads_do_not_wait_for_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = dir.path().join("j.db-wal");
+        std::fs::write(&wal, b"abc").expect("write");
+        let held = Arc::new(Held::default());
+        let syncer = spawn(
+            &wal,
+            held.clone(),
+            &Arc::new(FlushStats::default()),
+            FLUSHERS,
+        );
+        let (tx, rx) = channel();
+        let wait = Duration::from_secs(5);
+        syncer.submit((1, tx.clone()), Changes::Deletions);
+        assert_eq!(held.started(1), 1);
+        // The deletion's flush is held: a read committed after it leaves at once...
+        syncer.submit((2, tx.clone()), Changes::Volatile);
+        assert_eq!(rx.recv_timeout(wait), Ok((2, false)));
+        assert!(
+            rx.try_recv().is_err(),
+            "a deletion answered before its flush"
+        );
+        // ...but not one committed after new entries, which wait for their own flush.
+        syncer.submit((3, tx.clone()), Changes::Entries);
+        syncer.submit((4, tx.clone()), Changes::Volatile);
+        assert!(rx.recv_timeout(Duration::from_millis(200)).is_err());
+        held.release();
+        let got: Vec<_> = (0..3).filter_map(|_| rx.recv_timeout(wait).ok()).collect();
+        assert_eq!(got, vec![(1, false), (3, false), (4, false)]);
         drop(syncer);
     }
 }

@@ -18,7 +18,7 @@ use super::entry::{Cursor, Entry};
 use super::env::JournalEnv;
 use super::stats::Stats;
 use super::store::{Record, Sql, Store, StoreOptions};
-use super::syncer::{FlushStats, Syncer};
+use super::syncer::{Changes, FlushStats, Syncer};
 use crate::error::{Error, Result};
 
 /// A request to the journal thread, with the channel for its answer.
@@ -252,14 +252,17 @@ impl Outbox {
         }
     }
 
-    /// Hands over the answers of a batch; `durable` says whether it must be flushed
-    /// (it stored or confirmed entries).
-    fn post(&self, answers: Answers, durable: bool) {
+    /// Hands over the answers of a batch, which made `changes`.
+    fn post(&self, answers: Answers, changes: Changes) {
         match self {
             Outbox::Direct => answers.send(None),
             Outbox::Flushed(syncer) => {
-                let durable = durable && answers.failure.is_none();
-                syncer.submit(answers, durable);
+                let changes = if answers.failure.is_none() {
+                    changes
+                } else {
+                    Changes::Volatile
+                };
+                syncer.submit(answers, changes);
             }
         }
     }
@@ -356,7 +359,14 @@ pub(crate) fn run_batch(
             w.batch_micros = w.batch_micros.saturating_add(micros);
         }
     }
-    outbox.post(Answers { replies, failure }, appends > 0 || confirms);
+    let changes = if appends > 0 {
+        Changes::Entries
+    } else if confirms {
+        Changes::Deletions
+    } else {
+        Changes::Volatile
+    };
+    outbox.post(Answers { replies, failure }, changes);
     close
 }
 

@@ -144,6 +144,14 @@ fn main() {
         proc_kib(pid, "VmRSS:") as f64 / 1024.0
     );
 
+    let flushes = |a: &Agent| {
+        (
+            a.metric("edge_agent_journal_commits_total"),
+            a.metric("edge_agent_journal_wal_flushes_total"),
+            a.metric("edge_agent_journal_wal_flush_seconds_total"),
+        )
+    };
+    let before = flushes(&agent);
     bridge.process.start();
     bridge.wait();
     let t = Instant::now();
@@ -171,6 +179,12 @@ fn main() {
         "drain: {n} messages in {secs:.1} s = {:.0} msg/s; agent peak RSS (VmHWM) {:.1} MiB",
         n as f64 / secs,
         proc_kib(pid, "VmHWM:") as f64 / 1024.0
+    );
+    let after = flushes(&agent);
+    let (commits, count, secs) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    println!(
+        "  journal during the drain: {commits} transactions, {count} WAL flushes, {:.2} ms per flush",
+        if count > 0.0 { secs * 1e3 / count } else { 0.0 }
     );
     println!(
         "direct RocketMQ producer, same run: {}",

@@ -315,6 +315,7 @@ bind = "127.0.0.1:{port}"
 pub struct Agent {
     pub gateway: String,
     pub port: u16,
+    pub metrics_port: u16,
     pub state: PathBuf,
     pub config: PathBuf,
     pub process: Process,
@@ -363,6 +364,7 @@ backoff_max_ms = 1000
         let mut a = Agent {
             gateway: gateway.to_owned(),
             port,
+            metrics_port,
             state,
             config,
             process,
@@ -389,6 +391,20 @@ backoff_max_ms = 1000
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    }
+
+    /// A counter or gauge of the agent's `/metrics` (0 when absent or unreachable).
+    pub fn metric(&self, name: &str) -> f64 {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return 0.0;
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Entries waiting in the journal (read from the file, read-only).
