@@ -4,7 +4,7 @@
 //! does for the uplink), whose own journal records every message it receives, and the
 //! sending agent's WAL flushes are held (failure injection: a real disk cannot be told
 //! to stall): the bridge gets exactly `window` messages until the flushes go through
-//! again, then the rest, once each and in order.
+//! again (a lost connection included), then the rest, once each and in order.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod support;
@@ -118,7 +118,7 @@ async fn an_entry_holds_its_window_slot_until_its_deletion_is_flushed() {
     let mut up = config();
     up.listeners[0].bind = format!("127.0.0.1:{port}").parse().unwrap();
     up.uplink.topics = vec!["#".into()];
-    let (bridge, _) = start(up, up_dir.path()).await;
+    let (bridge, _) = start(up.clone(), up_dir.path()).await;
 
     let first = wait_journaled(&bridge, usize::from(WINDOW)).await;
     assert_eq!(first.len(), usize::from(WINDOW), "sent before any confirm");
@@ -133,6 +133,17 @@ async fn an_entry_holds_its_window_slot_until_its_deletion_is_flushed() {
         agent.uplink().acked.load(Ordering::Relaxed),
         u64::from(WINDOW),
         "acknowledged by the bridge, waiting for their confirm"
+    );
+
+    // The connection is lost and comes back: the link waits for its confirms before
+    // the next connection reads the journal from its start, so still nothing more.
+    stop(bridge).await;
+    let (bridge, _) = start(up, up_dir.path()).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(
+        journaled(&bridge).await.len(),
+        usize::from(WINDOW),
+        "sent beyond the window after a reconnect while confirms wait for their flush"
     );
 
     gate.set(false);

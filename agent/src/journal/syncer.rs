@@ -80,6 +80,9 @@ pub(crate) enum Changes {
     /// Nothing that must survive a power cut (reads, sweeps): answered once the entries
     /// appended before it are flushed.
     Volatile,
+    /// Only the journal's figures (stats, integrity check): like `Volatile`, but also
+    /// answered after a failed flush (they hand out no entry), so health checks say why.
+    Figures,
     /// Deletions (confirms): answered once flushed; later batches do not wait for it.
     Deletions,
     /// New entries: answered once flushed, and every later batch waits for that flush.
@@ -93,6 +96,7 @@ struct Job<T> {
     payload: T,
     durable: bool,
     needs: u64,
+    figures: bool,
 }
 
 /// What the journal thread and the flushers share, under one mutex.
@@ -122,8 +126,11 @@ impl<T> State<T> {
         for job in self.queue.drain(..) {
             let failure = match (&self.poison, job.durable) {
                 (_, false) if job.needs <= self.flushed => None,
-                // After a failure nothing more is proven: the batch's own changes fail.
+                // After a failure nothing more is proven: a batch whose own changes, or
+                // the appends before it, were not flushed fails (a read would hand out
+                // an entry that may be gone).
                 (Some(e), true) if job.ticket > self.flushed => Some(e.duplicate()),
+                (Some(e), false) if job.needs > self.flushed && !job.figures => Some(e.duplicate()),
                 (Some(_), _) => None,
                 (None, _) if job.needs <= self.flushed => None,
                 (None, _) => {
@@ -291,7 +298,7 @@ impl<T: Send + 'static> Syncer<T> {
     /// Queues a committed batch (see [`Changes`] for when it is answered); waits while the
     /// queue is full. After close the batch is answered with [`Error::Closed`].
     pub(crate) fn submit(&self, payload: T, changes: Changes) {
-        let durable = changes != Changes::Volatile;
+        let durable = matches!(changes, Changes::Deletions | Changes::Entries);
         let mut st = self.shared.lock();
         while st.queue.len() >= QUEUE && !st.closed {
             st = self.shared.room.wait(st).unwrap_or_else(|p| p.into_inner());
@@ -315,6 +322,7 @@ impl<T: Send + 'static> Syncer<T> {
             payload,
             durable,
             needs,
+            figures: changes == Changes::Figures,
         });
         // A read behind no unflushed append leaves at once.
         let ready = st.ready();
@@ -446,6 +454,24 @@ mod tests {
         .expect("spawn")
     }
 
+    type Fixture = (
+        tempfile::TempDir,
+        Syncer<Out>,
+        std::sync::mpsc::Sender<(u32, bool)>,
+        std::sync::mpsc::Receiver<(u32, bool)>,
+    );
+
+    /// A syncer with the journal's flushers on a fresh WAL file, a sender to submit
+    /// with, and where the answers go.
+    fn fixture(sync: Arc<dyn WalSync>) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal = dir.path().join("j.db-wal");
+        std::fs::write(&wal, b"abc").expect("write");
+        let syncer = spawn(&wal, sync, &Arc::new(FlushStats::default()), FLUSHERS);
+        let (tx, rx) = channel();
+        (dir, syncer, tx, rx)
+    }
+
     #[test]
     fn batches_are_answered_in_order_after_a_flush() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -496,7 +522,7 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_flush_fails_every_later_append_but_not_reads() {
+    fn a_failed_flush_fails_every_later_append_and_reads_behind_them() {
         let dir = tempfile::tempdir().expect("tempdir");
         let wal = dir.path().join("j.db-wal");
         let rec = Arc::new(Recorder::default());
@@ -512,7 +538,7 @@ mod tests {
         syncer.submit((1, tx.clone()), Changes::Entries);
         assert_eq!(rx.recv_timeout(wait), Ok((1, true)));
         syncer.submit((2, tx.clone()), Changes::Volatile);
-        assert_eq!(rx.recv_timeout(wait), Ok((2, false)));
+        assert_eq!(rx.recv_timeout(wait), Ok((2, true)));
         // The file is there now, but nothing proves what became of the earlier pages.
         std::fs::write(&wal, b"abc").expect("write");
         syncer.submit((3, tx.clone()), Changes::Entries);
@@ -587,17 +613,8 @@ mod tests {
 
     #[test]
     fn a_deletion_waits_for_its_flush_but_later_reads_do_not_wait_for_it() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let wal = dir.path().join("j.db-wal");
-        std::fs::write(&wal, b"abc").expect("write");
         let held = Arc::new(Held::default());
-        let syncer = spawn(
-            &wal,
-            held.clone(),
-            &Arc::new(FlushStats::default()),
-            FLUSHERS,
-        );
-        let (tx, rx) = channel();
+        let (_dir, syncer, tx, rx) = fixture(held.clone());
         let wait = Duration::from_secs(5);
         syncer.submit((1, tx.clone()), Changes::Deletions);
         assert_eq!(held.started(1), 1);
@@ -615,6 +632,31 @@ mod tests {
         held.release();
         let got: Vec<_> = (0..3).filter_map(|_| rx.recv_timeout(wait).ok()).collect();
         assert_eq!(got, vec![(1, false), (3, false), (4, false)]);
+        drop(syncer);
+    }
+
+    /// A flush that waits until the test lets it go, then fails.
+    #[derive(Debug, Default)]
+    struct HeldThenFails(Held);
+
+    impl WalSync for HeldThenFails {
+        fn sync(&self, wal: &File) -> io::Result<()> {
+            self.0.sync(wal)?;
+            Err(io::Error::other("injected EIO"))
+        }
+    }
+
+    #[test]
+    fn a_read_behind_an_append_whose_flush_fails_fails_too() {
+        let held = Arc::new(HeldThenFails::default());
+        let (_dir, syncer, tx, rx) = fixture(held.clone());
+        let wait = Duration::from_secs(5);
+        syncer.submit((1, tx.clone()), Changes::Entries);
+        assert_eq!(held.0.started(1), 1);
+        syncer.submit((2, tx.clone()), Changes::Volatile);
+        held.0.release();
+        let got: Vec<_> = (0..2).filter_map(|_| rx.recv_timeout(wait).ok()).collect();
+        assert_eq!(got, vec![(1, true), (2, true)]);
         drop(syncer);
     }
 }

@@ -282,12 +282,14 @@ pub(crate) fn run_batch(
     let mut failure = store.begin().err().map(|e| store.fail(e));
     let mut appends = 0;
     let mut confirms = false;
+    let mut figures_only = true;
     let mut commands = 0;
     let mut run = Appends::default();
     for cmd in batch.drain(..) {
         if close.is_some() {
             continue;
         }
+        figures_only &= cmd.is_figures();
         let op = match (cmd, &failure) {
             (Command::Close(tx), _) => {
                 close = Some(tx);
@@ -363,6 +365,8 @@ pub(crate) fn run_batch(
         Changes::Entries
     } else if confirms {
         Changes::Deletions
+    } else if figures_only {
+        Changes::Figures
     } else {
         Changes::Volatile
     };

@@ -460,10 +460,11 @@ pub(crate) async fn run(
             held = slots.clone().acquire_owned(), if !room => slot = held.ok(),
             // The confirmer was busy after the last packet: hand it what waits.
             reserved = ctx.confirm.reserve(), if !acked.is_empty() => {
-                if let Ok(permit) = reserved {
-                    UplinkStatus::add(&status.acked, acked.seqs.len() as u64);
-                    permit.send(std::mem::take(&mut acked));
-                }
+                let Ok(permit) = reserved else {
+                    break Err(Failure::Transient("the journal confirmer stopped".into()));
+                };
+                UplinkStatus::add(&status.acked, acked.seqs.len() as u64);
+                permit.send(std::mem::take(&mut acked));
             }
             _ = tick.tick() => {
                 if let Some(at) = ping_sent && at.elapsed() > keepalive {
@@ -516,24 +517,31 @@ pub(crate) async fn run(
             )))
             .await;
     }
-    flush_acked(ctx, &mut acked, true).await;
+    until_stopped(cancel, flush_acked(ctx, &mut acked, true)).await;
     status
         .inflight
         .store(0, std::sync::atomic::Ordering::Relaxed);
-    // What was sent and not acknowledged gives its slot back; the next connection reads
-    // the journal from its start, so wait until what was acknowledged is deleted.
+    // What was sent and not acknowledged gives its slot back (and what the confirmer
+    // could not take); the next connection reads the journal from its start, so wait
+    // until what was acknowledged is deleted.
     drop(inflight);
     drop(slot);
+    drop(acked);
     let all = slots.acquire_many(u32::try_from(window).unwrap_or(u32::MAX));
+    until_stopped(cancel, all).await;
+    result
+}
+
+/// Runs `f` to its end, or until `cancel`; once stopping, for at most [`STOP_GRACE`].
+async fn until_stopped<F: std::future::Future>(cancel: &CancellationToken, f: F) {
     if cancel.is_cancelled() {
-        let _ = tokio::time::timeout(STOP_GRACE, all).await;
+        let _ = tokio::time::timeout(STOP_GRACE, f).await;
     } else {
         tokio::select! {
-            _ = all => {}
+            _ = f => {}
             _ = cancel.cancelled() => {}
         }
     }
-    result
 }
 
 /// Entries the bridge acknowledged, on their way to the confirmer, with their window

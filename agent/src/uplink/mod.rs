@@ -68,7 +68,7 @@ pub fn start(
     };
     let tls = uplink.client_tls()?.map(TlsConnector::from);
     let (confirm, confirm_rx) = mpsc::channel(16);
-    tracker.spawn(confirmer(journal.clone(), confirm_rx));
+    tracker.spawn(confirmer(journal.clone(), confirm_rx, cancel.clone()));
     let ctx = Ctx {
         gateway: uplink.gateway(),
         client_id: uplink.client(),
@@ -154,10 +154,19 @@ async fn run(ctx: Ctx, cancel: CancellationToken) {
     status.set_state(LinkState::Stopped);
 }
 
+/// Longest wait between two tries of a failed confirm.
+const CONFIRM_RETRY_MAX: Duration = Duration::from_secs(5);
+
 /// Deletes acknowledged entries from the journal, a batch at a time, and then gives
-/// their window slots back to the link. A failed confirm leaves the entries in the
-/// journal: they are sent again (duplicates, not losses).
-async fn confirmer(journal: Journal, mut rx: mpsc::Receiver<link::Acked>) {
+/// their window slots back to the link. A failed confirm is tried again (doubling the
+/// wait up to [`CONFIRM_RETRY_MAX`]) with the slots still held, so nothing more is sent
+/// while deletions fail; once the journal is closed, or at shutdown, the entries stay
+/// in the journal and are sent again later (duplicates, not losses).
+async fn confirmer(
+    journal: Journal,
+    mut rx: mpsc::Receiver<link::Acked>,
+    cancel: CancellationToken,
+) {
     while let Some(first) = rx.recv().await {
         let mut seqs = first.seqs;
         // Batches of an old connection and of its successor may meet here: their slots
@@ -167,8 +176,20 @@ async fn confirmer(journal: Journal, mut rx: mpsc::Receiver<link::Acked>) {
             seqs.extend(more.seqs);
             slots.push(more.slots);
         }
-        if let Err(e) = journal.confirm(&seqs).await {
-            tracing::warn!(error = %e, entries = seqs.len(), "uplink: confirming acknowledged entries failed; they will be sent again");
+        let mut wait = Duration::from_millis(100);
+        loop {
+            match journal.confirm(&seqs).await {
+                Ok(_) => break,
+                Err(crate::error::Error::Closed) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, entries = seqs.len(), retry_in = ?wait, "uplink: confirming acknowledged entries failed; nothing more is sent until it works");
+                }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                _ = tokio::time::sleep(wait) => {}
+            }
+            wait = (wait * 2).min(CONFIRM_RETRY_MAX);
         }
         drop(slots);
     }
