@@ -7,8 +7,9 @@
 //!   again on the next connection, so delivery is at least once; duplicates happen only
 //!   for what was in flight (at most `window` messages: an entry holds its slot until its
 //!   deletion is committed, and flushed with `synchronous = full`) when a connection or
-//!   the agent died, or the power was cut, and they carry the same stable id: user property `msg-key` =
-//!   `{gateway}:{journal seq}`, which the bridge puts in the RocketMQ KEYS.
+//!   the agent died, or the power was cut, and they carry the same stable id: user
+//!   property `msg-key` = `{gateway}:{journal seq}`, which the bridge puts in the
+//!   RocketMQ KEYS.
 //! - Order per topic: one connection, entries sent in journal order (`fifo`), and the
 //!   bridge stores one connection's publishes in order. Under `live-first`, live traffic
 //!   may overtake the backlog (see [`config::DrainPolicy`]).
