@@ -4,7 +4,8 @@
 //! does for the uplink), whose own journal records every message it receives, and the
 //! sending agent's WAL flushes are held (failure injection: a real disk cannot be told
 //! to stall): the bridge gets exactly `window` messages until the flushes go through
-//! again (a lost connection included), then the rest, once each and in order.
+//! again (a lost connection included; cloud messages still come down), then the rest,
+//! once each and in order.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 mod support;
@@ -112,12 +113,15 @@ async fn an_entry_holds_its_window_slot_until_its_deletion_is_flushed() {
         }
     }
     device.disconnect().await;
+    // A local device that takes cloud commands.
+    let (mut local, _) = v5::Client::connect(v5::options(addr, "actuator")).await;
+    local.subscribe("cmd/#", v5::QoS::AtLeastOnce).await;
 
     // From now on no flush completes, so no confirm is answered.
     gate.set(true);
     let mut up = config();
     up.listeners[0].bind = format!("127.0.0.1:{port}").parse().unwrap();
-    up.uplink.topics = vec!["#".into()];
+    up.uplink.topics = vec!["t1/+/line/#".into()];
     let (bridge, _) = start(up.clone(), up_dir.path()).await;
 
     let first = wait_journaled(&bridge, usize::from(WINDOW)).await;
@@ -135,16 +139,34 @@ async fn an_entry_holds_its_window_slot_until_its_deletion_is_flushed() {
         "acknowledged by the bridge, waiting for their confirm"
     );
 
-    // The connection is lost and comes back: the link waits for its confirms before
-    // the next connection reads the journal from its start, so still nothing more.
+    // The connection is lost and comes back: the window's slots are the uplink's, not
+    // the connection's, so the new connection has none free either.
     stop(bridge).await;
-    let (bridge, _) = start(up, up_dir.path()).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (bridge, bridge_addr) = start(up, up_dir.path()).await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while agent.uplink().connects.load(Ordering::Relaxed) < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no reconnect");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         journaled(&bridge).await.len(),
         usize::from(WINDOW),
         "sent beyond the window after a reconnect while confirms wait for their flush"
     );
+    // Cloud messages still come down meanwhile.
+    let (cloud, _) = v5::Client::connect(v5::options(bridge_addr, "cloud")).await;
+    cloud
+        .client
+        .publish("t1/gw/cmd/valve", v5::QoS::AtLeastOnce, false, "open")
+        .await
+        .unwrap();
+    let down = local.publish(WAIT).await.expect("a cloud command");
+    assert_eq!(
+        (&down.topic[..], &down.payload[..]),
+        (&b"cmd/valve"[..], &b"open"[..])
+    );
+    cloud.disconnect().await;
 
     gate.set(false);
     let all = wait_journaled(&bridge, MESSAGES).await;
@@ -157,6 +179,7 @@ async fn an_entry_holds_its_window_slot_until_its_deletion_is_flushed() {
         assert!(tokio::time::Instant::now() < deadline, "not all confirmed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    local.disconnect().await;
     stop(agent).await;
     stop(bridge).await;
 }

@@ -4,8 +4,9 @@
 //! The journal's connection then runs SQLite's `synchronous = NORMAL`: a commit writes its
 //! WAL frames but does not wait for them to reach the disk. The journal thread hands each
 //! committed batch's replies to the syncer and goes on with the next batch. A flusher
-//! thread `fdatasync`s the `-wal` file; a batch's replies leave once a flush that started
-//! after its commit has completed. So the promise is that of SQLite's FULL (an
+//! thread `fdatasync`s the `-wal` file; the replies of a batch that appended or deleted
+//! entries leave once a flush that started after its commit has completed (those of
+//! other batches once the earlier appends' flush has; see [`Changes`]). So the promise is that of SQLite's FULL (an
 //! acknowledged message is in a flushed WAL frame), but the journal thread inserts the
 //! next batch while the disk flushes, and one flush covers every batch committed before
 //! it started. ([`FLUSHERS`] says why there is one flusher; the syncer can run more.)

@@ -289,7 +289,6 @@ pub(crate) fn run_batch(
         if close.is_some() {
             continue;
         }
-        figures_only &= cmd.is_figures();
         let op = match (cmd, &failure) {
             (Command::Close(tx), _) => {
                 close = Some(tx);
@@ -309,12 +308,14 @@ pub(crate) fn run_batch(
             }
             (Command::Append(rec, tx), None) => {
                 commands += 1;
+                figures_only = false;
                 appends += 1;
                 run.push(rec, tx);
                 continue;
             }
             (Command::AppendMany(recs, tx), None) => {
                 commands += 1;
+                figures_only = false;
                 appends += recs.len() as u64;
                 run.push_many(recs, tx);
                 continue;
@@ -322,6 +323,7 @@ pub(crate) fn run_batch(
             (Command::Run(op), None) => {
                 commands += 1;
                 confirms |= matches!(op, Op::Confirm(..));
+                figures_only &= matches!(op, Op::Stats(_) | Op::IntegrityCheck(_));
                 op
             }
         };

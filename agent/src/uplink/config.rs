@@ -44,8 +44,10 @@ pub struct UplinkConfig {
     /// Topic mapping rules, first match wins (default: `"" -> "{first}/{gateway}/"`).
     pub map: Vec<TopicRule>,
     /// Entries in flight: sent and not yet deleted from the journal (acknowledged, and
-    /// the deletion committed and flushed). At most this many are sent twice after a
-    /// crash. Also capped by the bridge's receive maximum.
+    /// the deletion committed; with `synchronous = full` also flushed). At most this many
+    /// are sent twice after a crash or a lost connection, and with `full` after a power
+    /// cut. Publishes in flight per connection are also capped by the bridge's receive
+    /// maximum.
     pub window: u16,
     /// MQTT keepalive, seconds.
     pub keepalive_secs: u16,

@@ -4,12 +4,16 @@
 //! messages down to local subscribers (PUBACK only after the local broker took them).
 //!
 //! # The window
-//! An entry holds one of the connection's `window` slots from the moment it is sent
-//! until the journal answered its confirm (with `synchronous = full`, once the deletion
-//! is flushed), not only until its PUBACK. Whatever holds no slot is either unsent or
-//! deleted for good, so a crash, a power cut or a lost connection sends again at most
-//! `window` entries the bridge already has. A connection that ends waits for its
-//! confirms before the next one starts reading the journal from its beginning.
+//! An entry holds one of the uplink's `window` slots from the moment it is sent until
+//! the journal answered its confirm (with `synchronous = full`, once the deletion is
+//! flushed), not only until its PUBACK. The slots are shared by successive connections:
+//! one that starts while confirms of the last one are pending has that many fewer. So
+//! the entries the bridge has and the journal may still hold are never more than
+//! `window`, and a crash, a lost connection or (with `full`) a power cut sends at most
+//! `window` of them again. An entry sent without a PUBACK gives its slot back: it is
+//! still in the journal and goes out again, not a duplicate unless the bridge stored it,
+//! and then it is one of the `window`. The bridge's receive maximum caps, in addition,
+//! the publishes in flight per connection.
 //!
 //! # Why packets are handled here and not by rumqttc's client
 //! rumqttc's `AsyncClient` does not say which packet id a publish got, so a PUBACK
@@ -94,6 +98,8 @@ pub(crate) struct Ctx {
     pub status: Arc<UplinkStatus>,
     pub tls: Option<TlsConnector>,
     pub confirm: mpsc::Sender<Acked>,
+    /// The window (`[uplink] window` slots), shared across connections.
+    pub slots: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Ctx {
@@ -287,7 +293,7 @@ pub(crate) async fn run(
     let mut subscribing: Option<u16> = None;
     let mut acked = Acked::default();
     // The window: a slot per entry from its send until its confirm is answered.
-    let slots = Arc::new(Semaphore::new(window));
+    let slots = &ctx.slots;
     let mut slot: Option<OwnedSemaphorePermit> = None;
 
     // The downlink: subscribe (the bridge keeps the session), and a task that hands
@@ -343,10 +349,11 @@ pub(crate) async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     let result = loop {
-        if slot.is_none() {
+        let open = inflight.len() < window;
+        if slot.is_none() && open {
             slot = slots.clone().try_acquire_owned().ok();
         }
-        let room = slot.is_some();
+        let room = open && slot.is_some();
         tokio::select! {
             biased;
             _ = cancel.cancelled() => break Ok(()),
@@ -446,7 +453,9 @@ pub(crate) async fn run(
                             fed += 1;
                         }
                     }
-                    if let Ok(held) = slots.clone().try_acquire_owned() {
+                    if inflight.len() < window
+                        && let Ok(held) = slots.clone().try_acquire_owned()
+                    {
                         next = feed.try_recv().ok().map(|entry| (entry, held));
                     }
                 }
@@ -457,7 +466,7 @@ pub(crate) async fn run(
                 last_sent = Instant::now();
             }
             // The window is full: wake when a confirm gives a slot back.
-            held = slots.clone().acquire_owned(), if !room => slot = held.ok(),
+            held = slots.clone().acquire_owned(), if open && slot.is_none() => slot = held.ok(),
             // The confirmer was busy after the last packet: hand it what waits.
             reserved = ctx.confirm.reserve(), if !acked.is_empty() => {
                 let Ok(permit) = reserved else {
@@ -517,31 +526,13 @@ pub(crate) async fn run(
             )))
             .await;
     }
-    until_stopped(cancel, flush_acked(ctx, &mut acked, true)).await;
+    // The confirm channel holds as many batches as there are slots, so this does not
+    // wait (unless the confirmer is gone, and then the entries simply stay).
+    flush_acked(ctx, &mut acked, true).await;
     status
         .inflight
         .store(0, std::sync::atomic::Ordering::Relaxed);
-    // What was sent and not acknowledged gives its slot back (and what the confirmer
-    // could not take); the next connection reads the journal from its start, so wait
-    // until what was acknowledged is deleted.
-    drop(inflight);
-    drop(slot);
-    drop(acked);
-    let all = slots.acquire_many(u32::try_from(window).unwrap_or(u32::MAX));
-    until_stopped(cancel, all).await;
     result
-}
-
-/// Runs `f` to its end, or until `cancel`; once stopping, for at most [`STOP_GRACE`].
-async fn until_stopped<F: std::future::Future>(cancel: &CancellationToken, f: F) {
-    if cancel.is_cancelled() {
-        let _ = tokio::time::timeout(STOP_GRACE, f).await;
-    } else {
-        tokio::select! {
-            _ = f => {}
-            _ = cancel.cancelled() => {}
-        }
-    }
 }
 
 /// Entries the bridge acknowledged, on their way to the confirmer, with their window
@@ -556,7 +547,7 @@ impl Acked {
     fn push(&mut self, seq: u64, slot: OwnedSemaphorePermit) {
         self.seqs.push(seq);
         match &mut self.slots {
-            // One connection's slots all come from its one semaphore.
+            // All slots come from the uplink's one semaphore.
             Some(held) => held.merge(slot),
             None => self.slots = Some(slot),
         }
@@ -572,7 +563,7 @@ const READ_AHEAD_MIN: usize = 512;
 
 /// Hands acknowledged entries to the confirmer task (without waiting unless `wait`: the
 /// link keeps them, and its loop hands them over once the confirmer has room). At most
-/// `window` entries, as each holds a slot.
+/// `window` entries, as each holds a slot; the channel holds `window` batches.
 async fn flush_acked(ctx: &Ctx, acked: &mut Acked, wait: bool) {
     if acked.is_empty() {
         return;

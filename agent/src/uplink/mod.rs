@@ -7,9 +7,9 @@
 //!   again on the next connection, so delivery is at least once; duplicates happen only
 //!   for what was in flight (at most `window` messages: an entry holds its slot until its
 //!   deletion is committed, and flushed with `synchronous = full`) when a connection or
-//!   the agent died, or the power was cut, and they carry the same stable id: user
-//!   property `msg-key` = `{gateway}:{journal seq}`, which the bridge puts in the
-//!   RocketMQ KEYS.
+//!   the agent died, or (with `full`) the power was cut, and they carry the same stable
+//!   id: user property `msg-key` = `{gateway}:{journal seq}`, which the bridge puts in
+//!   the RocketMQ KEYS.
 //! - Order per topic: one connection, entries sent in journal order (`fifo`), and the
 //!   bridge stores one connection's publishes in order. Under `live-first`, live traffic
 //!   may overtake the backlog (see [`config::DrainPolicy`]).
@@ -68,7 +68,11 @@ pub fn start(
         return Ok(status);
     };
     let tls = uplink.client_tls()?.map(TlsConnector::from);
-    let (confirm, confirm_rx) = mpsc::channel(16);
+    // Every batch holds at least one slot: room for `window` batches means a link never
+    // waits to hand one over.
+    let window = usize::from(uplink.window.max(1));
+    let (confirm, confirm_rx) = mpsc::channel(window);
+    let slots = Arc::new(tokio::sync::Semaphore::new(window));
     tracker.spawn(confirmer(journal.clone(), confirm_rx, cancel.clone()));
     let ctx = Ctx {
         gateway: uplink.gateway(),
@@ -81,6 +85,7 @@ pub fn start(
         status: status.clone(),
         tls,
         confirm,
+        slots,
     };
     tracing::info!(%bridge, client_id = %ctx.client_id, gateway = %ctx.gateway, tls = ctx.tls.is_some(), "uplink starting");
     tracker.spawn(run(ctx, cancel));
@@ -170,8 +175,6 @@ async fn confirmer(
 ) {
     while let Some(first) = rx.recv().await {
         let mut seqs = first.seqs;
-        // Batches of an old connection and of its successor may meet here: their slots
-        // are kept apart (they come from different semaphores).
         let mut slots = vec![first.slots];
         while let Ok(more) = rx.try_recv() {
             seqs.extend(more.seqs);
