@@ -37,7 +37,7 @@ pub(crate) enum Command {
 impl Command {
     /// Whether it only reads the journal's figures (stats, integrity check).
     fn is_figures(&self) -> bool {
-        matches!(self, Command::Run(Op::Stats(_) | Op::IntegrityCheck(_)))
+        matches!(self, Command::Run(op) if op.is_figures())
     }
 }
 
@@ -49,6 +49,13 @@ pub(crate) enum Op {
     NextBatch(Cursor, usize, oneshot::Sender<Result<Vec<Entry>>>),
     Stats(oneshot::Sender<Result<Stats>>),
     IntegrityCheck(oneshot::Sender<Result<Vec<String>>>),
+}
+
+impl Op {
+    /// Whether it only reads the journal's figures (stats, integrity check).
+    fn is_figures(&self) -> bool {
+        matches!(self, Op::Stats(_) | Op::IntegrityCheck(_))
+    }
 }
 
 /// A caller waiting for the end of the batch, with its result.
@@ -323,7 +330,7 @@ pub(crate) fn run_batch(
             (Command::Run(op), None) => {
                 commands += 1;
                 confirms |= matches!(op, Op::Confirm(..));
-                figures_only &= matches!(op, Op::Stats(_) | Op::IntegrityCheck(_));
+                figures_only &= op.is_figures();
                 op
             }
         };
