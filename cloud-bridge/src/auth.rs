@@ -98,7 +98,14 @@ pub fn allowed(rules: &[AclRule], identity: &str, access: Access, topic: &str) -
         Access::Publish => &rule.publish,
         Access::Subscribe => &rule.subscribe,
     };
+    // `{client}` fills one level: an identity that could span levels or act as a wildcard
+    // (client ids are refused for that at CONNECT; certificate names are checked here
+    // too) never matches a `{client}` filter.
+    let one_level = mqtt::cloud_topic::check_client_id(identity, usize::MAX).is_ok();
     filters.iter().any(|f| {
+        if f.contains("{client}") && !one_level {
+            return false;
+        }
         let f = f.replace("{client}", identity);
         match access {
             Access::Publish => mqtt::topic::matches(&f, topic),
@@ -206,5 +213,26 @@ mod tests {
         assert!(!allowed(&rules, "gw-1", Access::Subscribe, "t1/+/cmd/x"));
         assert!(!allowed(&rules, "gw-1", Access::Subscribe, "t1/gw-1/#"));
         assert!(allowed(&[], "x", Access::Publish, "anything"));
+    }
+
+    #[test]
+    fn client_placeholder_never_expands_to_a_wildcard_or_levels() {
+        let rules = vec![AclRule {
+            clients: vec!["*".into()],
+            publish: vec!["t1/{client}/#".into()],
+            subscribe: vec!["t1/{client}/cmd/#".into()],
+        }];
+        // Without the guard, "+" would make `t1/+/#` and "#" would make `t1/#/#`.
+        for identity in ["+", "#", "gw-1/../gw-2", "a,b", "a%b"] {
+            assert!(
+                !allowed(&rules, identity, Access::Publish, "t1/gw-2/cmd/valve"),
+                "{identity}"
+            );
+            assert!(
+                !allowed(&rules, identity, Access::Subscribe, "t1/gw-2/cmd/+"),
+                "{identity}"
+            );
+        }
+        assert!(!allowed(&rules, "gw-1/x", Access::Publish, "t1/gw-1/x/y"));
     }
 }

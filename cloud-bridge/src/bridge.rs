@@ -217,6 +217,7 @@ impl Bridge {
     /// Registers a wildcard filter in kvconfig and in this bridge's meta at once.
     pub async fn register_wildcard(&self, filter: &str) -> Result<(), Error> {
         let first = mqtt::topic::first_level(filter);
+        lmq::check_wildcard(filter, &[first.to_owned()]).map_err(Error::Invalid)?;
         let ns = &self.inner.namesrv;
         let mut list = match ns.get_kv_config(meta::NAMESPACE, first).await? {
             Some(v) => meta::split_list(&v),
@@ -335,7 +336,12 @@ impl Broker for Bridge {
         connect: &Connect,
         peer: &Peer,
     ) -> BoxFuture<'static, Result<Accepted<BridgeSession>, Refusal>> {
-        let result = auth::authenticate(&self.inner.config.auth, connect, peer);
+        let result = mqtt::cloud_topic::check_client_id(
+            &connect.client_id,
+            self.inner.config.limits.max_client_id_length,
+        )
+        .map_err(|e| Refusal::new(Reason::ClientIdentifierNotValid, format!("client id {e}")))
+        .and_then(|()| auth::authenticate(&self.inner.config.auth, connect, peer));
         let client_id = connect.client_id.clone();
         let clean_start = connect.clean_start;
         let will = connect.will.clone();
@@ -377,13 +383,8 @@ impl Broker for Bridge {
     }
 
     fn validate_topic(&self, topic: &str) -> Result<(), Refusal> {
-        if topic.contains('%') {
-            return Err(Refusal::new(
-                Reason::TopicNameInvalid,
-                "'%' is not allowed in topics: it would collide in LMQ names",
-            ));
-        }
-        Ok(())
+        mqtt::cloud_topic::check_topic(topic)
+            .map_err(|e| Refusal::new(Reason::TopicNameInvalid, format!("topic {e}")))
     }
 
     fn publish_will(&self, client_id: &str, message: Message) -> BoxFuture<'static, ()> {

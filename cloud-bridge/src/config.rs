@@ -123,6 +123,9 @@ pub struct Limits {
     pub max_inflight: u16,
     /// Largest retained payload, bytes.
     pub max_retained_bytes: usize,
+    /// Longest client identifier, bytes (at most `mqtt::cloud_topic::MAX_CLIENT_ID_BYTES`:
+    /// client ids name queues, offset groups and kvconfig keys).
+    pub max_client_id_length: usize,
 }
 
 impl Default for Limits {
@@ -136,6 +139,7 @@ impl Default for Limits {
             max_storing_bytes: 64 * 1024 * 1024,
             max_inflight: 32,
             max_retained_bytes: 64 * 1024,
+            max_client_id_length: 128,
         }
     }
 }
@@ -173,7 +177,7 @@ impl Default for SubscriptionsConfig {
     fn default() -> Self {
         Self {
             unregistered: UnregisteredWildcards::Register,
-            max_filter_length: 256,
+            max_filter_length: mqtt::cloud_topic::MAX_TOPIC_BYTES,
             max_filter_depth: 8,
             max_per_client: 64,
             max_resends: 3,
@@ -270,6 +274,19 @@ impl Config {
         }
         if self.limits.max_inflight == 0 || self.subscriptions.max_per_client == 0 {
             return Err("limits.max_inflight and subscriptions.max_per_client must be > 0".into());
+        }
+        let max_id = mqtt::cloud_topic::MAX_CLIENT_ID_BYTES;
+        if self.limits.max_client_id_length < 23 || self.limits.max_client_id_length > max_id {
+            // MQTT requires servers to accept ids of 1 to 23 characters.
+            return Err(format!(
+                "limits.max_client_id_length must be between 23 and {max_id}"
+            ));
+        }
+        let max_filter = mqtt::cloud_topic::MAX_TOPIC_BYTES;
+        if self.subscriptions.max_filter_length > max_filter {
+            return Err(format!(
+                "subscriptions.max_filter_length must be at most {max_filter} (LMQ names are file names)"
+            ));
         }
         if self.limits.receive_maximum == 0 {
             return Err("limits.receive_maximum must be > 0".into());

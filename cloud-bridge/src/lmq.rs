@@ -8,8 +8,9 @@
 //! - point to point: `{first}/p2p/{clientId}` goes only to `%LMQ%%p2p%{clientId}%`;
 //! - a session's retry queue is `%LMQ%%retry%{clientId}%`.
 //!
-//! Nothing is escaped by rocketmq-mqtt, so a `%` inside a level would collide: such topics
-//! are refused.
+//! Nothing is escaped by rocketmq-mqtt, so names that RocketMQ would misread are refused
+//! before they get here (`mqtt::cloud_topic`: no `,` `%` or control characters, at most
+//! 249 bytes); wildcards read from kvconfig that break those rules are ignored (`meta.rs`).
 
 /// Prefix of every light message queue.
 pub const LMQ_PREFIX: &str = "%LMQ%";
@@ -73,9 +74,7 @@ pub fn check_wildcard(filter: &str, first_levels: &[String]) -> Result<(), Strin
     if !mqtt::topic::is_wildcard(filter) {
         return Err(format!("{filter:?} has no wildcard"));
     }
-    if filter.contains(['%', ',']) {
-        return Err(format!("{filter:?} contains % or ,"));
-    }
+    mqtt::cloud_topic::check_topic(filter).map_err(|e| format!("{filter:?}: {e}"))?;
     let first = mqtt::topic::first_level(filter);
     if !first_levels.iter().any(|f| f == first) {
         return Err(format!(
@@ -122,5 +121,8 @@ mod tests {
         assert!(check_wildcard("t1/a", &f).is_err());
         assert!(check_wildcard("t2/+", &f).is_err());
         assert!(check_wildcard("t1/a#", &f).is_err());
+        assert!(check_wildcard("t1/a,b/+", &f).is_err());
+        assert!(check_wildcard("t1/a%/+", &f).is_err());
+        assert!(check_wildcard(&format!("t1/{}/+", "a".repeat(250)), &f).is_err());
     }
 }

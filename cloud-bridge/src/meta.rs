@@ -33,6 +33,8 @@ struct Snapshot {
 pub struct Meta {
     configured: Vec<String>,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// kvconfig wildcards left out at the last refresh (each is warned about once).
+    ignored: std::sync::Mutex<HashSet<String>>,
 }
 
 /// Splits a kvconfig comma list.
@@ -43,6 +45,16 @@ pub fn split_list(value: &str) -> Vec<String> {
         .filter(|s| !s.is_empty())
         .map(str::to_owned)
         .collect()
+}
+
+/// The wildcard filters of a kvconfig list that can be dispatched into, and those left
+/// out: written by another tool, or before the rules of `mqtt::cloud_topic` existed,
+/// dispatching into them could split into other queues or wedge the broker.
+fn usable_wildcards(first: &str, list: &str) -> (Vec<String>, Vec<String>) {
+    let firsts = [first.to_owned()];
+    split_list(list)
+        .into_iter()
+        .partition(|w| crate::lmq::check_wildcard(w, &firsts).is_ok())
 }
 
 impl Meta {
@@ -65,6 +77,7 @@ impl Meta {
         Self {
             configured: first_topics.to_vec(),
             snapshot: RwLock::new(Arc::new(snapshot)),
+            ignored: std::sync::Mutex::new(HashSet::new()),
         }
     }
 
@@ -118,13 +131,25 @@ impl Meta {
         if let Some(all) = kv.get(ALL_FIRST_TOPICS) {
             first_topics.extend(split_list(all));
         }
+        let mut ignored = HashSet::new();
         let wildcards = first_topics
             .iter()
             .filter_map(|first| {
-                kv.get(first)
-                    .map(|list| (first.clone(), Arc::new(split_list(list))))
+                let (usable, bad) = usable_wildcards(first, kv.get(first)?);
+                ignored.extend(bad);
+                Some((first.clone(), Arc::new(usable)))
             })
             .collect();
+        {
+            let mut warned = self
+                .ignored
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            for w in ignored.difference(&warned) {
+                warn!(filter = %w, "kvconfig wildcard ignored: not a filter RocketMQ can carry (mqtt::cloud_topic)");
+            }
+            *warned = ignored;
+        }
         let snapshot = Arc::new(Snapshot {
             first_topics,
             wildcards,
@@ -174,5 +199,8 @@ mod tests {
         assert_eq!(m.wildcards("t1").len(), 2);
         assert!(m.wildcards("t2").is_empty());
         assert_eq!(split_list(" a, b,,c "), vec!["a", "b", "c"]);
+        let (usable, ignored) = usable_wildcards("t1", "t1/+,t1/a%b/#,t2/+,t1/x,t1/#");
+        assert_eq!(usable, vec!["t1/+", "t1/#"]);
+        assert_eq!(ignored, vec!["t1/a%b/#", "t2/+", "t1/x"]);
     }
 }

@@ -351,9 +351,7 @@ impl Inner {
                 limits.max_filter_length, limits.max_filter_depth
             )));
         }
-        if filter.contains('%') {
-            return Err(invalid("'%' is not allowed in filters".into()));
-        }
+        mqtt::cloud_topic::check_topic(filter).map_err(|e| invalid(format!("filter {e}")))?;
         let first = mqtt::topic::first_level(filter);
         if mqtt::topic::is_wildcard(first) || !self.bridge.meta().is_first_topic(first) {
             return Err(invalid(format!(

@@ -4,6 +4,7 @@
 
 pub mod broker;
 pub mod budget;
+pub mod cloud_topic;
 pub mod codec;
 pub mod connection;
 pub mod error;

@@ -33,6 +33,7 @@ pub(crate) fn v5_connect_code(r: Reason) -> v5::ConnectReturnCode {
         Reason::ProtocolError => C::ProtocolError,
         Reason::PacketTooLarge => C::PacketTooLarge,
         Reason::QuotaExceeded => C::QuotaExceeded,
+        Reason::TopicNameInvalid => C::TopicNameInvalid,
         Reason::ImplementationSpecificError => C::ImplementationSpecificError,
         _ => C::UnspecifiedError,
     }

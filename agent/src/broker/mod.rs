@@ -84,6 +84,10 @@ pub(crate) struct Core {
     router: Router,
     journal: Journal,
     uplink: Vec<String>,
+    /// Local -> cloud topic names, to check the cloud name before journaling.
+    map: crate::uplink::TopicMap,
+    /// See [`Core::is_uplink`].
+    uplink_refused: AtomicU64,
     auth: Authenticator,
     max_expiry: u32,
     subscriber_queue: usize,
@@ -164,6 +168,8 @@ impl LocalBroker {
                 router,
                 journal,
                 uplink: config.uplink.topics.clone(),
+                map: crate::uplink::TopicMap::new(config.uplink.rules()),
+                uplink_refused: AtomicU64::new(0),
                 auth: Authenticator::new(&config.auth),
                 max_expiry: config.sessions.max_session_expiry_secs,
                 subscriber_queue: config.limits.subscriber_queue,
@@ -173,6 +179,12 @@ impl LocalBroker {
                 generation: AtomicU64::new(1),
             }),
         }
+    }
+
+    /// Uplink messages not journaled because their cloud topic is refused
+    /// (`mqtt::cloud_topic`).
+    pub fn uplink_refused(&self) -> u64 {
+        self.core.uplink_refused()
     }
 
     /// Messages the broker did not deliver, and how many it did.
@@ -238,8 +250,31 @@ impl LocalBroker {
 }
 
 impl Core {
+    /// Whether a message on `topic` goes to the journal: it matches an `[uplink] topics`
+    /// filter and its cloud topic is one RocketMQ can carry (`mqtt::cloud_topic`: a device
+    /// must not smuggle a `,` or `%` into the cloud's queue names). A refused one is still
+    /// delivered locally; it is counted (`uplink_refused_topic`) and logged.
     fn is_uplink(&self, topic: &str) -> bool {
-        self.uplink.iter().any(|f| mqtt::topic::matches(f, topic))
+        if !self.uplink.iter().any(|f| mqtt::topic::matches(f, topic)) {
+            return false;
+        }
+        match self.map.to_cloud(topic) {
+            Err(crate::uplink::Unsendable::Refused(e)) => {
+                let n = self.uplink_refused.fetch_add(1, Ordering::Relaxed) + 1;
+                // Logged at 1, 2, 4, 8, ...: a device repeating it cannot flood the log.
+                if n.is_power_of_two() {
+                    tracing::warn!(topic, error = %e, refused = n, "not sent to the cloud: its cloud topic is refused");
+                }
+                false
+            }
+            // No map rule: the uplink removes it unsent and counts it (`unmapped`).
+            Err(crate::uplink::Unsendable::NoRule) | Ok(_) => true,
+        }
+    }
+
+    /// Uplink messages not journaled because their cloud topic is refused.
+    pub(crate) fn uplink_refused(&self) -> u64 {
+        self.uplink_refused.load(Ordering::Relaxed)
     }
 
     fn journal_entry(m: &Message) -> NewEntry {

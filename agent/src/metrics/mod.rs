@@ -79,6 +79,7 @@ impl AgentExporter {
                 delivered: b.delivered,
                 dropped_subscriber_full: b.dropped_subscriber_full,
                 dropped_queue_full: b.dropped_queue_full,
+                dropped_cloud_topic_refused: self.broker.uplink_refused(),
             },
             journal,
             journal_error,

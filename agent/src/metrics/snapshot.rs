@@ -44,6 +44,10 @@ pub struct BrokerFigures {
     pub dropped_subscriber_full: u64,
     /// Deliveries dropped: an offline persistent session's queue was full.
     pub dropped_queue_full: u64,
+    /// Uplink messages not journaled: their cloud topic is one RocketMQ cannot carry
+    /// (`mqtt::cloud_topic`); delivered locally only.
+    #[serde(default)]
+    pub dropped_cloud_topic_refused: u64,
 }
 
 /// The journal's figures (from `Journal::stats`).
@@ -221,6 +225,10 @@ impl Snapshot {
             .collect();
         v.push(("subscriber_full", self.broker.dropped_subscriber_full));
         v.push(("queue_full", self.broker.dropped_queue_full));
+        v.push((
+            "cloud_topic_refused",
+            self.broker.dropped_cloud_topic_refused,
+        ));
         v
     }
 

@@ -219,18 +219,15 @@ impl UplinkConfig {
         };
         let (host, port) = split_host_port(bridge).map_err(|e| bad("uplink.bridge", e))?;
         let gateway = self.gateway();
-        if gateway.is_empty() || gateway.contains(['/', '+', '#', '%']) {
-            return Err(bad(
-                "uplink.gateway_id",
-                format!("{gateway:?} must be non-empty without / + # %"),
-            ));
-        }
-        if self.first_level.is_empty() || self.first_level.contains(['/', '+', '#']) {
+        // The gateway id is a topic level and the client id names queues at the bridge:
+        // both follow the client id rules of `mqtt::cloud_topic`.
+        mqtt::cloud_topic::check_client_id(&gateway, usize::MAX)
+            .map_err(|e| bad("uplink.gateway_id", format!("{gateway:?}: {e}")))?;
+        if self.first_level.is_empty() || self.first_level.contains(['/', '+', '#', '%', ',']) {
             return Err(bad("uplink.first_level", "must be one topic level"));
         }
-        if self.client().is_empty() {
-            return Err(bad("uplink.client_id", "empty"));
-        }
+        mqtt::cloud_topic::check_client_id(&self.client(), usize::MAX)
+            .map_err(|e| bad("uplink.client_id", format!("{:?}: {e}", self.client())))?;
         if self.password.is_some() && self.password_file.is_some() {
             return Err(bad(
                 "uplink.password_file",
@@ -256,6 +253,8 @@ impl UplinkConfig {
                     "prefixes cannot hold wildcards",
                 ));
             }
+            mqtt::cloud_topic::check_topic(cloud)
+                .map_err(|e| bad(format!("uplink.map[{i}].cloud"), format!("{cloud:?}: {e}")))?;
             if cloud.is_empty() || !cloud.starts_with(&self.first_level) {
                 return Err(bad(
                     format!("uplink.map[{i}].cloud"),

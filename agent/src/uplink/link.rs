@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use mqtt::packet::{Message, MessageProperties, QoS as LocalQoS};
+
+use super::Unsendable;
 use rumqttc::v5::mqttbytes::v5::{
     Codec, ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
     DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, PubAckReason, Publish,
@@ -436,12 +438,16 @@ pub(crate) async fn run(
                 let mut fed = 0u64;
                 while let Some((entry, held)) = next.take() {
                     match ctx.map.to_cloud(&entry.topic) {
-                        None => {
-                            tracing::warn!(topic = %entry.topic, seq = entry.seq, "uplink: no [[uplink.map]] rule maps this topic; removed unsent");
+                        Err(why) => {
+                            // Journaled before the map changed (or by an older version).
+                            match why {
+                                Unsendable::NoRule => tracing::warn!(topic = %entry.topic, seq = entry.seq, "uplink: no [[uplink.map]] rule maps this topic; removed unsent"),
+                                Unsendable::Refused(e) => tracing::warn!(topic = %entry.topic, seq = entry.seq, error = %e, "uplink: cloud topic refused; removed unsent"),
+                            }
                             UplinkStatus::add(&status.unmapped, 1);
                             acked.push(entry.seq, held);
                         }
-                        Some(topic) => {
+                        Ok(topic) => {
                             let pkid = ids.next(|id| {
                                 inflight.contains_key(&id) || subscribing == Some(id)
                             });

@@ -45,7 +45,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{DownlinkConfig, DrainPolicy, TopicRule, UplinkConfig, UplinkTls};
 pub use link::{DOWNLINK_PUBLISHER, MSG_KEY};
 pub use status::{LinkState, UplinkStatus};
-pub use topic_map::TopicMap;
+pub use topic_map::{TopicMap, Unsendable};
 
 use crate::broker::LocalBroker;
 use crate::error::Result;
