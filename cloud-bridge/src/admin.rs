@@ -17,6 +17,9 @@ pub struct InitReport {
     pub kv: Vec<(String, String)>,
 }
 
+/// Attributes of the state topics: a log that keeps the latest record per key.
+pub const STATE_TOPIC_ATTRIBUTES: &str = "+cleanup.policy=COMPACTION";
+
 fn namesrv(config: &Config) -> Result<NameServer, Error> {
     NameServer::new(
         Client::new(ClientConfig::default()),
@@ -30,6 +33,7 @@ async fn create_topic(
     cluster: &str,
     topic: &str,
     queues: u32,
+    attributes: Option<&str>,
 ) -> Result<Vec<String>, Error> {
     let info = ns.cluster_info().await?;
     let addrs: Vec<String> = info
@@ -45,13 +49,21 @@ async fn create_topic(
     let mut topic_config = TopicConfig::new(topic);
     topic_config.read_queue_nums = queues;
     topic_config.write_queue_nums = queues;
+    topic_config.attributes = attributes.map(str::to_owned);
     for addr in &addrs {
-        ns.client().broker(addr).create_topic(&topic_config).await?;
+        match ns.client().broker(addr).create_topic(&topic_config).await {
+            // The topic exists already, and its cleanup policy cannot change (RocketMQ
+            // refuses to update it even to the same value): keep it as it is.
+            Err(Error::Remoting { remark, .. })
+                if attributes.is_some() && remark.contains("unchangeable attribute") => {}
+            other => other?,
+        }
     }
     Ok(addrs)
 }
 
-/// Creates every first-level topic and the retry/p2p topics on the cluster, and writes
+/// Creates every first-level topic, the retry/p2p topics and the state topics (compaction
+/// topics of retained messages, sessions and wills) on the cluster, and writes
 /// `ALL_FIRST_TOPICS`, `LMQ_CONNECT_NODES` and the wildcard lists to kvconfig. Existing
 /// wildcard lists are merged, never shrunk. Idempotent.
 pub async fn init(config: &Config) -> Result<InitReport, Error> {
@@ -65,8 +77,21 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
         t.client_p2p_topic.clone(),
     ]);
     for topic in topics {
-        let brokers = create_topic(&ns, &config.rocketmq.cluster, &topic, t.queues).await?;
+        let brokers = create_topic(&ns, &config.rocketmq.cluster, &topic, t.queues, None).await?;
         report.topics.push((topic, brokers));
+    }
+    // The state tables (`state_table.rs`): compaction topics, one queue per broker. The
+    // cleanup policy can only be set when a topic is created.
+    for topic in [&t.retained_topic, &t.session_topic, &t.will_topic] {
+        let brokers = create_topic(
+            &ns,
+            &config.rocketmq.cluster,
+            topic,
+            1,
+            Some(STATE_TOPIC_ATTRIBUTES),
+        )
+        .await?;
+        report.topics.push((topic.clone(), brokers));
     }
 
     let mut all = match ns.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {

@@ -28,6 +28,8 @@ use crate::metrics::{SendMetrics, SendOutcome};
 use crate::retained;
 use crate::rocketmq::{NameServer, Producer};
 use crate::session::{BridgeSession, Opening};
+use crate::session_store;
+use crate::state_table::Tables;
 use crate::will_store;
 
 /// How long a topic's broker list is used before it is looked up again.
@@ -51,6 +53,10 @@ struct Inner {
     local_sessions: Mutex<HashMap<String, String>>,
     /// RocketMQ send latency and outcomes (the metrics endpoint reads them).
     send_metrics: SendMetrics,
+    /// Retained messages, sessions and wills.
+    tables: Tables,
+    /// Writes refused by a quota: (table, quota) -> count.
+    quota_refused: Mutex<HashMap<(&'static str, &'static str), u64>>,
 }
 
 impl Bridge {
@@ -60,9 +66,12 @@ impl Bridge {
         meta: Arc<Meta>,
         namesrv: Arc<NameServer>,
         producer: Producer,
+        tables: Tables,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
+                tables,
+                quota_refused: Mutex::new(HashMap::new()),
                 config,
                 meta,
                 namesrv,
@@ -98,6 +107,40 @@ impl Bridge {
             .len()
     }
 
+    /// Retained messages, sessions and wills.
+    pub fn tables(&self) -> &Tables {
+        &self.inner.tables
+    }
+
+    /// Counts a write refused by a quota, and turns it into the client's refusal (0x97).
+    pub fn quota_refusal(&self, table: &'static str, quota: &'static str) -> Refusal {
+        *self
+            .inner
+            .quota_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry((table, quota))
+            .or_default() += 1;
+        Refusal::new(
+            Reason::QuotaExceeded,
+            format!("quota exceeded: {table} ({quota}, see [quotas])"),
+        )
+    }
+
+    /// Writes refused by a quota so far: ((table, quota), count).
+    pub fn quota_refusals(&self) -> Vec<((&'static str, &'static str), u64)> {
+        let mut v: Vec<_> = self
+            .inner
+            .quota_refused
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .map(|(k, n)| (*k, *n))
+            .collect();
+        v.sort_unstable();
+        v
+    }
+
     /// RocketMQ send figures.
     pub fn send_metrics(&self) -> &SendMetrics {
         &self.inner.send_metrics
@@ -126,22 +169,11 @@ impl Bridge {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        if local.is_empty() {
-            return Ok(Vec::new());
-        }
-        let stored = self
-            .inner
-            .namesrv
-            .kv_list(crate::session_store::NAMESPACE)
-            .await?;
+        let sessions = &self.inner.tables.sessions;
         Ok(local
             .into_iter()
             .filter(|(client_id, owner)| {
-                stored
-                    .get(client_id)
-                    .and_then(|t| {
-                        serde_json::from_str::<crate::session_store::StoredSession>(t).ok()
-                    })
+                crate::session_store::load_local(sessions, client_id)
                     .and_then(|s| s.owner)
                     .is_some_and(|o| o != *owner)
             })
@@ -224,6 +256,13 @@ impl Bridge {
             None => Vec::new(),
         };
         if !list.iter().any(|f| f == filter) {
+            let max = self.inner.config.quotas.wildcards_per_first_level;
+            if max != 0 && list.len() >= max {
+                return Err(Error::QuotaExceeded(
+                    "wildcards",
+                    crate::state_table::Quota::Entries,
+                ));
+            }
             list.push(filter.to_owned());
             ns.put_kv_config(meta::NAMESPACE, first, &list.join(","))
                 .await?;
@@ -254,6 +293,12 @@ impl Bridge {
                 "retained message larger than limits.max_retained_bytes",
             ));
         }
+        let retained_room = if message.retain {
+            retained::reserve(&this.tables.retained, &message, &identity)
+                .map_err(|q| self.quota_refusal("retained", q.name()))?
+        } else {
+            None
+        };
         let wildcards = this.meta.wildcards(first);
         let queues = lmq::dispatch_queues(&message.topic, &wildcards);
         let (properties, body) = lmq_message::encode(&message, &queues);
@@ -273,12 +318,15 @@ impl Bridge {
         this.send_metrics.record(outcome, started.elapsed());
         match sent {
             Ok(Ok(_)) if message.retain => {
-                retained::put(&this.namesrv, &message).await.map_err(|e| {
-                    Refusal::new(
-                        Reason::ImplementationSpecificError,
-                        format!("retained message not stored: {e}"),
-                    )
-                })?;
+                retained::put(&this.tables.retained, &message, &identity)
+                    .await
+                    .map_err(|e| {
+                        Refusal::new(
+                            Reason::ImplementationSpecificError,
+                            format!("retained message not stored: {e}"),
+                        )
+                    })?;
+                drop(retained_room);
                 Ok(Reason::Success)
             }
             Ok(Ok(_)) => Ok(Reason::Success),
@@ -354,11 +402,29 @@ impl Broker for Bridge {
         let bridge = self.clone();
         Box::pin(async move {
             let identity: Arc<str> = Arc::from(result?.as_str());
-            if let Some(will) = &will
-                && let Err(e) =
-                    will_store::put(bridge.namesrv(), &client_id, bridge.instance(), will).await
+            let tables = bridge.tables();
+            if opening.persistent
+                && session_store::load_local(&tables.sessions, &client_id).is_none()
+                && let Err(q) = tables.sessions.reserve(&client_id, 0, None)
             {
-                warn!(client = %client_id, error = %e, "will not kept in kvconfig; only this bridge holds it");
+                return Err(bridge.quota_refusal("sessions", q.name()));
+            }
+            let kept = match &will {
+                Some(will) => {
+                    will_store::put(&tables.wills, &client_id, bridge.instance(), will).await
+                }
+                // A new connection replaces the session's will: an older copy (a taken-over
+                // connection's, maybe on another bridge) must not be published later.
+                None => will_store::delete(&tables.wills, &client_id, None).await,
+            };
+            match kept {
+                Ok(()) => {}
+                Err(Error::QuotaExceeded(table, q)) => {
+                    return Err(bridge.quota_refusal(table, q.name()));
+                }
+                Err(e) => {
+                    warn!(client = %client_id, error = %e, "will table not updated; only this bridge holds the will");
+                }
             }
             let opening = Opening {
                 has_will: will.is_some(),

@@ -27,6 +27,10 @@ pub struct Config {
     /// Subscription rules and limits.
     #[serde(default)]
     pub subscriptions: SubscriptionsConfig,
+    /// Bounds on the state clients make the bridge keep (retained messages, sessions,
+    /// wills, wildcard registrations).
+    #[serde(default)]
+    pub quotas: Quotas,
     /// MQTT listeners.
     #[serde(default, rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
@@ -82,6 +86,103 @@ pub struct TopicsConfig {
     /// kvconfig LMQ_CONNECT_NODES.
     #[serde(default)]
     pub connect_nodes: Vec<String>,
+    /// Compaction topic of retained messages (`state_table.rs`), created by `init`.
+    #[serde(default = "default_retained_topic")]
+    pub retained_topic: String,
+    /// Compaction topic of persistent sessions.
+    #[serde(default = "default_session_topic")]
+    pub session_topic: String,
+    /// Compaction topic of wills.
+    #[serde(default = "default_will_topic")]
+    pub will_topic: String,
+}
+
+fn default_retained_topic() -> String {
+    "mqttRetained".to_owned()
+}
+fn default_session_topic() -> String {
+    "mqttSession".to_owned()
+}
+fn default_will_topic() -> String {
+    "mqttWill".to_owned()
+}
+
+/// Bounds on the state clients make the bridge keep outside the message log. Each bridge
+/// holds these tables in memory, so they also bound its memory. A write that would exceed
+/// one is refused with reason 0x97 (quota exceeded). `0` means no limit.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Retained messages, all clients together.
+    pub retained_messages: usize,
+    /// Their bytes (topic + stored record), all clients together.
+    pub retained_total_bytes: usize,
+    /// Retained messages whose last publisher is one client.
+    pub retained_messages_per_client: usize,
+    /// Their bytes.
+    pub retained_bytes_per_client: usize,
+    /// Persistent sessions stored.
+    pub sessions: usize,
+    /// Bytes of one stored session (its subscriptions and delivery marks).
+    pub session_record_bytes: usize,
+    /// Bytes of all stored sessions.
+    pub sessions_total_bytes: usize,
+    /// Bytes of one stored will (topic, payload, properties).
+    pub will_record_bytes: usize,
+    /// Bytes of all stored wills.
+    pub wills_total_bytes: usize,
+    /// Wildcard filters registered per first-level topic (a kvconfig list; every publish
+    /// is matched against all of them).
+    pub wildcards_per_first_level: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Self {
+            retained_messages: 100_000,
+            retained_total_bytes: 32 << 20,
+            retained_messages_per_client: 1_000,
+            retained_bytes_per_client: 1 << 20,
+            sessions: 100_000,
+            session_record_bytes: 64 << 10,
+            sessions_total_bytes: 32 << 20,
+            will_record_bytes: 16 << 10,
+            wills_total_bytes: 32 << 20,
+            wildcards_per_first_level: 512,
+        }
+    }
+}
+
+impl Quotas {
+    /// The retained table's limits.
+    pub fn retained(&self) -> crate::state_table::TableLimits {
+        crate::state_table::TableLimits {
+            entries: self.retained_messages,
+            bytes: self.retained_total_bytes,
+            entries_per_owner: self.retained_messages_per_client,
+            bytes_per_owner: self.retained_bytes_per_client,
+            entry_bytes: 0,
+        }
+    }
+
+    /// The session table's limits.
+    pub fn sessions(&self) -> crate::state_table::TableLimits {
+        crate::state_table::TableLimits {
+            entries: self.sessions,
+            bytes: self.sessions_total_bytes,
+            entry_bytes: self.session_record_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// The will table's limits.
+    pub fn wills(&self) -> crate::state_table::TableLimits {
+        crate::state_table::TableLimits {
+            bytes: self.wills_total_bytes,
+            entry_bytes: self.will_record_bytes,
+            ..Default::default()
+        }
+    }
 }
 
 fn default_queues() -> u32 {
@@ -244,6 +345,22 @@ impl Config {
             if t.is_empty() || t.contains(['/', '+', '#', '%', ',']) {
                 return Err(format!(
                     "topics.first_level: {t:?} must be one non-empty level without / + # % ,"
+                ));
+            }
+        }
+        for (key, t) in [
+            ("topics.retained_topic", &self.topics.retained_topic),
+            ("topics.session_topic", &self.topics.session_topic),
+            ("topics.will_topic", &self.topics.will_topic),
+        ] {
+            // RocketMQ's topic name rule (TopicValidator): [%|a-zA-Z0-9_-], at most 127.
+            let ok = !t.is_empty()
+                && t.len() <= 127
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "_-|".contains(c));
+            if !ok || self.topics.first_level.contains(t) {
+                return Err(format!(
+                    "{key}: {t:?} must be a RocketMQ topic name (letters, digits, _ - |) that is not a first-level topic"
                 ));
             }
         }

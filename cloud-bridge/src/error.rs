@@ -18,6 +18,10 @@ pub enum Error {
         reason: String,
     },
 
+    /// A write would exceed a `[quotas]` bound of a state table.
+    #[error("quota exceeded: {0} table, {quota}", quota = .1.name())]
+    QuotaExceeded(&'static str, crate::state_table::Quota),
+
     /// An argument or request that makes no sense (for example an unregistered filter).
     #[error("{0}")]
     Invalid(String),

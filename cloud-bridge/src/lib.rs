@@ -18,6 +18,7 @@ pub mod rocketmq;
 pub mod server;
 pub mod session;
 pub mod session_store;
+pub mod state_table;
 pub mod topic_order;
 pub mod will_store;
 

@@ -1,12 +1,11 @@
-//! Retained messages, shared by every bridge instance and surviving restarts: kept in the
-//! name server's kvconfig (namespace [`NAMESPACE`], key = the MQTT topic, value = JSON with
-//! the QoS, the payload in base64 and the user properties).
+//! Retained messages, shared by every bridge instance and surviving restarts: a table in
+//! a RocketMQ compaction topic (`state_table.rs`, `[topics] retained_topic`), key = the MQTT
+//! topic, value = JSON with the QoS, the payload in base64 and the user properties, owner
+//! = the client that published it (for the per-client quotas).
 //!
-//! Why kvconfig and not a RocketMQ compacted topic: compaction needs a specially created
-//! topic and a full read on every subscribe, while kvconfig answers "every retained
-//! message" in one request, is persisted by the name server, and is where rocketmq-mqtt's
-//! meta already lives. The cost is size: retained payloads are limited
-//! (`limits.max_retained_bytes`), as the name server keeps them in memory.
+//! A SUBSCRIBE reads the table once for all its filters, from the bridge's memory (after
+//! [`Table::sync`], so a message retained through another bridge a moment ago is seen).
+//! Each payload is limited (`limits.max_retained_bytes`), the table by `[quotas]`.
 
 use base64::Engine;
 use bytes::Bytes;
@@ -14,10 +13,7 @@ use mqtt::packet::{Message, MessageProperties, QoS};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::rocketmq::NameServer;
-
-/// kvconfig namespace of retained messages.
-pub const NAMESPACE: &str = "MQTT_RETAIN";
+use crate::state_table::{Quota, Reservation, Table};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {
@@ -27,47 +23,76 @@ struct Stored {
     user_properties: Vec<(String, String)>,
 }
 
-/// Stores `message` as the retained message of its topic; an empty payload clears it.
-pub async fn put(ns: &NameServer, message: &Message) -> Result<(), Error> {
-    if message.payload.is_empty() {
-        return ns.delete_kv_config(NAMESPACE, &message.topic).await;
-    }
+/// The stored form of a retained message.
+fn encode(message: &Message) -> Result<Bytes, Error> {
     let stored = Stored {
         qos: message.qos.level(),
         payload: base64::engine::general_purpose::STANDARD.encode(&message.payload),
         user_properties: message.properties.user_properties.clone(),
     };
-    let text = serde_json::to_string(&stored).map_err(|e| Error::Invalid(e.to_string()))?;
-    ns.put_kv_config(NAMESPACE, &message.topic, &text).await
+    serde_json::to_vec(&stored)
+        .map(Bytes::from)
+        .map_err(|e| Error::Invalid(e.to_string()))
 }
 
-/// The retained messages whose topic matches `filter`.
-pub async fn matching(ns: &NameServer, filter: &str) -> Result<Vec<Message>, Error> {
-    let all = ns.kv_list(NAMESPACE).await?;
-    let mut out: Vec<Message> = all
+/// The stored length of `message` (what the quotas count, besides the topic).
+pub fn stored_len(message: &Message) -> usize {
+    encode(message).map_or(usize::MAX, |b| b.len())
+}
+
+/// Checks the quotas for `message` published by `owner`, and reserves its room. Clearing
+/// (an empty payload) always fits.
+pub fn reserve(
+    table: &Table,
+    message: &Message,
+    owner: &str,
+) -> Result<Option<Reservation>, Quota> {
+    if message.payload.is_empty() {
+        return Ok(None);
+    }
+    table
+        .reserve(&message.topic, stored_len(message), Some(owner))
+        .map(Some)
+}
+
+/// Stores `message` as the retained message of its topic; an empty payload clears it.
+pub async fn put(table: &Table, message: &Message, owner: &str) -> Result<(), Error> {
+    if message.payload.is_empty() {
+        return table.delete(&message.topic).await;
+    }
+    table
+        .put(&message.topic, encode(message)?, Some(owner))
+        .await
+}
+
+fn decode(topic: String, value: &[u8]) -> Option<Message> {
+    let s: Stored = serde_json::from_slice(value).ok()?;
+    let payload = base64::engine::general_purpose::STANDARD
+        .decode(s.payload)
+        .ok()?;
+    Some(Message {
+        topic,
+        payload: Bytes::from(payload),
+        qos: match s.qos {
+            0 => QoS::AtMostOnce,
+            1 => QoS::AtLeastOnce,
+            _ => QoS::ExactlyOnce,
+        },
+        retain: true,
+        properties: MessageProperties {
+            user_properties: s.user_properties,
+            ..MessageProperties::default()
+        },
+    })
+}
+
+/// The retained messages whose topic matches any of `filters`, each once, by topic.
+pub fn matching(table: &Table, filters: &[&str]) -> Vec<Message> {
+    let mut out: Vec<Message> = table
+        .select(|topic| filters.iter().any(|f| mqtt::topic::matches(f, topic)))
         .into_iter()
-        .filter(|(topic, _)| mqtt::topic::matches(filter, topic))
-        .filter_map(|(topic, text)| {
-            let s: Stored = serde_json::from_str(&text).ok()?;
-            let payload = base64::engine::general_purpose::STANDARD
-                .decode(s.payload)
-                .ok()?;
-            Some(Message {
-                topic,
-                payload: Bytes::from(payload),
-                qos: match s.qos {
-                    0 => QoS::AtMostOnce,
-                    1 => QoS::AtLeastOnce,
-                    _ => QoS::ExactlyOnce,
-                },
-                retain: true,
-                properties: MessageProperties {
-                    user_properties: s.user_properties,
-                    ..MessageProperties::default()
-                },
-            })
-        })
+        .filter_map(|(topic, entry)| decode(topic, &entry.value))
         .collect();
     out.sort_by(|a, b| a.topic.cmp(&b.topic));
-    Ok(out)
+    out
 }

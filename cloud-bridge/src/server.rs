@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::meta::Meta;
 use crate::metrics::BridgeExporter;
 use crate::rocketmq::{Client, ClientConfig, NameServer, Producer, ProducerConfig};
+use crate::state_table::Tables;
 use crate::will_store;
 
 /// A running bridge.
@@ -67,7 +68,32 @@ impl Server {
             None => None,
         };
 
-        let bridge = Bridge::new(config.clone(), meta.clone(), namesrv.clone(), producer);
+        let tables = Tables::new(
+            &config,
+            namesrv.clone(),
+            Arc::new(Producer::new(
+                namesrv.clone(),
+                ProducerConfig {
+                    group: "cloud-bridge-state".to_owned(),
+                    send_timeout: config.send_timeout(),
+                    ..ProducerConfig::default()
+                },
+            )),
+        );
+        for table in tables.all() {
+            tracker.spawn(table.clone().run(
+                tracker.clone(),
+                shutdown.clone(),
+                Duration::from_secs(30),
+            ));
+        }
+        let bridge = Bridge::new(
+            config.clone(),
+            meta.clone(),
+            namesrv.clone(),
+            producer,
+            tables,
+        );
         let shared = Arc::new(Shared {
             broker: Arc::new(bridge.clone()),
             config: ConnectionConfig {
@@ -195,7 +221,8 @@ async fn sweeper(bridge: Bridge, shared: Arc<Shared<Bridge>>, shutdown: Cancella
         if let Err(e) = will_store::heartbeat(ns, bridge.instance(), now).await {
             warn!(error = %e, "heartbeat not written");
         }
-        match will_store::take_orphans(ns, now, STALE.as_millis() as u64).await {
+        let wills = &bridge.tables().wills;
+        match will_store::take_orphans(wills, ns, now, STALE.as_millis() as u64).await {
             Ok(orphans) => {
                 for (client_id, message) in orphans {
                     info!(client = %client_id, topic = %message.topic, "publishing the will of a client whose bridge is gone");

@@ -93,25 +93,20 @@ impl BridgeSession {
         clean_start: bool,
         opening: Opening,
     ) -> Result<(Self, bool, mpsc::Receiver<Delivery>), Error> {
-        let ns = bridge.namesrv();
+        let table = &bridge.tables().sessions;
         let stored = if opening.persistent && !clean_start {
-            session_store::load(ns, &client_id).await?
+            session_store::load(table, &client_id).await?
         } else {
             None
         };
-        if clean_start {
-            // A clean start discards any stored session (its offsets are overwritten as
-            // subscriptions start again at the latest message). Read first: most
-            // connections have none, and a name server write is persisted to its disk.
-            // A name server that cannot be reached does not stop a clean session.
-            let discarded = match session_store::load(ns, &client_id).await {
-                Ok(Some(_)) => session_store::delete(ns, &client_id).await,
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = discarded {
-                warn!(client = %client_id, error = %e, "stored session not discarded");
-            }
+        // A clean start discards any stored session (its offsets are overwritten as
+        // subscriptions start again at the latest message); most connections have none.
+        // A broker that cannot be reached does not stop a clean session.
+        if clean_start
+            && session_store::load_local(table, &client_id).is_some()
+            && let Err(e) = session_store::delete(table, &client_id).await
+        {
+            warn!(client = %client_id, error = %e, "stored session not discarded");
         }
         let (tx, rx) = mpsc::channel(usize::from(opening.window.max(1)));
         let bridge_instance = bridge.instance().to_owned();
@@ -371,6 +366,16 @@ impl Inner {
                 format!("more than {} subscriptions", limits.max_per_client),
             ));
         }
+        let record_limit = config.quotas.session_record_bytes;
+        if self.persistent && !resume && !existing && record_limit != 0 {
+            // The stored session grows by the filter (and its JSON around it).
+            let now = session_store::encode(&self.stored(None)).map_or(usize::MAX, |b| b.len());
+            if now.saturating_add(filter.len() + 32) > record_limit {
+                return Err(self
+                    .bridge
+                    .quota_refusal("sessions", crate::state_table::Quota::EntryBytes.name()));
+            }
+        }
         if mqtt::topic::is_wildcard(filter)
             && !self
                 .bridge
@@ -389,12 +394,18 @@ impl Inner {
                     ));
                 }
                 UnregisteredWildcards::Register => {
-                    self.bridge.register_wildcard(filter).await.map_err(|e| {
-                        Refusal::new(
-                            Reason::UnspecifiedError,
-                            format!("registering {filter:?}: {e}"),
-                        )
-                    })?;
+                    self.bridge
+                        .register_wildcard(filter)
+                        .await
+                        .map_err(|e| match e {
+                            Error::QuotaExceeded(table, q) => {
+                                self.bridge.quota_refusal(table, q.name())
+                            }
+                            e => Refusal::new(
+                                Reason::UnspecifiedError,
+                                format!("registering {filter:?}: {e}"),
+                            ),
+                        })?;
                     info!(filter, "wildcard registered in kvconfig on subscribe");
                 }
             }
@@ -471,7 +482,16 @@ impl Inner {
             return;
         }
         let stored = self.stored(disconnected_at_ms);
-        if let Err(e) = session_store::save(self.bridge.namesrv(), &self.client_id, &stored).await {
+        self.store(&stored).await;
+    }
+
+    /// Writes the session record unless it is what is stored already.
+    async fn store(&self, stored: &StoredSession) {
+        let table = &self.bridge.tables().sessions;
+        if session_store::load_local(table, &self.client_id).as_ref() == Some(stored) {
+            return;
+        }
+        if let Err(e) = session_store::save(table, &self.client_id, stored).await {
             warn!(client = %self.client_id, error = %e, "session not stored");
         }
     }
@@ -512,7 +532,7 @@ impl Inner {
 
     /// Whether the stored session still names this connection (or nobody) as its owner.
     async fn still_owner(&self) -> bool {
-        match session_store::load(self.bridge.namesrv(), &self.client_id).await {
+        match session_store::load(&self.bridge.tables().sessions, &self.client_id).await {
             Ok(Some(stored)) => stored.owner.is_none_or(|o| o == self.owner),
             Ok(None) => true,
             Err(_) => true,
@@ -569,6 +589,8 @@ impl Session for BridgeSession {
         let inner = self.inner.clone();
         Box::pin(async move {
             let mut outcomes = Vec::with_capacity(requests.len());
+            // Filters whose retained messages are sent: read once for the whole packet.
+            let mut retained_for: Vec<(String, QoS)> = Vec::new();
             for r in &requests {
                 let qos = r.qos;
                 match inner.subscribe_one(&r.filter, qos, false, false).await {
@@ -577,11 +599,8 @@ impl Session for BridgeSession {
                         let send_retained =
                             r.retain_handling == 0 || (r.retain_handling == 1 && !existed);
                         if send_retained {
-                            tokio::spawn(send_retained_messages(
-                                inner.clone(),
-                                r.filter.clone(),
-                                qos,
-                            ));
+                            retained_for.retain(|(f, _)| *f != r.filter);
+                            retained_for.push((r.filter.clone(), qos));
                         }
                     }
                     Err(refusal) => {
@@ -589,6 +608,9 @@ impl Session for BridgeSession {
                         outcomes.push(SubscribeOutcome::Refused(refusal.reason));
                     }
                 }
+            }
+            if !retained_for.is_empty() {
+                tokio::spawn(send_retained_messages(inner.clone(), retained_for));
             }
             inner.save(None).await;
             outcomes
@@ -598,7 +620,7 @@ impl Session for BridgeSession {
     fn unsubscribe(&mut self, filters: Vec<String>) -> BoxFuture<'static, Vec<Reason>> {
         let inner = self.inner.clone();
         Box::pin(async move {
-            let reasons = filters
+            let reasons: Vec<Reason> = filters
                 .iter()
                 .map(|f| {
                     if !f.starts_with(lmq::LMQ_PREFIX) && inner.unsubscribe_one(f) {
@@ -608,7 +630,9 @@ impl Session for BridgeSession {
                     }
                 })
                 .collect();
-            inner.save(None).await;
+            if reasons.contains(&Reason::Success) {
+                inner.save(None).await;
+            }
             reasons
         })
     }
@@ -626,11 +650,11 @@ impl Session for BridgeSession {
             inner.cancel.cancel();
             if inner.has_will && how != Close::TakenOver {
                 // Published by the connection already, or discarded by a normal DISCONNECT.
-                let ns = inner.bridge.namesrv();
+                let wills = &inner.bridge.tables().wills;
                 if let Err(e) =
-                    will_store::delete(ns, &inner.client_id, inner.bridge.instance()).await
+                    will_store::delete(wills, &inner.client_id, Some(inner.bridge.instance())).await
                 {
-                    warn!(client = %inner.client_id, error = %e, "will copy not removed from kvconfig");
+                    warn!(client = %inner.client_id, error = %e, "will copy not removed");
                 }
             }
             if inner.persistent {
@@ -650,11 +674,7 @@ impl Session for BridgeSession {
                         } => {
                             let mut stored = inner.stored(Some(session_store::now_ms()));
                             stored.expiry_secs = expiry;
-                            let ns = inner.bridge.namesrv();
-                            if let Err(e) = session_store::save(ns, &inner.client_id, &stored).await
-                            {
-                                warn!(client = %inner.client_id, error = %e, "session not stored");
-                            }
+                            inner.store(&stored).await;
                         }
                         _ => inner.save(Some(session_store::now_ms())).await,
                     }
@@ -664,16 +684,23 @@ impl Session for BridgeSession {
     }
 }
 
-/// Sends the retained messages matching a new subscription (after its SUBACK).
-async fn send_retained_messages(inner: Arc<Inner>, filter: String, granted: QoS) {
-    let messages = match retained::matching(inner.bridge.namesrv(), &filter).await {
-        Ok(m) => m,
-        Err(e) => {
-            warn!(filter, error = %e, "retained messages not read");
-            return;
-        }
-    };
+/// Sends the retained messages matching the new subscriptions of one SUBSCRIBE (after its
+/// SUBACK): the table is read once, each message sent once, at the highest QoS granted to
+/// a filter that matches it.
+async fn send_retained_messages(inner: Arc<Inner>, filters: Vec<(String, QoS)>) {
+    let table = &inner.bridge.tables().retained;
+    if let Err(e) = table.sync(session_store::SYNC_WAIT).await {
+        debug!(error = %e, "retained table not read to its end; sending what this bridge has");
+    }
+    let names: Vec<&str> = filters.iter().map(|(f, _)| f.as_str()).collect();
+    let messages = retained::matching(table, &names);
     for mut message in messages {
+        let granted = filters
+            .iter()
+            .filter(|(f, _)| mqtt::topic::matches(f, &message.topic))
+            .map(|(_, q)| *q)
+            .max()
+            .unwrap_or(QoS::AtMostOnce);
         message.qos = message.qos.min(granted);
         let d = Delivery {
             message: Box::new(message),

@@ -1,19 +1,14 @@
 //! Persistent sessions, kept where every bridge instance can read them: the subscriptions
-//! of a session in the name server's kvconfig (namespace [`NAMESPACE`], key = client id,
-//! value = JSON), its read positions as RocketMQ consumer offsets (group `%LMQ%{clientId}`,
-//! see `offsets.rs`). A session that reconnects to any bridge resumes from both.
-//!
-//! kvconfig is used because it is what rocketmq-mqtt's meta already lives in, it is
-//! replicated to every name server by our writes, persisted by the name server, and a
-//! session's subscription list is small and changes rarely.
+//! of a session in the session table (`state_table.rs`, a compaction topic; key = client
+//! id, value = JSON), its read positions as RocketMQ consumer offsets (group
+//! `%LMQ%{clientId}`, see `offsets.rs`). A session that reconnects to any bridge resumes
+//! from both. The table is bounded by `[quotas] sessions*`; it used to be the name
+//! server's kvconfig, which holds everything in the name server's heap.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::rocketmq::NameServer;
-
-/// kvconfig namespace of persistent sessions.
-pub const NAMESPACE: &str = "MQTT_SESSION";
+use crate::state_table::Table;
 
 /// The consumer group under which a client's offsets are committed.
 pub fn offset_group(client_id: &str) -> String {
@@ -95,30 +90,48 @@ impl StoredSession {
     }
 }
 
-/// Loads a client's session; expired or unreadable sessions count as none.
-pub async fn load(ns: &NameServer, client_id: &str) -> Result<Option<StoredSession>, Error> {
-    let Some(text) = ns.get_kv_config(NAMESPACE, client_id).await? else {
-        return Ok(None);
-    };
-    match serde_json::from_str::<StoredSession>(&text) {
-        Ok(s) if !s.expired(now_ms()) => Ok(Some(s)),
-        Ok(_) => Ok(None),
+/// How long a load waits for the session table to be read to its end.
+pub const SYNC_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Loads a client's session; expired or unreadable sessions count as none. Sees every
+/// save acknowledged before the call, by any bridge.
+pub async fn load(table: &Table, client_id: &str) -> Result<Option<StoredSession>, Error> {
+    table.sync(SYNC_WAIT).await?;
+    Ok(load_local(table, client_id))
+}
+
+/// Loads a client's session as this bridge has read it so far.
+pub fn load_local(table: &Table, client_id: &str) -> Option<StoredSession> {
+    let entry = table.get(client_id)?;
+    match serde_json::from_slice::<StoredSession>(&entry.value) {
+        Ok(s) if !s.expired(now_ms()) => Some(s),
+        Ok(_) => None,
         Err(e) => {
             tracing::warn!(client = %client_id, error = %e, "unreadable stored session; starting a new one");
-            Ok(None)
+            None
         }
     }
 }
 
-/// Saves a client's session.
-pub async fn save(ns: &NameServer, client_id: &str, session: &StoredSession) -> Result<(), Error> {
-    let text = serde_json::to_string(session).map_err(|e| Error::Invalid(e.to_string()))?;
-    ns.put_kv_config(NAMESPACE, client_id, &text).await
+/// The stored form of a session.
+pub fn encode(session: &StoredSession) -> Result<bytes::Bytes, Error> {
+    serde_json::to_vec(session)
+        .map(bytes::Bytes::from)
+        .map_err(|e| Error::Invalid(e.to_string()))
+}
+
+/// Saves a client's session, within the quotas (`Error::QuotaExceeded` otherwise).
+pub async fn save(table: &Table, client_id: &str, session: &StoredSession) -> Result<(), Error> {
+    let value = encode(session)?;
+    let _room = table
+        .reserve(client_id, value.len(), None)
+        .map_err(|q| Error::QuotaExceeded(table.name(), q))?;
+    table.put(client_id, value, None).await
 }
 
 /// Forgets a client's session.
-pub async fn delete(ns: &NameServer, client_id: &str) -> Result<(), Error> {
-    ns.delete_kv_config(NAMESPACE, client_id).await
+pub async fn delete(table: &Table, client_id: &str) -> Result<(), Error> {
+    table.delete(client_id).await
 }
 
 #[cfg(test)]

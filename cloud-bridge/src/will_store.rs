@@ -1,7 +1,9 @@
 //! Wills that outlive their bridge. A connection's will is published by the bridge that
 //! serves it when the connection ends abnormally (`mqtt::connection`); a copy is kept in the
-//! name server's kvconfig (namespace [`NAMESPACE`], key = client id) with the serving
-//! bridge's instance id, and every bridge writes a heartbeat (namespace [`LIVENESS`]). When
+//! will table (`state_table.rs`, a compaction topic; key = client id) with the serving
+//! bridge's instance id, and every bridge writes a heartbeat (kvconfig namespace
+//! [`LIVENESS`]: one small entry per bridge). A new connection of the client replaces the
+//! copy, or removes it when it has no will. When
 //! a bridge dies with clients connected, another bridge finds their wills under an owner
 //! whose heartbeat stopped, and publishes them. A will may then be published twice if two
 //! bridges sweep at the same moment: at least once, never lost.
@@ -13,9 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
 use crate::rocketmq::NameServer;
+use crate::state_table::Table;
 
-/// kvconfig namespace of wills.
-pub const NAMESPACE: &str = "MQTT_WILL";
 /// kvconfig namespace of bridge heartbeats (instance id -> ms since the epoch).
 pub const LIVENESS: &str = "MQTT_BRIDGE";
 
@@ -30,8 +31,9 @@ struct Stored {
     user_properties: Vec<(String, String)>,
 }
 
-/// Keeps a copy of `will` for `client_id`, owned by bridge `owner`.
-pub async fn put(ns: &NameServer, client_id: &str, owner: &str, will: &Will) -> Result<(), Error> {
+/// Keeps a copy of `will` for `client_id`, owned by bridge `owner`, within the quotas
+/// (`Error::QuotaExceeded` otherwise).
+pub async fn put(table: &Table, client_id: &str, owner: &str, will: &Will) -> Result<(), Error> {
     let m = &will.message;
     let stored = Stored {
         owner: owner.to_owned(),
@@ -41,18 +43,21 @@ pub async fn put(ns: &NameServer, client_id: &str, owner: &str, will: &Will) -> 
         payload: base64::engine::general_purpose::STANDARD.encode(&m.payload),
         user_properties: m.properties.user_properties.clone(),
     };
-    let text = serde_json::to_string(&stored).map_err(|e| Error::Invalid(e.to_string()))?;
-    ns.put_kv_config(NAMESPACE, client_id, &text).await
+    let value = serde_json::to_vec(&stored).map_err(|e| Error::Invalid(e.to_string()))?;
+    let _room = table
+        .reserve(client_id, value.len(), None)
+        .map_err(|q| Error::QuotaExceeded(table.name(), q))?;
+    table.put(client_id, value.into(), None).await
 }
 
-/// Drops the copy of a client's will if `owner` still owns it.
-pub async fn delete(ns: &NameServer, client_id: &str, owner: &str) -> Result<(), Error> {
-    let Some(text) = ns.get_kv_config(NAMESPACE, client_id).await? else {
+/// Drops the copy of a client's will if `owner` (`None`: anyone) still owns it.
+pub async fn delete(table: &Table, client_id: &str, owner: Option<&str>) -> Result<(), Error> {
+    let Some(entry) = table.get(client_id) else {
         return Ok(());
     };
-    match serde_json::from_str::<Stored>(&text) {
-        Ok(s) if s.owner != owner => Ok(()),
-        _ => ns.delete_kv_config(NAMESPACE, client_id).await,
+    match serde_json::from_slice::<Stored>(&entry.value) {
+        Ok(s) if owner.is_some_and(|o| o != s.owner) => Ok(()),
+        _ => table.delete(client_id).await,
     }
 }
 
@@ -67,14 +72,17 @@ pub async fn retire(ns: &NameServer, instance: &str) -> Result<(), Error> {
     ns.delete_kv_config(LIVENESS, instance).await
 }
 
-/// Wills whose owner has not sent a heartbeat for `stale_ms`: removed from kvconfig and
+/// Wills whose owner has not sent a heartbeat for `stale_ms`: removed from the table and
 /// returned for publishing, with their client ids.
 pub async fn take_orphans(
+    table: &Table,
     ns: &NameServer,
     now_ms: u64,
     stale_ms: u64,
 ) -> Result<Vec<(String, Message)>, Error> {
-    let wills = ns.kv_list(NAMESPACE).await?;
+    // Read to the end first: a will its owner removed a moment ago must not be published.
+    table.sync(std::time::Duration::from_secs(3)).await?;
+    let wills = table.select(|_| true);
     if wills.is_empty() {
         return Ok(Vec::new());
     }
@@ -86,15 +94,15 @@ pub async fn take_orphans(
             .is_some_and(|t| now_ms.saturating_sub(t) < stale_ms)
     };
     let mut out = Vec::new();
-    for (client_id, text) in wills {
-        let Ok(s) = serde_json::from_str::<Stored>(&text) else {
-            ns.delete_kv_config(NAMESPACE, &client_id).await?;
+    for (client_id, entry) in wills {
+        let Ok(s) = serde_json::from_slice::<Stored>(&entry.value) else {
+            table.delete(&client_id).await?;
             continue;
         };
         if is_alive(&s.owner) {
             continue;
         }
-        ns.delete_kv_config(NAMESPACE, &client_id).await?;
+        table.delete(&client_id).await?;
         let Ok(payload) = base64::engine::general_purpose::STANDARD.decode(&s.payload) else {
             continue;
         };

@@ -158,6 +158,14 @@ traceTopicEnable=false
 fileReservedTime=1
 deleteWhen=00;01;02;03;04;05;06;07;08;09;10;11;12;13;14;15;16;17;18;19;20;21;22;23
 diskMaxUsedSpaceRatio=90
+# Compaction topics (cloud-bridge's retained messages, sessions and wills): 8 MiB files and
+# a 30 s schedule instead of 100 MiB and 15 min, so that small state is compacted at all;
+# a 16 MiB key map per run instead of 100 MiB of heap.
+enableCompaction=true
+compactionScheduleInternal=30000
+compactionMappedFileSize=8388608
+compactionCqMappedFileSize=920000
+maxOffsetMapSize=16777216
 # On a 2-core machine that also compiles, the default 200 ms send-queue wait (and 1 s page
 # cache wait) make the broker refuse sends as busy (code 2) under load: be patient instead.
 waitTimeMillsInSendQueue=5000

@@ -3,7 +3,7 @@
 //! `/metrics` (OpenMetrics text, `prometheus-client`): the shared `mqtt` crate's
 //! connection and publish counters, the persistent sessions connected here, and the
 //! RocketMQ sends (latency histogram of successful sends, failures, timeouts; see
-//! `send.rs`). `/health` is 200 when the routes of every first-level topic are known
+//! `send.rs`), the state tables' size and the writes refused by quotas. `/health` is 200 when the routes of every first-level topic are known
 //! (the name server answered, cached for 30 s like publishes use them), 503 otherwise.
 //! `/status` is the same figures as JSON. The HTTP side is `mqtt::metrics::endpoint`,
 //! shared with edge-agent.
@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use mqtt::metrics::encode::{counter, gauge, gauge_family};
+use mqtt::metrics::encode::{counter, counter_family, gauge, gauge_family};
 use mqtt::metrics::{Exporter, Health, ServerCounterValues, ServerCounters};
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -46,6 +46,12 @@ pub struct Snapshot {
     pub persistent_sessions: u64,
     /// RocketMQ sends.
     pub rocketmq: SendValues,
+    /// State tables held by this bridge: (table, entries, bytes).
+    #[serde(default)]
+    pub state: Vec<(String, u64, u64)>,
+    /// Writes refused by a `[quotas]` bound: (table, quota, count).
+    #[serde(default)]
+    pub quota_refused: Vec<(String, String, u64)>,
 }
 
 /// Where the figures come from.
@@ -68,6 +74,22 @@ impl BridgeExporter {
             server: self.server.values(),
             persistent_sessions: self.bridge.local_session_count() as u64,
             rocketmq: self.bridge.send_metrics().values(),
+            state: self
+                .bridge
+                .tables()
+                .all()
+                .iter()
+                .map(|t| {
+                    let (entries, bytes) = t.usage();
+                    (t.name().to_owned(), entries as u64, bytes as u64)
+                })
+                .collect(),
+            quota_refused: self
+                .bridge
+                .quota_refusals()
+                .into_iter()
+                .map(|((table, quota), n)| (table.to_owned(), quota.to_owned(), n))
+                .collect(),
         }
     }
 
@@ -104,6 +126,39 @@ impl Collector for Encoded {
             "persistent_sessions",
             "Persistent sessions connected to this bridge",
             s.persistent_sessions,
+        )?;
+        let entries: Vec<_> = s
+            .state
+            .iter()
+            .map(|(t, n, _)| ([("table", t.as_str())], *n))
+            .collect();
+        gauge_family(
+            &mut e,
+            "state_entries",
+            "Entries of the state tables (retained messages, sessions, wills) held here",
+            &entries,
+        )?;
+        let bytes: Vec<_> = s
+            .state
+            .iter()
+            .map(|(t, _, b)| ([("table", t.as_str())], *b))
+            .collect();
+        gauge_family(
+            &mut e,
+            "state_bytes",
+            "Bytes (keys + values) of the state tables held here",
+            &bytes,
+        )?;
+        let refused: Vec<_> = s
+            .quota_refused
+            .iter()
+            .map(|(t, q, n)| ([("table", t.as_str()), ("quota", q.as_str())], *n))
+            .collect();
+        counter_family(
+            &mut e,
+            "quota_refused",
+            "Writes refused by a [quotas] bound (MQTT reason 0x97)",
+            &refused,
         )?;
         let r = &s.rocketmq;
         counter(

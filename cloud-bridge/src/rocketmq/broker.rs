@@ -176,6 +176,8 @@ pub struct TopicConfig {
     pub perm: u32,
     /// Whether the topic is ordered.
     pub order: bool,
+    /// Topic attributes (RocketMQ 5.x), e.g. `+cleanup.policy=COMPACTION`.
+    pub attributes: Option<String>,
 }
 
 impl TopicConfig {
@@ -187,6 +189,7 @@ impl TopicConfig {
             write_queue_nums: 8,
             perm: perm::READ_WRITE,
             order: false,
+            attributes: None,
         }
     }
 }
@@ -376,6 +379,10 @@ impl Broker<'_> {
             .field("topicFilterType", "SINGLE_TAG")
             .field("topicSysFlag", "0")
             .field("order", config.order.to_string());
+        let request = match &config.attributes {
+            Some(a) => request.field("attributes", a.clone()),
+            None => request,
+        };
         self.invoke(request).await?.into_success().map(drop)
     }
 }
