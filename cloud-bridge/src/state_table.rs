@@ -452,7 +452,10 @@ impl Table {
                 }
             }
         };
-        tokio::time::timeout(within, wait).await.map_err(|_| {
+        let started = std::time::Instant::now();
+        let waited = tokio::time::timeout(within, wait).await;
+        debug!(table = self.inner.name, waited = ?started.elapsed(), "state table synced");
+        waited.map_err(|_| {
             Error::Invalid(format!(
                 "the {} table ({}) was not read to its end within {within:?}",
                 self.inner.name, self.inner.topic

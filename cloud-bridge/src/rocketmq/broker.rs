@@ -367,6 +367,14 @@ impl Broker<'_> {
         self.invoke(request).await?.into_success().map(drop)
     }
 
+    /// Deletes a topic on this broker (DELETE_TOPIC_IN_BROKER). For an LMQ this drops its
+    /// consume queue and closes its file (each LMQ holds one open file on the broker).
+    pub async fn delete_topic(&self, topic: &str) -> Result<(), Error> {
+        let request = RemotingCommand::request(request_code::DELETE_TOPIC_IN_BROKER)
+            .field("topic", topic.to_owned());
+        self.invoke(request).await?.into_success().map(drop)
+    }
+
     /// Creates or updates a topic on this broker (UPDATE_AND_CREATE_TOPIC). The broker
     /// registers it with the name servers itself.
     pub async fn create_topic(&self, config: &TopicConfig) -> Result<(), Error> {
