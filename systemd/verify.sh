@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bin_dir=$(realpath "${1:-target/debug}")
 
 if ! command -v systemd-analyze >/dev/null; then
-  echo "systemd/verify.sh: FAILED: systemd-analyze is missing; install Debian's systemd package (apt-get install systemd; .ci/run does)" >&2
+  echo "systemd/verify.sh: FAILED: systemd-analyze is missing; install Debian's systemd package (apt-get install systemd; tests/setup.sh does)" >&2
   exit 1
 fi
 tmp=$(mktemp -d)

@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
-# The project's test command (see README): starts the shared test RocketMQ (name server +
-# broker, tests/rocketmq/rocketmq.sh; no-op when already running), exports its addresses
-# (ROCKETMQ_NAMESRV, ROCKETMQ_BROKER, ROCKETMQ_CLUSTER, ROCKETMQ_BROKER_NAME), then runs
-# fmt, clippy and the tests of the whole workspace, then `systemd-analyze verify` of the units
-# (systemd/verify.sh). Extra arguments go to `cargo test`.
+# The project's test command (see README): installs what is missing (tests/setup.sh),
+# starts the shared test RocketMQ (name server + broker, tests/rocketmq/rocketmq.sh; no-op
+# when already running), exports its addresses (ROCKETMQ_NAMESRV, ROCKETMQ_BROKER,
+# ROCKETMQ_CLUSTER, ROCKETMQ_BROKER_NAME), then runs fmt, clippy and every test binary of
+# the workspace (`--no-fail-fast`: one failing binary does not hide the others), then
+# `systemd-analyze verify` of the units (systemd/verify.sh). Extra arguments go to
+# `cargo test`. The last line sums it up: tests passed and failed, the failed tests by
+# target, and the failed steps; the full output is in target/tests-run.log.
 # The broker is left running for the next run; `tests/run.sh --stop [args]` stops it at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+tests/setup.sh
 
 stop=0
 if [[ ${1:-} == --stop ]]; then stop=1; shift; fi
@@ -29,9 +34,45 @@ if ((used >= 88)); then
 fi
 if ((stop)); then trap '"$rmq" stop' EXIT; fi
 
-cargo fmt --all --check
-cargo clippy --workspace --all-targets -- -D warnings
-cargo test --workspace --all-targets "$@"
-# The systemd units, against the binaries the tests just built (fails if systemd-analyze
-# is missing: .ci/run installs Debian's systemd package).
-systemd/verify.sh target/debug
+failed_steps=()
+cargo fmt --all --check || failed_steps+=("cargo fmt")
+cargo clippy --workspace --all-targets -- -D warnings || failed_steps+=("cargo clippy")
+mkdir -p target
+log=target/tests-run.log
+set +e
+cargo test --workspace --all-targets --no-fail-fast "$@" 2>&1 | tee "$log"
+test_status=${PIPESTATUS[0]}
+set -e
+# The systemd units, against the binaries the tests just built (systemd-analyze comes
+# with Debian's systemd package, which tests/setup.sh installs).
+systemd/verify.sh target/debug || failed_steps+=("systemd/verify.sh")
+
+# One line: libtest prints `test NAME ... FAILED` and `test result: ... N passed; M failed`
+# per binary; cargo then prints `error: test failed, to rerun pass `-p CRATE --test BIN``
+# (also for a binary that crashed before its result line).
+summary=$(awk '
+  /^ +Running / { names = "" }
+  /^test .* \.\.\. FAILED$/ { sub(/^test /, ""); sub(/ \.\.\. FAILED$/, ""); names = names (names == "" ? "" : ", ") $0 }
+  /^test result: / {
+    for (i = 1; i <= NF; i++) {
+      if ($(i + 1) ~ /^passed/) passed += $i
+      if ($(i + 1) ~ /^failed/) failed += $i
+    }
+  }
+  /^error: test failed, to rerun pass / {
+    target = $0; sub(/.*to rerun pass `/, "", target); sub(/`.*/, "", target)
+    if (names == "") { names = "crashed or did not run"; failed += 1 }
+    list = list (list == "" ? "" : "; ") target " (" names ")"
+    names = ""
+  }
+  END { printf "%d passed, %d failed", passed, failed; if (list != "") printf ": %s", list }
+' "$log")
+if ((test_status != 0)) && [[ $summary == "0 passed, 0 failed" ]]; then
+  failed_steps+=("cargo test (build failed, see $log)")
+fi
+if ((${#failed_steps[@]})); then
+  steps=$(printf '%s, ' "${failed_steps[@]}")
+  summary="$summary; failed steps: ${steps%, }"
+fi
+echo "tests/run.sh: $summary"
+((test_status == 0 && ${#failed_steps[@]} == 0))

@@ -6,7 +6,8 @@
 # by a plain RocketMQ producer coming down to a device subscribed on the agent.
 # It keeps running until Ctrl-C (then stops everything it started); `--once` stops after
 # the demonstration (exit 0 only when both directions worked).
-# Needs: Rust, Java 17 + Maven (RocketMQ), openssl, mosquitto-clients (the device).
+# Needs Rust; tests/setup.sh (run first) installs the rest when missing: Java 17 + Maven
+# (RocketMQ), openssl (the demo certificates), mosquitto-clients (the device).
 # STACK_BIN_DIR=target/debug uses already built binaries instead of a release build.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -17,9 +18,7 @@ run=tests/stack/run
 mkdir -p "$run"
 say() { echo "=== $*"; }
 
-for cmd in openssl mosquitto_sub; do
-  command -v "$cmd" >/dev/null || { echo "tests/stack.sh needs $cmd (Debian: apt-get install openssl mosquitto-clients)" >&2; exit 1; }
-done
+tests/setup.sh
 
 # ------------------------------------------------------------------ binaries
 if [[ -n ${STACK_BIN_DIR:-} ]]; then

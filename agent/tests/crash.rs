@@ -34,7 +34,7 @@ fn kill_9_never_loses_or_duplicates_an_acknowledged_message() {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("python3 with paho-mqtt (.ci/run installs it)");
+            .expect("python3 with paho-mqtt (tests/setup.sh installs it)");
         let out = streamer.stdout.take().unwrap();
         let (first_tx, first_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {

@@ -66,7 +66,7 @@ fn python(script: &str, args: &[String]) -> Child {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .expect("python3 with paho-mqtt (.ci/run installs it)")
+        .expect("python3 with paho-mqtt (tests/setup.sh installs it)")
 }
 
 /// Reads the child's lines on a thread; the first line is also signalled on `first`.

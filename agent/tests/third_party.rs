@@ -11,9 +11,9 @@ use std::time::Duration;
 use support::{config, start, stop};
 
 fn run(cmd: &mut Command) -> Output {
-    cmd.stdin(Stdio::null())
-        .output()
-        .expect("mosquitto-clients and python3 with paho-mqtt are needed (.ci/run installs them)")
+    cmd.stdin(Stdio::null()).output().expect(
+        "mosquitto-clients and python3 with paho-mqtt are needed (tests/setup.sh installs them)",
+    )
 }
 
 fn text(b: &[u8]) -> String {

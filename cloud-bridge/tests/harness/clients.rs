@@ -181,9 +181,9 @@ pub fn mosquitto_pub(addr: SocketAddr, proto: Proto, client_id: &str, password: 
             cmd.args(["-D", "publish", "user-property", k, v]);
         }
     }
-    let out = cmd
-        .output()
-        .expect("mosquitto_pub is needed (Debian package mosquitto-clients; .ci/run installs it)");
+    let out = cmd.output().expect(
+        "mosquitto_pub is needed (Debian package mosquitto-clients; tests/setup.sh installs it)",
+    );
     assert!(
         out.status.success(),
         "mosquitto_pub failed: {}",
@@ -225,7 +225,7 @@ print("published", info.mid)
         .expect("python3 is needed");
     assert!(
         out.status.success(),
-        "paho-mqtt publish failed (pip package paho-mqtt; .ci/run installs it): {}",
+        "paho-mqtt publish failed (pip package paho-mqtt; tests/setup.sh installs it): {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
