@@ -4,7 +4,10 @@
 //! without `--config` runs exactly that file: one TCP listener on 127.0.0.1:1883,
 //! anonymous clients allowed (loopback only), data in the state directory.
 //! `edge-agent validate [--config FILE]` checks a file (listeners, TLS files, users'
-//! password hashes, filters, journal rules) without starting anything.
+//! password hashes, filters, journal rules) without starting anything. A minimal file
+//! (`conf/examples/edge-agent.toml`: a listener and the uplink) is enough.
+//! `docs/configure-agent.md` documents every key; its test compares them with
+//! [`mqtt::config_file::keys`] of [`Config`].
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -161,10 +164,19 @@ fn bad(field: impl Into<String>, reason: impl Into<String>) -> Error {
 }
 
 impl Config {
-    /// Parses a configuration text and checks it; `origin` names it in errors.
+    /// Parses a configuration text and checks it; errors are [`Error::ConfigFile`],
+    /// named after `origin`.
     pub fn parse(text: &str, origin: &str) -> Result<Self> {
-        let config: Config = toml::from_str(text).map_err(|e| bad(origin, e.to_string()))?;
-        config.check()?;
+        let in_file = |reason: String| Error::ConfigFile {
+            origin: origin.to_owned(),
+            reason,
+        };
+        let config: Config =
+            mqtt::config_file::from_toml(text).map_err(|e| in_file(e.to_string()))?;
+        config.check().map_err(|e| match e {
+            Error::Config { field, reason } => in_file(format!("{field}: {reason}")),
+            other => in_file(other.to_string()),
+        })?;
         Ok(config)
     }
 
@@ -173,9 +185,9 @@ impl Config {
         match path {
             None => Self::parse(DEFAULT_CONFIG, "built-in defaults"),
             Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|source| Error::Io {
-                    path: p.to_path_buf(),
-                    source,
+                let text = std::fs::read_to_string(p).map_err(|e| Error::ConfigFile {
+                    origin: p.display().to_string(),
+                    reason: format!("cannot read it: {e}"),
                 })?;
                 Self::parse(&text, &p.display().to_string())
             }

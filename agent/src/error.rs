@@ -116,6 +116,17 @@ pub enum Error {
         reason: String,
     },
 
+    /// A configuration file (or the built-in defaults) is unreadable or invalid: the
+    /// file, then the key and what is wrong with it.
+    #[error("configuration {origin}: {reason}")]
+    ConfigFile {
+        /// The file, or "built-in defaults".
+        origin: String,
+        /// The dotted key and what is wrong (`limits.max_connections: must be greater
+        /// than 0`), or why the file cannot be read.
+        reason: String,
+    },
+
     /// No usable state directory could be determined.
     #[error("no state directory: {0}")]
     StateDir(String),

@@ -12,12 +12,17 @@
 //!   endpoint, `[metrics] bind`); when it is not running, says so, prints the journal's
 //!   offline statistics and exits with status 1.
 //!
+//! Errors are printed as one line, `edge-agent: error: ...` with their causes, never with
+//! a backtrace (whatever `RUST_BACKTRACE` says: backtraces are for crashes). Exit status 2
+//! for errors the user can fix (the configuration, the TLS files it names), 1 for others.
+//!
 //! The state directory is resolved as documented in `edge_agent::state_dir`:
 //! `--state-dir`, else `$STATE_DIRECTORY` (systemd), else `/var/lib/edge-agent` if
 //! writable, else `$XDG_STATE_HOME/edge-agent` or `~/.local/state/edge-agent`.
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -106,7 +111,7 @@ enum ExportFormat {
     Jsonl,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -116,6 +121,37 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+    match command(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("edge-agent: error: {e:#}");
+            if is_users_to_fix(&e) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Whether `e` is one the user caused and can fix (exit status 2).
+fn is_users_to_fix(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<edge_agent::Error>(),
+            Some(
+                edge_agent::Error::ConfigFile { .. }
+                    | edge_agent::Error::Config { .. }
+                    | edge_agent::Error::Mqtt(mqtt::Error::TlsFile { .. })
+            )
+        ) || matches!(
+            cause.downcast_ref::<mqtt::Error>(),
+            Some(mqtt::Error::TlsFile { .. })
+        )
+    })
+}
+
+fn command(cli: Cli) -> anyhow::Result<()> {
     match cli.command.unwrap_or(Command::Run) {
         Command::Journal { file, action } => {
             let path = match file {

@@ -103,14 +103,35 @@ fn validate_passwd_and_bad_config() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let bad = dir.path().join("bad.toml");
-    std::fs::write(&bad, "[limits]\nmax_conections = 3\n").expect("write");
-    let out = agent(&["validate", "--config", bad.to_str().expect("utf-8")]);
-    assert!(!out.status.success());
-    assert!(
-        text(&out.stderr).contains("max_conections"),
-        "{}",
-        text(&out.stderr)
-    );
+    // The user's errors: one line naming the file, the key and the reason, exit status 2,
+    // and no backtrace even with RUST_BACKTRACE=1.
+    for (content, needle) in [
+        (
+            "[limits]\nmax_conections = 3\n",
+            "limits.max_conections: unknown key",
+        ),
+        (
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:1\"\n[limits]\nmax_connections = 0\n",
+            "limits.max_connections: must be greater than 0",
+        ),
+        ("[[listener]]\nname = \"a\"\n", "listener[0].bind: missing"),
+    ] {
+        std::fs::write(&bad, content).expect("write");
+        let out = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
+            .args(["validate", "--config", bad.to_str().expect("utf-8")])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .expect("run edge-agent");
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{err}");
+        let prefix = format!("edge-agent: error: configuration {}: ", bad.display());
+        assert!(
+            err.starts_with(&prefix) && err.lines().count() == 1,
+            "one line: {err}"
+        );
+        assert!(err.contains(needle), "{err}");
+        assert!(!err.to_lowercase().contains("backtrace"), "{err}");
+    }
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_edge-agent"))
         .arg("passwd")

@@ -1,5 +1,8 @@
 //! Configuration: TOML, unknown keys refused, defaults in `conf/cloud-bridge.toml`, which is
-//! compiled in so that the bridge runs without a file.
+//! compiled in so that the bridge runs without a file. Every key but the name servers, the
+//! first-level topics, the credentials and the listeners has a default, so a minimal file
+//! (`conf/examples/cloud-bridge.toml`) is enough. `docs/configure-bridge.md` documents
+//! every key; its test compares them with [`mqtt::config_file::keys`] of [`Config`].
 
 use std::path::Path;
 use std::time::Duration;
@@ -19,7 +22,9 @@ pub struct Config {
     pub rocketmq: RocketMqConfig,
     /// Topic layout.
     pub topics: TopicsConfig,
-    /// Authentication.
+    /// Authentication (unset: no credentials, which `check` refuses unless anonymous
+    /// clients are allowed).
+    #[serde(default)]
     pub auth: AuthConfig,
     /// Connection limits.
     #[serde(default)]
@@ -49,6 +54,7 @@ pub struct RocketMqConfig {
     /// Name server addresses (`host:port`).
     pub namesrv: Vec<String>,
     /// Cluster for topic creation.
+    #[serde(default = "default_cluster")]
     pub cluster: String,
     /// Send timeout, ms.
     #[serde(default = "default_send_timeout")]
@@ -58,6 +64,9 @@ pub struct RocketMqConfig {
     pub meta_refresh_secs: u64,
 }
 
+fn default_cluster() -> String {
+    "DefaultCluster".to_owned()
+}
 fn default_send_timeout() -> u64 {
     3000
 }
@@ -74,11 +83,14 @@ pub struct TopicsConfig {
     /// Wildcard filters to register at init.
     #[serde(default)]
     pub wildcards: Vec<String>,
-    /// service.conf eventNotifyRetryTopic.
+    /// service.conf eventNotifyRetryTopic (rocketmq-mqtt's default name by default).
+    #[serde(default = "default_event_notify_retry_topic")]
     pub event_notify_retry_topic: String,
     /// service.conf clientRetryTopic.
+    #[serde(default = "default_client_retry_topic")]
     pub client_retry_topic: String,
     /// service.conf clientP2pTopic.
+    #[serde(default = "default_client_p2p_topic")]
     pub client_p2p_topic: String,
     /// Queues per created topic.
     #[serde(default = "default_queues")]
@@ -188,17 +200,25 @@ impl Quotas {
 fn default_queues() -> u32 {
     4
 }
+fn default_event_notify_retry_topic() -> String {
+    "eventNotifyRetryTopic".to_owned()
+}
+fn default_client_retry_topic() -> String {
+    "clientRetryTopic".to_owned()
+}
+fn default_client_p2p_topic() -> String {
+    "clientP2pTopic".to_owned()
+}
 
 /// rocketmq-mqtt compatible credentials.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
     /// service.conf username.
     pub username: String,
     /// service.conf secretKey.
     pub secret_key: String,
     /// Accept clients without credentials.
-    #[serde(default)]
     pub allow_anonymous: bool,
 }
 
@@ -309,7 +329,7 @@ pub struct AclRule {
 impl Config {
     /// Parses a configuration text and checks it.
     pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
-        let config: Config = toml::from_str(text).map_err(|e| Error::Config {
+        let config: Config = mqtt::config_file::from_toml(text).map_err(|e| Error::Config {
             origin: origin.to_owned(),
             reason: e.to_string(),
         })?;
@@ -327,7 +347,7 @@ impl Config {
             Some(p) => {
                 let text = std::fs::read_to_string(p).map_err(|e| Error::Config {
                     origin: p.display().to_string(),
-                    reason: e.to_string(),
+                    reason: format!("cannot read it: {e}"),
                 })?;
                 Self::parse(&text, &p.display().to_string())
             }
@@ -434,6 +454,9 @@ impl Config {
         }
         if !self.auth.allow_anonymous && self.auth.secret_key.is_empty() {
             return Err("auth.secret_key is empty and anonymous access is off".into());
+        }
+        if !self.auth.allow_anonymous && self.auth.username.is_empty() {
+            return Err("auth.username is empty and anonymous access is off".into());
         }
         self.metrics_addr()?;
         Ok(())

@@ -1,6 +1,12 @@
 //! The `cloud-bridge` command.
+//!
+//! Errors are printed as one line, `cloud-bridge: error: ...` with their causes, never as
+//! a debug dump with a backtrace (whatever `RUST_BACKTRACE` says: backtraces are for
+//! crashes). Exit status 2 for errors the user can fix (the configuration, a bad argument,
+//! the TLS files a listener names), 1 for the others.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -50,7 +56,7 @@ enum WildcardAction {
     List,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -59,6 +65,37 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
+    match command(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cloud-bridge: error: {e:#}");
+            if is_users_to_fix(&e) {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+    }
+}
+
+/// Whether `e` is one the user caused and can fix (exit status 2).
+fn is_users_to_fix(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<cloud_bridge::Error>(),
+            Some(
+                cloud_bridge::Error::Config { .. }
+                    | cloud_bridge::Error::Invalid(_)
+                    | cloud_bridge::Error::Mqtt(mqtt::Error::TlsFile { .. })
+            )
+        ) || matches!(
+            cause.downcast_ref::<mqtt::Error>(),
+            Some(mqtt::Error::TlsFile { .. })
+        )
+    })
+}
+
+fn command(cli: Cli) -> anyhow::Result<()> {
     let config = Config::load(cli.config.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -11,13 +11,21 @@ use harness::clients::{Msg, Proto, rumqttc_publish};
 use harness::{config_text, max_offset, password, start_bridge, tool, unique};
 
 fn bridge(args: &[&str]) -> (bool, String, String) {
+    let (code, out, err) = bridge_code(args);
+    (code == Some(0), out, err)
+}
+
+/// Runs cloud-bridge with `RUST_BACKTRACE=1`, as on many developer machines: errors must
+/// still print as one message.
+fn bridge_code(args: &[&str]) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_cloud-bridge"))
         .args(args)
         .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "1")
         .output()
         .expect("run cloud-bridge");
     (
-        out.status.success(),
+        out.status.code(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
@@ -52,8 +60,17 @@ fn validate_accepts_the_shipped_config_and_names_what_is_wrong() {
         };
         let path = dir.join(format!("{}.toml", name.replace(' ', "_")));
         std::fs::write(&path, text).unwrap();
-        let (ok, _, err) = bridge(&["validate", "--config", path.to_str().unwrap()]);
-        assert!(!ok, "{name} must be refused");
+        let (code, _, err) = bridge_code(&["validate", "--config", path.to_str().unwrap()]);
+        assert_eq!(
+            code,
+            Some(2),
+            "{name} must be refused as the user's error: {err}"
+        );
+        assert!(
+            err.starts_with("cloud-bridge: error: configuration ") && err.lines().count() == 1,
+            "{name}: one line: {err}"
+        );
+        assert!(!err.to_lowercase().contains("backtrace"), "{name}: {err}");
         assert!(
             err.contains(path.to_str().unwrap()),
             "{name}: the error names the file: {err}"
@@ -64,8 +81,11 @@ fn validate_accepts_the_shipped_config_and_names_what_is_wrong() {
         );
         assert!(!err.contains("panicked"), "{name}: {err}");
     }
-    let (ok, _, err) = bridge(&["validate", "--config", "/nonexistent/bridge.toml"]);
-    assert!(!ok && err.contains("/nonexistent/bridge.toml"), "{err}");
+    let (code, _, err) = bridge_code(&["validate", "--config", "/nonexistent/bridge.toml"]);
+    assert!(
+        code == Some(2) && err.contains("/nonexistent/bridge.toml"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
 

@@ -6,6 +6,7 @@ pub mod broker;
 pub mod budget;
 pub mod cloud_topic;
 pub mod codec;
+pub mod config_file;
 pub mod connection;
 pub mod error;
 pub mod listener;

@@ -106,7 +106,8 @@ pub struct Process {
 }
 
 impl Process {
-    fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Self {
+    /// Starts `target/<profile>/name args`, logging to `log`.
+    pub fn spawn(name: &str, args: Vec<String>, log: PathBuf) -> Self {
         let mut p = Process {
             name: name.to_owned(),
             args,
