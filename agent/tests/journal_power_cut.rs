@@ -9,7 +9,7 @@
 //!
 //! The same cut with `synchronous = "normal"` (no flush before the acknowledgement)
 //! loses acknowledged messages: the control that shows the test can fail, and the loss
-//! window the README states for `normal`.
+//! window docs/journal.md states for `normal`.
 //!
 //! The writes stay below SQLite's auto-checkpoint (1,000 WAL pages), so the WAL only
 //! grows and the main file does not change while the power is "on": the image is then

@@ -1,5 +1,5 @@
 //! The agent's figures at one instant, and their OpenMetrics encoding (metric names are
-//! listed in the README, section "Metrics and status").
+//! listed in docs/operating.md).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

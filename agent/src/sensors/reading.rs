@@ -1,5 +1,5 @@
 //! The JSON the sensors publish: readings and status messages (the schema is in the
-//! `sensors` module doc and in the README).
+//! `sensors` module doc and in docs/configure-agent.md).
 
 use serde::Serialize;
 
