@@ -76,7 +76,8 @@ wait_port() { # port what
 say "cloud-bridge init (topics and kvconfig on the local RocketMQ)"
 "$bin/cloud-bridge" init --config conf/demo/cloud-bridge.toml >"$run/init.log" 2>&1 || { cat "$run/init.log" >&2; exit 1; }
 say "starting cloud-bridge: gateways mTLS 127.0.0.1:8883, apps 127.0.0.1:2883 (log $run/cloud-bridge.log)"
-"$bin/cloud-bridge" run --config conf/demo/cloud-bridge.toml >"$run/cloud-bridge.log" 2>&1 &
+# --insecure-demo: the demo's secret ships in conf/demo (loopback listeners only).
+"$bin/cloud-bridge" run --insecure-demo --config conf/demo/cloud-bridge.toml >"$run/cloud-bridge.log" 2>&1 &
 pids+=($!)
 wait_port 8883 cloud-bridge
 say "starting edge-agent: devices 127.0.0.1:1883, simulated sensor sim-1 (log $run/edge-agent.log)"

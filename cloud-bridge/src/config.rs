@@ -326,7 +326,20 @@ pub struct AclRule {
     pub subscribe: Vec<String>,
 }
 
+/// Secrets that ship in this repository's configuration files: anyone can read them, so a
+/// bridge that accepts them accepts everybody.
+pub const PLACEHOLDER_SECRETS: [&str; 2] = ["demo-secret-change-me", "change-me"];
+
+/// How to make a secret of one's own.
+pub const SECRET_HINT: &str =
+    "set auth.secret_key to a secret of your own, e.g. the output of `openssl rand -base64 32`";
+
 impl Config {
+    /// Whether clients authenticate with a secret that ships in the repository.
+    pub fn uses_placeholder_secret(&self) -> bool {
+        !self.auth.allow_anonymous && PLACEHOLDER_SECRETS.contains(&self.auth.secret_key.as_str())
+    }
+
     /// Parses a configuration text and checks it.
     pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
         let config: Config = mqtt::config_file::from_toml(text).map_err(|e| Error::Config {

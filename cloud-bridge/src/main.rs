@@ -22,6 +22,10 @@ struct Cli {
     /// Configuration file (TOML). Without it, the built-in defaults (conf/cloud-bridge.toml).
     #[arg(long, short, global = true, env = "CLOUD_BRIDGE_CONFIG")]
     config: Option<PathBuf>,
+    /// Serve even with a secret that ships in this repository (`demo-secret-change-me`,
+    /// `change-me`): for a local demo only, anyone who knows it can connect.
+    #[arg(long, global = true)]
+    insecure_demo: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -103,7 +107,25 @@ fn command(cli: Cli) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Run) {
-            Command::Run => run(config).await,
+            Command::Run if config.uses_placeholder_secret() && !cli.insecure_demo => {
+                Err(cloud_bridge::Error::Config {
+                    origin: cli
+                        .config
+                        .as_deref()
+                        .map_or("built-in defaults".into(), |p| p.display().to_string()),
+                    reason: format!(
+                        "auth.secret_key is a secret shipped with cloud-bridge, so anyone could connect: {}; or pass --insecure-demo for a local demo",
+                        cloud_bridge::config::SECRET_HINT
+                    ),
+                }
+                .into())
+            }
+            Command::Run => {
+                if config.uses_placeholder_secret() {
+                    tracing::warn!("--insecure-demo: clients authenticate with a secret shipped with cloud-bridge");
+                }
+                run(config).await
+            }
             Command::Validate => {
                 println!(
                     "{}: valid",
@@ -127,6 +149,12 @@ fn command(cli: Cli) -> anyhow::Result<()> {
                 }
                 for (k, v) in report.kv {
                     println!("kvconfig LMQ {k} = {v}");
+                }
+                if config.uses_placeholder_secret() {
+                    println!(
+                        "note: auth.secret_key is a shipped placeholder and `cloud-bridge run` refuses it: {}",
+                        cloud_bridge::config::SECRET_HINT
+                    );
                 }
                 Ok(())
             }

@@ -173,3 +173,19 @@ async fn init_and_wildcard_commands_manage_kvconfig_and_a_running_bridge_follows
     server.stop(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn run_refuses_a_secret_that_ships_with_the_code() {
+    // The built-in defaults carry "demo-secret-change-me": anyone could compute every
+    // client's password. `run` stops before binding anything, with exit status 2.
+    let (code, _, err) = bridge_code(&["run"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("auth.secret_key") && err.contains("--insecure-demo"),
+        "{err}"
+    );
+    assert!(!err.contains("Stack backtrace"), "{err}");
+    // `validate` says nothing against it: the file is valid, only unsafe to serve.
+    let (code, _, err) = bridge_code(&["validate"]);
+    assert_eq!(code, Some(0), "{err}");
+}

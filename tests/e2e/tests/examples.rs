@@ -88,9 +88,27 @@ fn the_minimal_examples_validate_and_carry_a_message_to_rocketmq() {
         ],
     ) + "\n[metrics]\nbind = \"\"\n";
     let bridge_config = dir.path().join("bridge.toml");
-    std::fs::write(&bridge_config, bridge_text).unwrap();
+    std::fs::write(&bridge_config, &bridge_text).unwrap();
     let (code, err) = validate("cloud-bridge", &bridge_config);
     assert_eq!(code, Some(0), "{err}");
+    // Served as shipped, the example's secret would let anyone in: `run` refuses it
+    // (exit 2, before binding anything); a user sets their own.
+    let refused = Command::new(bin("cloud-bridge"))
+        .args(["run", "--config"])
+        .arg(&bridge_config)
+        .output()
+        .expect("cloud-bridge run");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("auth.secret_key") && err.contains("openssl rand"),
+        "{err}"
+    );
+    let bridge_text = adapt(
+        &bridge_text,
+        &[("\"change-me\"", "\"e2e-examples-secret\"")],
+    );
+    std::fs::write(&bridge_config, bridge_text).unwrap();
 
     let agent_port = free_port();
     let agent_text = adapt(
