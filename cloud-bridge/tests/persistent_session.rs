@@ -211,6 +211,89 @@ async fn the_will_of_a_client_whose_bridge_was_killed_is_published_by_another_br
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// A will belongs to one connection: a new connection of the client without a will
+/// replaces it, and a normal DISCONNECT discards it. Neither may come back when the bridge
+/// dies later (before: the taken-over connection's copy stayed in the will table and
+/// another bridge published it after the kill).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_or_discarded_will_is_not_published_after_the_bridge_dies() {
+    use rumqttc::mqttbytes::v4;
+    let first = unique("stale");
+    let dir = std::env::temp_dir().join(unique("stale-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    let text = config_text(&first, &[], "").replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    let path = dir.join("a.toml");
+    std::fs::write(&path, &text).unwrap();
+    let mut a = spawn_bridge(&path);
+    wait_listening(port).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let connect = |id: &str, will: Option<&str>| {
+        let mut c = v4::Connect::new(id.to_owned());
+        c.set_login("demo", password(id));
+        c.last_will =
+            will.map(|t| v4::LastWill::new(t, "offline", rumqttc::QoS::AtLeastOnce, false));
+        v4::Packet::Connect(c)
+    };
+    let status = |id: &str| format!("{first}/status/{id}");
+
+    // x: a will, then a takeover by a connection without one, which disconnects normally.
+    let x = unique("x");
+    let mut first_conn = harness::raw::Raw::connect(addr, false).await;
+    first_conn.send4(connect(&x, Some(&status(&x)))).await;
+    assert!(
+        first_conn.recv(Duration::from_secs(10)).await.is_some(),
+        "CONNACK"
+    );
+    let mut second = harness::raw::Raw::connect(addr, false).await;
+    second.send4(connect(&x, None)).await;
+    assert!(
+        second.recv(Duration::from_secs(10)).await.is_some(),
+        "CONNACK"
+    );
+    second.send4(v4::Packet::Disconnect).await;
+    // z: a will, discarded by a normal DISCONNECT.
+    let z = unique("z");
+    let mut zc = harness::raw::Raw::connect(addr, false).await;
+    zc.send4(connect(&z, Some(&status(&z)))).await;
+    assert!(zc.recv(Duration::from_secs(10)).await.is_some(), "CONNACK");
+    zc.send4(v4::Packet::Disconnect).await;
+    // y (the control): a will, connected when the bridge dies.
+    let y = unique("y");
+    let mut yc = harness::raw::Raw::connect(addr, false).await;
+    yc.send4(connect(&y, Some(&status(&y)))).await;
+    assert!(yc.recv(Duration::from_secs(10)).await.is_some(), "CONNACK");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    a.0.kill().unwrap();
+    let _ = a.0.wait();
+    let (b, _) = start_bridge(&config_text(&first, &[], "")).await;
+    // The sweeper publishes y's will once a's heartbeat is stale (15 s).
+    let y_lmq = cloud_bridge::lmq::lmq_name(&status(&y));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while harness::max_offset(&y_lmq) < 1 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert_eq!(
+        harness::max_offset(&y_lmq),
+        1,
+        "the control will was published"
+    );
+    // One more sweep, then neither of the others.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for id in [&x, &z] {
+        let lmq = cloud_bridge::lmq::lmq_name(&status(id));
+        assert_eq!(
+            harness::max_offset(&lmq),
+            0,
+            "the will of {id} was published"
+        );
+    }
+    b.stop(Duration::from_secs(5)).await;
+    drop((first_conn, second, zc, yc));
+    let _ = std::fs::remove_dir_all(dir);
+}
+
 /// Connects a persistent 3.1.1 session, optionally subscribes, and returns the publishes
 /// received within a few seconds (acknowledging those `ack` accepts), then DISCONNECTs.
 async fn session_round(

@@ -185,6 +185,51 @@ async fn every_quota_refuses_with_0x97_and_is_counted() {
     server.stop(Duration::from_secs(2)).await;
 }
 
+/// Session records are written only when they change: no-op UNSUBSCRIBEs and repeated
+/// identical SUBSCRIBEs of a persistent session add no record to the session table (each
+/// wrote one before, 501 name-server writes for 500 no-op UNSUBSCRIBEs when sessions lived
+/// in kvconfig).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_sessions_are_not_written_again() {
+    let first = unique("nochg");
+    let (server, _) = start_bridge(&config(&first, "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let id = unique("s");
+    let filter = format!("{first}/a/+");
+    let session = |ops: Vec<serde_json::Value>| json!({"client_id": id, "clean": false, "expiry": 3600, "ops": ops});
+    let r = paho_sessions::run(
+        addr,
+        1,
+        &[session(vec![json!({"op": "subscribe", "filter": filter})])],
+    );
+    assert_eq!(r[0]["ops"], json!([1]), "{}", r[0]);
+    let session_topic = format!("{first}S");
+    let before = harness::max_offset(&session_topic);
+    let mut ops = Vec::new();
+    for i in 0..100 {
+        ops.push(json!({"op": "unsubscribe", "filter": format!("{first}/none/{i}")}));
+        ops.push(json!({"op": "subscribe", "filter": filter}));
+    }
+    let r = paho_sessions::run(addr, 1, &[session(ops)]);
+    assert_eq!(r[0]["present"], true, "{}", r[0]);
+    let codes = r[0]["ops"].as_array().unwrap();
+    assert_eq!(codes.len(), 200);
+    assert!(
+        codes.iter().step_by(2).all(|c| *c == 0x11),
+        "no subscription existed: {}",
+        r[0]
+    );
+    let after = harness::max_offset(&session_topic);
+    // The connection's own open and close rewrite the record (owner, then the end mark):
+    // at most those two, not one per packet.
+    assert!(
+        after - before <= 2,
+        "{} session records for 200 no-op packets",
+        after - before
+    );
+    server.stop(Duration::from_secs(2)).await;
+}
+
 /// The name server's heap in use after a full GC, bytes (`jcmd`, JDK 17).
 fn namesrv_heap_used() -> u64 {
     let pid = std::fs::read_to_string(repo_root().join("tests/rocketmq/run/namesrv.pid"))

@@ -33,9 +33,12 @@ def run(s):
         out["ops"].append(codes[0].value); ev.set()
     def on_publish(c, u, mid, rc, p=None):
         out["ops"].append(rc.value); ev.set()
+    def on_unsubscribe(c, u, mid, codes, p=None):
+        out["ops"].append(codes[0].value if codes else 0); ev.set()
     def on_disconnect(c, u, f, rc, p=None):
         out["disconnect"] = rc.value; ev.set()
     c.on_connect, c.on_subscribe, c.on_publish, c.on_disconnect = on_connect, on_subscribe, on_publish, on_disconnect
+    c.on_unsubscribe = on_unsubscribe
     props = None
     if v5:
         props = Properties(PacketTypes.CONNECT)
@@ -53,6 +56,8 @@ def run(s):
                 ev.clear()
                 if op["op"] == "publish":
                     c.publish(op["topic"], op.get("payload", "x").encode(), qos=op.get("qos", 1), retain=op.get("retain", False))
+                elif op["op"] == "unsubscribe":
+                    c.unsubscribe(op["filter"])
                 else:
                     c.subscribe(op["filter"], qos=op.get("qos", 1))
                 if not ev.wait(10) or out["disconnect"] is not None:
@@ -69,7 +74,7 @@ with ThreadPoolExecutor(max_workers=workers) as pool:
 
 /// Runs `sessions` (JSON objects: `client_id`, `proto` 5|3, `clean`, `expiry`,
 /// `will_bytes`, `will_topic`, `ops`: `{op: publish, topic, qos, retain, payload}` or
-/// `{op: subscribe, filter, qos}`) against `addr`, `workers` at a time; one result each,
+/// `{op: subscribe, filter, qos}` or `{op: unsubscribe, filter}`) against `addr`, `workers` at a time; one result each,
 /// in order: `connack`, `present`, `ops` (reason codes), `disconnect`.
 pub fn run(
     addr: SocketAddr,
