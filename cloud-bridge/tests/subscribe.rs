@@ -287,6 +287,47 @@ async fn p2p_publishes_reach_exactly_that_client() {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// One SUBSCRIBE with many filters (duplicates and overlaps included) reads the retained
+/// messages once and sends each once, at the highest QoS granted to a filter matching it.
+/// Before, every filter entry read the whole retained store and sent its own copies: a 14 KB
+/// SUBSCRIBE of 2,000 entries read the name server's retained namespace 2,000 times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_subscribe_sends_each_retained_message_once() {
+    let first = unique("ret1");
+    let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let topics: Vec<String> = (0..3).map(|i| format!("{first}/r/{i}")).collect();
+    let retained: Vec<serde_json::Value> = topics
+        .iter()
+        .map(|t| serde_json::json!({"op": "publish", "topic": t, "qos": 1, "retain": true, "payload": "kept"}))
+        .collect();
+    let r = harness::paho_sessions::run(
+        addr,
+        1,
+        &[serde_json::json!({"client_id": unique("p"), "ops": retained})],
+    );
+    assert_eq!(r[0]["ops"], serde_json::json!([0, 0, 0]), "{}", r[0]);
+    let wild = format!("{first}/r/+");
+    let all = format!("{first}/#");
+    let mut filters: Vec<(&str, u8)> = vec![(&wild, 0), (&all, 1), (&topics[0], 0)];
+    for _ in 0..20 {
+        filters.push((&wild, 0));
+    }
+    let id = unique("s");
+    let mut s = rumqttc_subscribe(addr, Proto::V311, &id, &password(&id), true, &filters).await;
+    let mut got = Vec::new();
+    while let Some(m) = s.next(Duration::from_secs(3)).await {
+        got.push((m.topic, m.qos));
+    }
+    got.sort();
+    let expected: Vec<(String, u8)> = topics.iter().map(|t| (t.clone(), 1)).collect();
+    assert_eq!(
+        got, expected,
+        "each retained message once, at the highest granted QoS"
+    );
+    server.stop(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_messages_survive_a_bridge_restart_and_are_shared() {
     let first = unique("ret");
