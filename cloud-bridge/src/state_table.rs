@@ -550,7 +550,10 @@ impl Table {
                             .property(STATE_AT)
                             .and_then(|t| t.parse().ok())
                             .unwrap_or(m.store_timestamp);
-                        let value = (m.property(STATE_OP) != Some("del")).then(|| m.body.clone());
+                        // A copy: the body is a slice of the whole pull response, which
+                        // an entry must not keep alive.
+                        let value = (m.property(STATE_OP) != Some("del"))
+                            .then(|| Bytes::copy_from_slice(&m.body));
                         let owner = m.property(STATE_OWNER).map(Arc::from);
                         let source = Source {
                             queue: queue.clone(),
