@@ -253,7 +253,8 @@ impl Core {
     /// Whether a message on `topic` goes to the journal: it matches an `[uplink] topics`
     /// filter and its cloud topic is one RocketMQ can carry (`mqtt::cloud_topic`: a device
     /// must not smuggle a `,` or `%` into the cloud's queue names). A refused one is still
-    /// delivered locally; it is counted (`uplink_refused_topic`) and logged.
+    /// delivered locally; it is counted (`dropped_total{reason="cloud_topic_refused"}`)
+    /// and logged.
     fn is_uplink(&self, topic: &str) -> bool {
         if !self.uplink.iter().any(|f| mqtt::topic::matches(f, topic)) {
             return false;
