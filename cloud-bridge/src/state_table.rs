@@ -246,6 +246,22 @@ impl Drop for Reservation {
     }
 }
 
+/// Every readable queue of a route: (master broker address, queue id).
+fn route_queues(route: &crate::rocketmq::TopicRoute) -> Vec<(Arc<str>, i32)> {
+    let mut out = Vec::new();
+    for (name, addr) in route.readable_masters() {
+        let n = route
+            .queues
+            .iter()
+            .find(|q| q.broker_name == name)
+            .map_or(1, |q| q.read_queue_nums);
+        for queue in 0..n {
+            out.push((Arc::from(addr), i32::try_from(queue).unwrap_or(i32::MAX)));
+        }
+    }
+    out
+}
+
 /// Milliseconds since the epoch.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -414,17 +430,7 @@ impl Table {
         let mut queues = lock(&self.inner.state).tailed.clone();
         if queues.is_empty() {
             // Not tailing yet (the bridge just started): the route says what to wait for.
-            let route = self.inner.namesrv.topic_route(&self.inner.topic).await?;
-            for (name, addr) in route.readable_masters() {
-                let n = route
-                    .queues
-                    .iter()
-                    .find(|q| q.broker_name == name)
-                    .map_or(1, |q| q.read_queue_nums);
-                for queue in 0..n {
-                    queues.push((Arc::from(addr), i32::try_from(queue).unwrap_or(i32::MAX)));
-                }
-            }
+            queues = route_queues(&self.inner.namesrv.topic_route(&self.inner.topic).await?);
         }
         let mut targets = Vec::new();
         for (addr, queue) in queues {
@@ -477,19 +483,11 @@ impl Table {
             match self.inner.namesrv.topic_route(&self.inner.topic).await {
                 Ok(route) => {
                     failing = false;
-                    for (name, addr) in route.readable_masters() {
-                        let queues = route
-                            .queues
-                            .iter()
-                            .find(|q| q.broker_name == name)
-                            .map_or(1, |q| q.read_queue_nums);
-                        for queue in 0..queues {
-                            let key = (Arc::<str>::from(addr), i32::try_from(queue).unwrap_or(0));
-                            if !started.contains(&key) {
-                                started.push(key.clone());
-                                lock(&self.inner.state).tailed.push(key.clone());
-                                tracker.spawn(self.clone().tail(key, shutdown.clone()));
-                            }
+                    for key in route_queues(&route) {
+                        if !started.contains(&key) {
+                            started.push(key.clone());
+                            lock(&self.inner.state).tailed.push(key.clone());
+                            tracker.spawn(self.clone().tail(key, shutdown.clone()));
                         }
                     }
                 }
