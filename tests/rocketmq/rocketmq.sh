@@ -188,9 +188,12 @@ EOF
 
 launch() { # name heap-opts main args...
   local name="$1" heap="$2"; shift 2
+  # Every LMQ (each distinct MQTT topic) keeps a file open in the broker: give it the
+  # hard limit of open files, not a soft default such as 1024 (RocketMQ asks for 655350).
   # shellcheck disable=SC2046,SC2086
-  setsid nohup "$JAVA" $heap $(common_jvm_opts "$name") -cp "$LIB/*" "$@" \
-    >>"$LOGS/$name.out" 2>&1 </dev/null 9>&- &
+  (ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+   exec setsid nohup "$JAVA" $heap $(common_jvm_opts "$name") -cp "$LIB/*" "$@" \
+    >>"$LOGS/$name.out" 2>&1 </dev/null 9>&-) &
   echo $! >"$(pidfile "$name")"
   disown
   LAUNCHED+=("$name")
