@@ -15,89 +15,55 @@
 
 mod harness;
 
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use harness::clients::Proto;
 use harness::subscriber::External;
 use harness::{config_text, max_offset, password, start_bridge, tool, unique};
 
-/// Runs attempts with paho-mqtt; one JSON result line per attempt.
-const ATTEMPTS: &str = r#"
-import sys, json, time, hmac, hashlib, base64, threading
-import paho.mqtt.client as mqtt
-port, cases = int(sys.argv[1]), json.loads(sys.stdin.read())
-def pw(cid):
-    return base64.b64encode(hmac.new(b"test-secret", cid.encode(), hashlib.sha1).digest()).decode()
-from concurrent.futures import ThreadPoolExecutor
-def run(case):
-    ev = {"connack": None, "suback": None, "puback": None, "disconnect": None}
-    done = threading.Event()
-    v5 = case["proto"] == 5
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=case["client_id"],
-                    protocol=mqtt.MQTTv5 if v5 else mqtt.MQTTv311)
-    c.username_pw_set("demo", pw(case["client_id"]))
-    if case["kind"] == "will":
-        c.will_set(case["topic"], b"gone", qos=1)
-    def on_connect(c, u, f, rc, p=None):
-        ev["connack"] = rc.value
-        if rc.value != 0:
-            done.set()
-        elif case["kind"] == "subscribe":
-            c.subscribe(case["topic"], qos=1)
-        elif case["kind"] == "publish":
-            c.publish(case["topic"], b"attack", qos=1, retain=case.get("retain", False))
-        else:
-            done.set()
-    def on_subscribe(c, u, mid, codes, p=None):
-        ev["suback"] = codes[0].value
-        done.set()
-    def on_publish(c, u, mid, rc, p=None):
-        ev["puback"] = rc.value
-        done.set()
-    def on_disconnect(c, u, f, rc, p=None):
-        ev["disconnect"] = rc.value
-        done.set()
-    c.on_connect, c.on_subscribe, c.on_publish, c.on_disconnect = on_connect, on_subscribe, on_publish, on_disconnect
-    try:
-        c.connect("127.0.0.1", port, keepalive=30)
-        c.loop_start()
-        done.wait(10)
-        time.sleep(0.1)
-        c.disconnect()
-        c.loop_stop()
-    except Exception as e:
-        ev["error"] = str(e)
-    return json.dumps({"case": case, **ev})
-with ThreadPoolExecutor(max_workers=16) as pool:
-    for line in pool.map(run, cases):
-        print(line, flush=True)
-"#;
-
-fn attempts(port: u16, cases: &serde_json::Value) -> Vec<serde_json::Value> {
-    use std::io::Write;
-    let mut child = Command::new("python3")
-        .args(["-c", ATTEMPTS, &port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("python3 with paho-mqtt 2.x (pip package paho-mqtt)");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(cases.to_string().as_bytes())
-        .expect("cases written");
-    let out = child.wait_with_output().expect("paho attempts");
-    assert!(
-        out.status.success(),
-        "paho attempts failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+/// Runs attempts (`kind`: publish, will, subscribe or connect) with paho-mqtt, 16 at a
+/// time (`harness::paho_sessions`); per attempt: the case, `connack`, `puback`, `suback`
+/// and `disconnect` reason codes (null when none came).
+fn attempts(addr: std::net::SocketAddr, cases: &serde_json::Value) -> Vec<serde_json::Value> {
+    use serde_json::{Value, json};
+    let cases = cases.as_array().expect("cases");
+    let sessions: Vec<Value> = cases
+        .iter()
+        .map(|c| {
+            let mut s = json!({"client_id": c["client_id"], "proto": c["proto"]});
+            match c["kind"].as_str() {
+                Some("publish") => {
+                    s["ops"] = json!([{"op": "publish", "topic": c["topic"], "qos": 1,
+                        "retain": c["retain"], "payload": "attack"}]);
+                }
+                Some("subscribe") => {
+                    s["ops"] = json!([{"op": "subscribe", "filter": c["topic"], "qos": 1}]);
+                }
+                Some("will") => {
+                    s["will_bytes"] = json!(4);
+                    s["will_topic"] = c["topic"].clone();
+                }
+                _ => {}
+            }
+            s
+        })
+        .collect();
+    let results = harness::paho_sessions::run(addr, 16, &sessions);
+    cases
+        .iter()
+        .zip(results)
+        .map(|(case, r)| {
+            let code = r["ops"].get(0).cloned().unwrap_or(Value::Null);
+            let of = |kind: &str| {
+                if case["kind"] == kind {
+                    code.clone()
+                } else {
+                    Value::Null
+                }
+            };
+            json!({"case": case, "connack": r["connack"], "disconnect": r["disconnect"],
+                "puback": of("publish"), "suback": of("subscribe")})
+        })
         .collect()
 }
 
@@ -163,7 +129,7 @@ async fn separators_and_long_names_are_refused_everywhere_and_dispatch_goes_on()
         .collect();
     let retained_before = max_offset("mqttRetained");
     let tried = cases.len();
-    let results = attempts(addr.port(), &serde_json::Value::Array(cases));
+    let results = attempts(addr, &serde_json::Value::Array(cases));
     assert_eq!(results.len(), tried);
     for r in &results {
         let case = &r["case"];
@@ -210,7 +176,7 @@ async fn separators_and_long_names_are_refused_everywhere_and_dispatch_goes_on()
             cases.push(serde_json::json!({"kind": "connect", "proto": proto, "client_id": id}));
         }
     }
-    for r in attempts(addr.port(), &serde_json::Value::Array(cases)) {
+    for r in attempts(addr, &serde_json::Value::Array(cases)) {
         // 0x85 under MQTT 5; 3.1.1 return code 2, which paho shows as 0x85 too.
         assert_eq!(r["connack"], 0x85, "{}", r["case"]["client_id"]);
     }
