@@ -19,14 +19,15 @@ if [[ ${1:-} == --stop ]]; then stop=1; shift; fi
 rmq=tests/rocketmq/rocketmq.sh
 "$rmq" install
 "$rmq" start
+# The instance's addresses (another instance when ROCKETMQ_NAMESRV_PORT/_BROKER_PORT are set).
 set -a
-# shellcheck disable=SC1091
-source tests/rocketmq/run/env
+# shellcheck disable=SC1090
+source <("$rmq" env)
 set +a
 echo "RocketMQ: namesrv $ROCKETMQ_NAMESRV, broker $ROCKETMQ_BROKER ($ROCKETMQ_CLUSTER/$ROCKETMQ_BROKER_NAME)"
 # The broker refuses every send once its disk is 90% full (diskMaxUsedSpaceRatio and the
 # 5.x disk-full check): say so here, instead of letting dozens of tests fail on a refusal.
-used=$(df --output=pcent tests/rocketmq/run | tail -1 | tr -dc 0-9)
+used=$(df --output=pcent tests/rocketmq | tail -1 | tr -dc 0-9)
 if ((used >= 88)); then
   echo "tests/run.sh: the disk holding tests/rocketmq/run is ${used}% full, and RocketMQ" \
     "refuses sends from 90%: free space first (target/debug/incremental is often large)" >&2
