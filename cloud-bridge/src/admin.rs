@@ -6,7 +6,10 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lmq;
 use crate::meta::{self, ALL_FIRST_TOPICS, LMQ_CONNECT_NODES, NAMESPACE};
-use crate::rocketmq::{Client, ClientConfig, NameServer, TopicConfig};
+use crate::rocketmq::{Client, ClientConfig, NameServer, Producer, ProducerConfig, TopicConfig};
+use crate::state_table::{Table, TableLimits};
+use crate::wildcards;
+use std::sync::Arc;
 
 /// What `init` did, for the operator.
 #[derive(Debug, Default)]
@@ -82,7 +85,12 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
     }
     // The state tables (`state_table.rs`): compaction topics, one queue per broker. The
     // cleanup policy can only be set when a topic is created.
-    for topic in [&t.retained_topic, &t.session_topic, &t.will_topic] {
+    for topic in [
+        &t.retained_topic,
+        &t.session_topic,
+        &t.will_topic,
+        &t.wildcard_topic,
+    ] {
         let brokers = create_topic(
             &ns,
             &config.rocketmq.cluster,
@@ -160,11 +168,33 @@ async fn add_wildcards(
     Ok(list)
 }
 
-/// Registers a wildcard filter; returns the first-level topic's list after the change.
+/// The wildcard lease table (`wildcards.rs`), for writing only.
+fn lease_table(config: &Config) -> Result<Table, Error> {
+    let ns = Arc::new(namesrv(config)?);
+    let producer = Arc::new(Producer::new(
+        ns.clone(),
+        ProducerConfig {
+            group: "cloud-bridge-admin".to_owned(),
+            send_timeout: config.send_timeout(),
+            ..ProducerConfig::default()
+        },
+    ));
+    Ok(Table::new(
+        "wildcards",
+        &config.topics.wildcard_topic,
+        ns,
+        producer,
+        TableLimits::default(),
+    ))
+}
+
+/// Registers a wildcard filter, pinned: a lease a bridge held on it is deleted, so that it
+/// is never pruned. Returns the first-level topic's list after the change.
 pub async fn wildcard_add(config: &Config, filter: &str) -> Result<Vec<String>, Error> {
     let ns = namesrv(config)?;
     let first_levels = first_levels(&ns, config).await?;
     lmq::check_wildcard(filter, &first_levels).map_err(Error::Invalid)?;
+    wildcards::pin(&lease_table(config)?, filter).await?;
     add_wildcards(&ns, mqtt::topic::first_level(filter), &[filter.to_owned()]).await
 }
 
@@ -182,6 +212,8 @@ pub async fn wildcard_remove(config: &Config, filter: &str) -> Result<Vec<String
         return Err(Error::Invalid(format!("{filter:?} is not registered")));
     }
     ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
+    // Its lease, if a bridge registered it, goes too.
+    wildcards::pin(&lease_table(config)?, filter).await?;
     Ok(list)
 }
 

@@ -23,13 +23,14 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lmq;
 use crate::lmq_message;
-use crate::meta::{self, Meta};
+use crate::meta::Meta;
 use crate::metrics::{SendMetrics, SendOutcome};
 use crate::retained;
 use crate::rocketmq::{NameServer, Producer};
 use crate::session::{BridgeSession, Opening};
 use crate::session_store;
 use crate::state_table::Tables;
+use crate::wildcards::Wildcards;
 use crate::will_store;
 
 /// How long a topic's broker list is used before it is looked up again.
@@ -57,6 +58,8 @@ struct Inner {
     tables: Tables,
     /// Writes refused by a quota: (table, quota) -> count.
     quota_refused: Mutex<HashMap<(&'static str, &'static str), u64>>,
+    /// Registration, leases and pruning of wildcard filters.
+    wildcards: Wildcards,
 }
 
 impl Bridge {
@@ -68,8 +71,16 @@ impl Bridge {
         producer: Producer,
         tables: Tables,
     ) -> Self {
+        let wildcards = Wildcards::new(
+            &config,
+            namesrv.clone(),
+            meta.clone(),
+            tables.wildcards.clone(),
+            tables.sessions.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                wildcards,
                 tables,
                 quota_refused: Mutex::new(HashMap::new()),
                 config,
@@ -246,29 +257,9 @@ impl Bridge {
         Ok(all)
     }
 
-    /// Registers a wildcard filter in kvconfig and in this bridge's meta at once.
-    pub async fn register_wildcard(&self, filter: &str) -> Result<(), Error> {
-        let first = mqtt::topic::first_level(filter);
-        lmq::check_wildcard(filter, &[first.to_owned()]).map_err(Error::Invalid)?;
-        let ns = &self.inner.namesrv;
-        let mut list = match ns.get_kv_config(meta::NAMESPACE, first).await? {
-            Some(v) => meta::split_list(&v),
-            None => Vec::new(),
-        };
-        if !list.iter().any(|f| f == filter) {
-            let max = self.inner.config.quotas.wildcards_per_first_level;
-            if max != 0 && list.len() >= max {
-                return Err(Error::QuotaExceeded(
-                    "wildcards",
-                    crate::state_table::Quota::Entries,
-                ));
-            }
-            list.push(filter.to_owned());
-            ns.put_kv_config(meta::NAMESPACE, first, &list.join(","))
-                .await?;
-        }
-        self.inner.meta.add_wildcard(filter);
-        Ok(())
+    /// Registration, leases and pruning of wildcard filters (`wildcards.rs`).
+    pub fn wildcards(&self) -> &Wildcards {
+        &self.inner.wildcards
     }
 
     /// Stores one MQTT message in RocketMQ on behalf of `identity`.

@@ -107,6 +107,9 @@ pub struct TopicsConfig {
     /// Compaction topic of wills.
     #[serde(default = "default_will_topic")]
     pub will_topic: String,
+    /// Compaction topic of the leases of wildcard filters registered on subscribe.
+    #[serde(default = "default_wildcard_topic")]
+    pub wildcard_topic: String,
 }
 
 fn default_retained_topic() -> String {
@@ -117,6 +120,9 @@ fn default_session_topic() -> String {
 }
 fn default_will_topic() -> String {
     "mqttWill".to_owned()
+}
+fn default_wildcard_topic() -> String {
+    "mqttWildcard".to_owned()
 }
 
 /// Bounds on the state clients make the bridge keep outside the message log. Each bridge
@@ -292,6 +298,10 @@ pub struct SubscriptionsConfig {
     pub max_resends: u32,
     /// Times a message may go through the retry queue before it is dropped.
     pub max_retry_times: u32,
+    /// A wildcard filter that a bridge registered on subscribe, and that no subscriber of
+    /// any bridge nor stored session has used for this long, is taken out of kvconfig
+    /// (`wildcards.rs`). `0`: never.
+    pub prune_wildcards_after_secs: u64,
 }
 
 impl Default for SubscriptionsConfig {
@@ -303,6 +313,7 @@ impl Default for SubscriptionsConfig {
             max_per_client: 64,
             max_resends: 3,
             max_retry_times: 3,
+            prune_wildcards_after_secs: 86_400,
         }
     }
 }

@@ -124,6 +124,25 @@ impl Meta {
         });
     }
 
+    /// Removes a wildcard filter locally (it was just taken out of kvconfig).
+    pub fn remove_wildcard(&self, filter: &str) {
+        let first = mqtt::topic::first_level(filter);
+        let mut guard = match self.snapshot.write() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(list) = guard.wildcards.get(first) else {
+            return;
+        };
+        let list: Vec<String> = list.iter().filter(|f| *f != filter).cloned().collect();
+        let mut wildcards = guard.wildcards.clone();
+        wildcards.insert(first.to_owned(), Arc::new(list));
+        *guard = Arc::new(Snapshot {
+            first_topics: guard.first_topics.clone(),
+            wildcards,
+        });
+    }
+
     /// Reads kvconfig once: the whole `LMQ` namespace in one request.
     pub async fn refresh(&self, namesrv: &NameServer) -> Result<(), Error> {
         let kv = namesrv.kv_list(NAMESPACE).await?;

@@ -112,6 +112,7 @@ impl Server {
             budget: StoreBudget::new(config.limits.max_storing_bytes),
         });
         tracker.spawn(sweeper(bridge.clone(), shared.clone(), shutdown.clone()));
+        tracker.spawn(bridge.wildcards().clone().run(shutdown.clone()));
         let limit = Arc::new(Semaphore::new(config.limits.max_connections));
         let mut addrs = Vec::new();
         for l in listeners {

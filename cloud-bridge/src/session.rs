@@ -32,6 +32,7 @@ use crate::retained;
 use crate::retry;
 use crate::session_store::{self, Handed, Stall, StoredSession, StoredSubscription};
 use crate::topic_order::TopicOrder;
+use crate::wildcards::Held;
 use crate::will_store;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -42,6 +43,8 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 struct Subscription {
     qos: QoS,
     queues: Vec<(QueueKey, CancellationToken)>,
+    /// A wildcard filter's use, which keeps its registration from being pruned.
+    _held: Option<Held>,
 }
 
 #[derive(Debug)]
@@ -150,6 +153,7 @@ impl BridgeSession {
                     Subscription {
                         qos: qos_of(s.qos),
                         queues: Vec::new(),
+                        _held: None,
                     },
                 );
             }
@@ -311,6 +315,7 @@ impl Inner {
                         Subscription {
                             qos: QoS::ExactlyOnce,
                             queues: keys,
+                            _held: None,
                         },
                     );
                 }
@@ -395,7 +400,8 @@ impl Inner {
                 }
                 UnregisteredWildcards::Register => {
                     self.bridge
-                        .register_wildcard(filter)
+                        .wildcards()
+                        .register(filter)
                         .await
                         .map_err(|e| match e {
                             Error::QuotaExceeded(table, q) => {
@@ -420,7 +426,15 @@ impl Inner {
             .start_queues(&lmq::lmq_name(filter), &brokers, qos, resume, lazy)
             .await
             .map_err(|e| Refusal::new(Reason::UnspecifiedError, e.to_string()))?;
-        lock(&self.subs).insert(filter.to_owned(), Subscription { qos, queues: keys });
+        let held = mqtt::topic::is_wildcard(filter).then(|| self.bridge.wildcards().hold(filter));
+        lock(&self.subs).insert(
+            filter.to_owned(),
+            Subscription {
+                qos,
+                queues: keys,
+                _held: held,
+            },
+        );
         Ok(existing)
     }
 
