@@ -26,7 +26,7 @@ use crate::lmq_message;
 use crate::meta::Meta;
 use crate::metrics::{SendMetrics, SendOutcome};
 use crate::retained;
-use crate::rocketmq::{NameServer, Producer};
+use crate::rocketmq::{NameServer, OnQueued, Producer};
 use crate::session::{BridgeSession, Opening};
 use crate::session_store;
 use crate::state_table::Tables;
@@ -264,6 +264,18 @@ impl Bridge {
 
     /// Stores one MQTT message in RocketMQ on behalf of `identity`.
     pub async fn store(self, identity: Arc<str>, message: Message) -> Result<Reason, Refusal> {
+        self.store_queued(identity, message, OnQueued::default())
+            .await
+    }
+
+    /// [`Bridge::store`], firing `on_queued` when the send is queued on a broker
+    /// connection that keeps arrival order (`Producer::send_queued`).
+    pub async fn store_queued(
+        self,
+        identity: Arc<str>,
+        message: Message,
+        on_queued: OnQueued,
+    ) -> Result<Reason, Refusal> {
         let this = &self.inner;
         let first = mqtt::topic::first_level(&message.topic);
         if !this.meta.is_first_topic(first) {
@@ -298,9 +310,19 @@ impl Bridge {
         let started = Instant::now();
         let sent = tokio::time::timeout(
             this.config.send_timeout(),
-            send_while_busy(&this.producer, first, &properties, body, &message.topic),
+            send_while_busy(
+                &this.producer,
+                first,
+                &properties,
+                body,
+                &message.topic,
+                on_queued,
+            ),
         )
         .await;
+        if let Ok(Ok(true)) = &sent {
+            this.send_metrics.record_pipelined();
+        }
         let outcome = match &sent {
             Ok(Ok(_)) => SendOutcome::Ok,
             Ok(Err(_)) => SendOutcome::Failed,
@@ -344,25 +366,29 @@ const SYSTEM_BUSY: i32 = 2;
 
 /// Sends, retrying while the broker answers "busy": it refused the message before storing
 /// it, so a retry cannot duplicate it (the Java producer retries it too). The caller's
-/// timeout bounds the retries.
+/// timeout bounds the retries. A send that was queued in order, with the next message of
+/// its topic maybe sent behind it, is not retried: that one would overtake it.
 async fn send_while_busy(
     producer: &Producer,
     topic: &str,
     properties: &[(&str, &str)],
     body: bytes::Bytes,
     order_key: &str,
-) -> Result<(), crate::Error> {
+    mut on_queued: OnQueued,
+) -> Result<bool, crate::Error> {
     let mut backoff = std::time::Duration::from_millis(20);
     loop {
         match producer
-            .send(topic, properties, body.clone(), order_key)
+            .send_queued(topic, properties, body.clone(), order_key, &mut on_queued)
             .await
         {
-            Err(crate::Error::Remoting { code, .. }) if code == SYSTEM_BUSY => {
+            Err(crate::Error::Remoting { code, .. })
+                if code == SYSTEM_BUSY && !on_queued.fired() =>
+            {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
             }
-            other => return other.map(|_| ()),
+            other => return other.map(|_| on_queued.fired()),
         }
     }
 }

@@ -62,7 +62,12 @@ pub struct RocketMqConfig {
     /// Meta refresh period, s.
     #[serde(default = "default_meta_refresh")]
     pub meta_refresh_secs: u64,
+    /// Whether one topic's sends may be pipelined (`rocketmq/producer.rs`).
+    #[serde(default)]
+    pub pipeline_sends: PipelineSends,
 }
+
+pub use crate::rocketmq::producer::PipelineSends;
 
 fn default_cluster() -> String {
     "DefaultCluster".to_owned()

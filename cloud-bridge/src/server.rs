@@ -46,6 +46,7 @@ impl Server {
             namesrv.clone(),
             ProducerConfig {
                 send_timeout: config.send_timeout(),
+                pipeline: config.rocketmq.pipeline_sends,
                 ..ProducerConfig::default()
             },
         );

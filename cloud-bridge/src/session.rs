@@ -590,9 +590,9 @@ impl Session for BridgeSession {
                     "not stored: an earlier publish to this topic on this connection was not stored",
                 ));
             }
-            let result = bridge.store(identity, message).await;
-            turn.finish(&result);
-            result
+            let on_queued = turn.on_queued();
+            let result = bridge.store_queued(identity, message, on_queued).await;
+            turn.finish(result).await
         })
     }
 

@@ -18,6 +18,7 @@
 #
 # Environment: ROCKETMQ_NAMESRV_PORT (19876), ROCKETMQ_BROKER_PORT (20911; the broker also
 # listens on port-2 (fast/VIP channel) and port+1 (HA)), ROCKETMQ_START_TIMEOUT (120 s),
+# ROCKETMQ_SEND_THREADS (the broker's sendMessageThreadPoolNums, 1),
 # JAVA / JAVAC (java / javac on PATH).
 set -euo pipefail
 
@@ -170,8 +171,10 @@ maxOffsetMapSize=16777216
 # cache wait) make the broker refuse sends as busy (code 2) under load: be patient instead.
 waitTimeMillsInSendQueue=5000
 osPageCacheBusyTimeOutMills=5000
-# Fewer threads on a 2-core machine.
-sendMessageThreadPoolNums=2
+# One send thread: the broker appends one connection's sends in arrival order, so the
+# bridge may pipeline one topic's sends (it reads this setting; docs/configure-bridge.md).
+# RocketMQ 4.x's default; the commit log is appended under one lock anyway.
+sendMessageThreadPoolNums=${ROCKETMQ_SEND_THREADS:-1}
 pullMessageThreadPoolNums=8
 EOF
 }

@@ -185,6 +185,12 @@ impl Collector for Encoded {
         )?;
         counter(
             &mut e,
+            "rocketmq_sends_pipelined",
+            "Sends queued in order on a broker with one send thread, letting the next send of their topic go before their answer",
+            r.pipelined,
+        )?;
+        counter(
+            &mut e,
             "rocketmq_send_timeouts",
             "RocketMQ sends without an answer within send_timeout_ms",
             r.timed_out,

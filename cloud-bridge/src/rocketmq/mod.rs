@@ -34,6 +34,7 @@ pub mod broker;
 pub mod client;
 pub mod command;
 mod connection;
+pub use connection::OnQueued;
 pub mod message;
 pub mod namesrv;
 pub mod producer;
