@@ -12,16 +12,16 @@
 //!    - 64 topics, round robin.
 //!
 //!    `BENCH_BACKLOGS=one,ten,64` picks some of them.
-//! 3. Live latency during a one-topic drain with `drain = "live-first"`: a device
-//!    (`mosquitto_pub -l`, QoS 1) publishes its send time 100 times a second on another
-//!    topic; latency = the time an MQTT subscriber of the bridge receives it - send time
-//!    (device -> agent -> bridge -> RocketMQ -> bridge -> subscriber: an upper bound of
-//!    the time to RocketMQ).
+//! 3. Live latency during a one-topic drain of 5 N messages with `drain = "live-first"`: a
+//!    device (`mosquitto_pub -l`, QoS 1) publishes its send time 100 times a second on
+//!    another topic for 20 s; latency = RocketMQ's store timestamp - send time, read by
+//!    the plain Java consumer (`consume --origin`).
 //! 4. End-to-end latency at 1k msg/s with no backlog: latency = RocketMQ's store
 //!    timestamp - send time (ms resolution).
 //!
 //! Run: `cargo build --release -p edge-agent -p cloud-bridge && cargo bench -p e2e --bench pipeline`
-//! (RocketMQ running: `tests/rocketmq/rocketmq.sh start`).
+//! (RocketMQ running: `tests/rocketmq/rocketmq.sh start`). `BENCH_PIPELINE_SENDS=never` sets the
+//! bridge's `rocketmq.pipeline_sends` (one send at a time per topic, as before issue #17).
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::io::Write;
@@ -197,29 +197,26 @@ fn drain(
 }
 
 /// Publishes the send time 100 times a second for `secs` on the agent's `line/live`,
-/// and returns each latency (ms) seen by an MQTT subscriber of the bridge.
-/// `sub` = (bridge port, client id, password) of the subscriber.
-fn live_latency(agent: &Agent, sub: &(u16, String, String), first: &str, secs: u64) -> Vec<i64> {
+/// and returns each message's latency (ms) to RocketMQ: its store timestamp, read by the
+/// plain Java consumer (it skips the backlog's messages), minus its send time.
+fn live_latency(agent: &Agent, first: &str, secs: u64) -> Vec<i64> {
     let cloud = format!("{first}/{}/line/live", agent.gateway);
-    let (port, sub_id, sub_pw) = sub;
-    let mut sub = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string()])
-        .args(["-i", sub_id, "-u", "demo", "-P", sub_pw])
-        .args(["-t", &cloud, "-q", "1", "-W", &(secs + 30).to_string()])
-        .args(["-C", &(secs * 100).to_string()])
+    let consumer = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
+        .args([
+            "tool",
+            "consume",
+            "--topic",
+            first,
+            "--from-end",
+            "--origin",
+            &cloud,
+        ])
+        .args(["--count", &(secs * 100).to_string()])
+        .args(["--timeout-ms", &((secs + 120) * 1000).to_string()])
         .stdout(Stdio::piped())
         .spawn()
-        .expect("mosquitto_sub");
-    let out = sub.stdout.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(out)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| Some(unix_ms() as i64 - l.trim().parse::<i64>().ok()?))
-            .collect::<Vec<i64>>()
-    });
-    std::thread::sleep(Duration::from_secs(1));
+        .expect("rocketmq.sh tool consume");
+    std::thread::sleep(Duration::from_secs(3));
     let mut publisher = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -245,8 +242,15 @@ fn live_latency(agent: &Agent, sub: &(u16, String, String), first: &str, secs: u
         }
     }
     publisher.wait().unwrap();
-    let _ = sub.wait();
-    reader.join().unwrap()
+    let out = consumer.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|m| {
+            let sent: i64 = m["body_utf8"].as_str()?.trim().parse().ok()?;
+            Some(m["storeTimestamp"].as_i64()? - sent)
+        })
+        .collect()
 }
 
 fn percentiles(lat: &mut [i64]) -> String {
@@ -282,6 +286,20 @@ fn main() {
     let dir = tempfile::tempdir().unwrap();
     let first = unique("bench");
     let mut bridge = Bridge::start(dir.path(), &first, None, "");
+    // BENCH_PIPELINE_SENDS=never: the bridge sends one topic's messages one at a time, as
+    // before issue #17 (the "before" figures).
+    if let Ok(mode) = std::env::var("BENCH_PIPELINE_SENDS") {
+        let text = std::fs::read_to_string(&bridge.config).unwrap().replacen(
+            "[rocketmq]\n",
+            &format!("[rocketmq]\npipeline_sends = {mode:?}\n"),
+            1,
+        );
+        std::fs::write(&bridge.config, text).unwrap();
+        bridge.process.stop();
+        bridge.process.start();
+        bridge.wait();
+        println!("bridge rocketmq.pipeline_sends = {mode:?}");
+    }
     println!(
         "bridge publish_pipeline = {}",
         cloud_bridge_pipeline(&bridge.config)
@@ -320,8 +338,6 @@ fn main() {
     // Live traffic next to a one-topic drain, with drain = "live-first".
     let live_secs = 20;
     let lat = std::sync::Mutex::new(Vec::new());
-    let sub_id = unique("lat-sub");
-    let sub = (bridge.port, sub_id.clone(), bridge.password(&sub_id));
     let (d, agent) = drain(
         dir.path(),
         &mut bridge,
@@ -331,12 +347,12 @@ fn main() {
         "drain = \"live-first\"",
         |agent| {
             std::thread::sleep(Duration::from_secs(2));
-            *lat.lock().unwrap() = live_latency(agent, &sub, &first, live_secs);
+            *lat.lock().unwrap() = live_latency(agent, &first, live_secs);
         },
     );
     let mut lat = lat.into_inner().unwrap();
     println!(
-        "live QoS 1 latency during the {} msg/s drain (device -> subscriber of the bridge): {}",
+        "live QoS 1 latency device -> RocketMQ store during the {} msg/s drain: {}",
         d.rate as u64,
         percentiles(&mut lat)
     );

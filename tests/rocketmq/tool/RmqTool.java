@@ -4,6 +4,7 @@
 // stderr with a non-zero exit status (2: bad usage). Client logs go to run/logs/tool/.
 //
 //   consume --topic T --count N --timeout-ms M [--from-start|--from-end] [--group G]
+//           [--origin MQTT_TOPIC]  (only messages whose originMqttTopic is that; counted)
 //   produce --topic T (--body B | --body-base64 B64) [--prop K=V]... [--keys K] [--tag TAG]
 //   max-offset --topic T [--queue Q]          (T may be an LMQ such as %LMQ%t1%a%)
 //   pull --topic T [--queue Q] [--offset O] [--max N] [--group G]  (one PULL_MESSAGE; LMQ ok)
@@ -148,6 +149,7 @@ public final class RmqTool {
         // offset and can stall until the next message arrives.)
         String topic = req("--topic");
         long count = num("--count", 1), deadline = System.currentTimeMillis() + num("--timeout-ms", 10_000);
+        String origin = opt("--origin", null); // only messages of this MQTT topic
         DefaultMQPullConsumer c = new DefaultMQPullConsumer(opt("--group", "rmqtool_consume_"
             + ProcessHandle.current().pid() + "_" + ThreadLocalRandom.current().nextInt(1_000_000)));
         c.setNamesrvAddr(namesrv);
@@ -175,6 +177,7 @@ public final class RmqTool {
                 PullResult r = c.pull(e.getKey(), "*", e.getValue(), 32, 5000);
                 e.setValue(r.getNextBeginOffset());
                 for (MessageExt m : r.getMsgFoundList() == null ? List.<MessageExt>of() : r.getMsgFoundList()) {
+                    if (origin != null && !origin.equals(m.getProperty("originMqttTopic"))) continue;
                     System.out.println(messageJson(m));
                     any = true;
                     if (++got >= count) return 0;
