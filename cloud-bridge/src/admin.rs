@@ -6,7 +6,9 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lmq;
 use crate::meta::{self, ALL_FIRST_TOPICS, LMQ_CONNECT_NODES, NAMESPACE};
-use crate::rocketmq::{Client, ClientConfig, NameServer, Producer, ProducerConfig, TopicConfig};
+use crate::rocketmq::{
+    Client, ClientConfig, KvMerge, NameServer, Producer, ProducerConfig, TopicConfig,
+};
 use crate::state_table::{Table, TableLimits};
 use crate::wildcards;
 use std::sync::Arc;
@@ -102,13 +104,16 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
         report.topics.push((topic.clone(), brokers));
     }
 
-    let mut all = match ns.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {
+    let mut all = match ns
+        .get_kv_config(NAMESPACE, ALL_FIRST_TOPICS, KvMerge::Lists)
+        .await?
+    {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut all, &t.first_level);
     let all = all.join(",");
-    ns.put_kv_config(NAMESPACE, ALL_FIRST_TOPICS, &all).await?;
+    let _ = ns.put_kv_config(NAMESPACE, ALL_FIRST_TOPICS, &all).await?;
     report.kv.push((ALL_FIRST_TOPICS.into(), all));
 
     let nodes = if t.connect_nodes.is_empty() {
@@ -120,13 +125,17 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
     } else {
         t.connect_nodes.clone()
     };
-    let mut nodes_merged = match ns.get_kv_config(NAMESPACE, LMQ_CONNECT_NODES).await? {
+    let mut nodes_merged = match ns
+        .get_kv_config(NAMESPACE, LMQ_CONNECT_NODES, KvMerge::Lists)
+        .await?
+    {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut nodes_merged, &nodes);
     let nodes = nodes_merged.join(",");
-    ns.put_kv_config(NAMESPACE, LMQ_CONNECT_NODES, &nodes)
+    let _ = ns
+        .put_kv_config(NAMESPACE, LMQ_CONNECT_NODES, &nodes)
         .await?;
     report.kv.push((LMQ_CONNECT_NODES.into(), nodes));
 
@@ -159,12 +168,12 @@ async fn add_wildcards(
     first: &str,
     filters: &[String],
 ) -> Result<Vec<String>, Error> {
-    let mut list = match ns.get_kv_config(NAMESPACE, first).await? {
+    let mut list = match ns.get_kv_config(NAMESPACE, first, KvMerge::Lists).await? {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut list, filters);
-    ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
+    let _ = ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
     Ok(list)
 }
 
@@ -202,7 +211,7 @@ pub async fn wildcard_add(config: &Config, filter: &str) -> Result<Vec<String>, 
 pub async fn wildcard_remove(config: &Config, filter: &str) -> Result<Vec<String>, Error> {
     let ns = namesrv(config)?;
     let first = mqtt::topic::first_level(filter);
-    let mut list = match ns.get_kv_config(NAMESPACE, first).await? {
+    let mut list = match ns.get_kv_config(NAMESPACE, first, KvMerge::Lists).await? {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),
     };
@@ -211,7 +220,7 @@ pub async fn wildcard_remove(config: &Config, filter: &str) -> Result<Vec<String
     if list.len() == before {
         return Err(Error::Invalid(format!("{filter:?} is not registered")));
     }
-    ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
+    let _ = ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
     // Its lease, if a bridge registered it, goes too.
     wildcards::pin(&lease_table(config)?, filter).await?;
     Ok(list)
@@ -222,7 +231,7 @@ pub async fn wildcard_list(config: &Config) -> Result<Vec<(String, Vec<String>)>
     let ns = namesrv(config)?;
     let mut out = Vec::new();
     for first in first_levels(&ns, config).await? {
-        let list = match ns.get_kv_config(NAMESPACE, &first).await? {
+        let list = match ns.get_kv_config(NAMESPACE, &first, KvMerge::Lists).await? {
             Some(v) => meta::split_list(&v),
             None => Vec::new(),
         };
@@ -233,7 +242,10 @@ pub async fn wildcard_list(config: &Config) -> Result<Vec<(String, Vec<String>)>
 
 async fn first_levels(ns: &NameServer, config: &Config) -> Result<Vec<String>, Error> {
     let mut all = config.topics.first_level.clone();
-    if let Some(v) = ns.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {
+    if let Some(v) = ns
+        .get_kv_config(NAMESPACE, ALL_FIRST_TOPICS, KvMerge::Lists)
+        .await?
+    {
         merge(&mut all, &meta::split_list(&v));
     }
     Ok(all)

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::error::Error;
-use crate::rocketmq::NameServer;
+use crate::rocketmq::{KvMerge, NameServer};
 
 /// kvconfig namespace of rocketmq-mqtt.
 pub const NAMESPACE: &str = "LMQ";
@@ -145,7 +145,7 @@ impl Meta {
 
     /// Reads kvconfig once: the whole `LMQ` namespace in one request.
     pub async fn refresh(&self, namesrv: &NameServer) -> Result<(), Error> {
-        let kv = namesrv.kv_list(NAMESPACE).await?;
+        let kv = namesrv.kv_list(NAMESPACE, KvMerge::Lists).await?;
         let mut first_topics: HashSet<String> = self.configured.iter().cloned().collect();
         if let Some(all) = kv.get(ALL_FIRST_TOPICS) {
             first_topics.extend(split_list(all));

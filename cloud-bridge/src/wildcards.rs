@@ -49,7 +49,7 @@ use crate::config::{Config, UnregisteredWildcards};
 use crate::error::Error;
 use crate::lmq;
 use crate::meta::{self, Meta};
-use crate::rocketmq::NameServer;
+use crate::rocketmq::{KvMerge, NameServer, Written};
 use crate::session_store::{self, StoredSession};
 use crate::state_table::Table;
 
@@ -233,7 +233,10 @@ impl Wildcards {
         let first = mqtt::topic::first_level(filter);
         lmq::check_wildcard(filter, &[first.to_owned()]).map_err(Error::Invalid)?;
         let ns = &this.namesrv;
-        let mut list = match ns.get_kv_config(meta::NAMESPACE, first).await? {
+        let mut list = match ns
+            .get_kv_config(meta::NAMESPACE, first, KvMerge::Lists)
+            .await?
+        {
             Some(v) => meta::split_list(&v),
             None => Vec::new(),
         };
@@ -247,7 +250,9 @@ impl Wildcards {
             }
             write_lease(&this.leases, filter, session_store::now_ms()).await?;
             list.push(filter.to_owned());
-            ns.put_kv_config(meta::NAMESPACE, first, &list.join(","))
+            // A name server that is down gets it by read repair when it is back.
+            let _ = ns
+                .put_kv_config(meta::NAMESPACE, first, &list.join(","))
                 .await?;
         }
         this.meta.add_wildcard(filter);
@@ -260,13 +265,24 @@ impl Wildcards {
         let this = &self.inner;
         let ns = &this.namesrv;
         let first = mqtt::topic::first_level(filter);
-        if let Some(value) = ns.get_kv_config(meta::NAMESPACE, first).await? {
+        if let Some(value) = ns
+            .get_kv_config(meta::NAMESPACE, first, KvMerge::Lists)
+            .await?
+        {
             let mut list = meta::split_list(&value);
             let before = list.len();
             list.retain(|f| f != filter);
-            if list.len() != before {
-                ns.put_kv_config(meta::NAMESPACE, first, &list.join(","))
-                    .await?;
+            if list.len() != before
+                && ns
+                    .put_kv_config(meta::NAMESPACE, first, &list.join(","))
+                    .await?
+                    == Written::Partly
+            {
+                // A name server that is down still lists it and would bring it back by
+                // read repair: keep the lease, so that it is pruned again then.
+                return Err(Error::Invalid(format!(
+                    "{filter:?} not pruned everywhere: a name server is down"
+                )));
             }
         }
         this.meta.remove_wildcard(filter);

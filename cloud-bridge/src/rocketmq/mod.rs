@@ -46,6 +46,6 @@ pub use broker::{
 pub use client::{Client, ClientConfig};
 pub use command::{RemotingCodec, RemotingCommand};
 pub use message::{Message, property};
-pub use namesrv::NameServer;
+pub use namesrv::{KvMerge, NameServer, Written};
 pub use producer::{Producer, ProducerConfig};
 pub use route::{BrokerData, ClusterInfo, QueueData, TopicRoute};
