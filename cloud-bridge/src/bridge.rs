@@ -248,7 +248,7 @@ impl Bridge {
 
     /// Registers a wildcard filter in kvconfig and in this bridge's meta at once.
     pub async fn register_wildcard(&self, filter: &str) -> Result<(), Error> {
-        let first = mqtt::topic::first_level(filter);
+        let first = lmq::first_topic(filter);
         lmq::check_wildcard(filter, &[first.to_owned()]).map_err(Error::Invalid)?;
         let ns = &self.inner.namesrv;
         let mut list = match ns.get_kv_config(meta::NAMESPACE, first).await? {
@@ -274,7 +274,7 @@ impl Bridge {
     /// Stores one MQTT message in RocketMQ on behalf of `identity`.
     pub async fn store(self, identity: Arc<str>, message: Message) -> Result<Reason, Refusal> {
         let this = &self.inner;
-        let first = mqtt::topic::first_level(&message.topic);
+        let first = lmq::first_topic(&message.topic);
         if !this.meta.is_first_topic(first) {
             return Err(Refusal::new(
                 Reason::TopicNameInvalid,
@@ -287,6 +287,16 @@ impl Bridge {
                 format!("{identity} may not publish to {:?}", message.topic),
             ));
         }
+        let wildcards = this.meta.wildcards(first);
+        let Some(queues) = lmq::dispatch_queues(&message.topic, &wildcards) else {
+            return Err(Refusal::new(
+                Reason::TopicNameInvalid,
+                format!(
+                    "{:?} is a point-to-point topic without a client id ({{first}}/p2p/{{client}})",
+                    message.topic
+                ),
+            ));
+        };
         if message.retain && message.payload.len() > this.config.limits.max_retained_bytes {
             return Err(Refusal::new(
                 Reason::QuotaExceeded,
@@ -299,8 +309,6 @@ impl Bridge {
         } else {
             None
         };
-        let wildcards = this.meta.wildcards(first);
-        let queues = lmq::dispatch_queues(&message.topic, &wildcards);
         let (properties, body) = lmq_message::encode(&message, &queues);
         let properties: Vec<(&str, &str)> =
             properties.iter().map(|(k, v)| (*k, v.as_str())).collect();

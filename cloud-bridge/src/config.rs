@@ -292,6 +292,10 @@ pub struct SubscriptionsConfig {
     pub max_resends: u32,
     /// Times a message may go through the retry queue before it is dropped.
     pub max_retry_times: u32,
+    /// How long the SUBACK of a SUBSCRIBE that registered a new wildcard filter waits, in
+    /// ms, so that rocketmq-mqtt servers have re-read kvconfig (two 5 s timers in series)
+    /// and dispatch their publishes into the filter's queue too (0: no wait).
+    pub registration_settle_ms: u64,
 }
 
 impl Default for SubscriptionsConfig {
@@ -303,6 +307,7 @@ impl Default for SubscriptionsConfig {
             max_per_client: 64,
             max_resends: 3,
             max_retry_times: 3,
+            registration_settle_ms: 10_000,
         }
     }
 }
