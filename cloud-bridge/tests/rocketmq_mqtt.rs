@@ -300,7 +300,10 @@ fn persistent_sessions_move_both_ways() {
                 json!({"clean": false, "subs": [[topic, 1]], "count": count, "wait": 30}),
             )
         };
-        let mut first = Client::spawn(session(before, 1));
+        // rocketmq-mqtt saves offsets every 5 s and when the session unloads, each with one
+        // 1 s request and no retry (SessionLoopImpl.persistOffset): give it both chances.
+        let linger = if before == s.peer { 6 } else { 0 };
+        let mut first = Client::spawn(with(session(before, 1), json!({"linger": linger})));
         first.ready();
         publish(before, 3, json!([{"topic": topic, "payload": "m1"}]));
         let out = first.finish();

@@ -59,8 +59,12 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
 s = json.loads(sys.argv[1])
+printing = threading.Lock()
 def out(o):
-    print(json.dumps(o), flush=True)
+    # Callbacks (network thread) and the main thread print: one whole line at a time.
+    with printing:
+        sys.stdout.write(json.dumps(o) + "\n")
+        sys.stdout.flush()
 cid = s["client_id"]
 pw = base64.b64encode(hmac.new(s.get("secret", "test-secret").encode(), cid.encode(), hashlib.sha1).digest()).decode()
 v5 = s.get("proto", 3) == 5
