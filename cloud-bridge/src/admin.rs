@@ -143,7 +143,7 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
         let wanted: Vec<String> = t
             .wildcards
             .iter()
-            .filter(|w| mqtt::topic::first_level(w) == first)
+            .filter(|w| lmq::first_topic(w) == first)
             .cloned()
             .collect();
         if wanted.is_empty() {
@@ -204,13 +204,13 @@ pub async fn wildcard_add(config: &Config, filter: &str) -> Result<Vec<String>, 
     let first_levels = first_levels(&ns, config).await?;
     lmq::check_wildcard(filter, &first_levels).map_err(Error::Invalid)?;
     wildcards::pin(&lease_table(config)?, filter).await?;
-    add_wildcards(&ns, mqtt::topic::first_level(filter), &[filter.to_owned()]).await
+    add_wildcards(&ns, lmq::first_topic(filter), &[filter.to_owned()]).await
 }
 
 /// Removes a wildcard filter; returns the list after the change.
 pub async fn wildcard_remove(config: &Config, filter: &str) -> Result<Vec<String>, Error> {
     let ns = namesrv(config)?;
-    let first = mqtt::topic::first_level(filter);
+    let first = lmq::first_topic(filter);
     let mut list = match ns.get_kv_config(NAMESPACE, first, KvMerge::Lists).await? {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),

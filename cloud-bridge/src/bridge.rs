@@ -277,7 +277,7 @@ impl Bridge {
         on_queued: OnQueued,
     ) -> Result<Reason, Refusal> {
         let this = &self.inner;
-        let first = mqtt::topic::first_level(&message.topic);
+        let first = lmq::first_topic(&message.topic);
         if !this.meta.is_first_topic(first) {
             return Err(Refusal::new(
                 Reason::TopicNameInvalid,
@@ -290,6 +290,16 @@ impl Bridge {
                 format!("{identity} may not publish to {:?}", message.topic),
             ));
         }
+        let wildcards = this.meta.wildcards(first);
+        let Some(queues) = lmq::dispatch_queues(&message.topic, &wildcards) else {
+            return Err(Refusal::new(
+                Reason::TopicNameInvalid,
+                format!(
+                    "{:?} is a point-to-point topic without a client id ({{first}}/p2p/{{client}})",
+                    message.topic
+                ),
+            ));
+        };
         if message.retain && message.payload.len() > this.config.limits.max_retained_bytes {
             return Err(Refusal::new(
                 Reason::QuotaExceeded,
@@ -302,8 +312,6 @@ impl Bridge {
         } else {
             None
         };
-        let wildcards = this.meta.wildcards(first);
-        let queues = lmq::dispatch_queues(&message.topic, &wildcards);
         let (properties, body) = lmq_message::encode(&message, &queues);
         let properties: Vec<(&str, &str)> =
             properties.iter().map(|(k, v)| (*k, v.as_str())).collect();

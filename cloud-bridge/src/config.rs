@@ -307,6 +307,10 @@ pub struct SubscriptionsConfig {
     /// any bridge nor stored session has used for this long, is taken out of kvconfig
     /// (`wildcards.rs`). `0`: never.
     pub prune_wildcards_after_secs: u64,
+    /// How long the SUBACK of a SUBSCRIBE that registered a new wildcard filter waits, in
+    /// ms, so that rocketmq-mqtt servers have re-read kvconfig (two 5 s timers in series)
+    /// and dispatch their publishes into the filter's queue too (0: no wait).
+    pub registration_settle_ms: u64,
 }
 
 impl Default for SubscriptionsConfig {
@@ -319,6 +323,7 @@ impl Default for SubscriptionsConfig {
             max_resends: 3,
             max_retry_times: 3,
             prune_wildcards_after_secs: 86_400,
+            registration_settle_ms: 10_000,
         }
     }
 }

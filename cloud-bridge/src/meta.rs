@@ -63,7 +63,7 @@ impl Meta {
         let mut by_first: HashMap<String, Vec<String>> = HashMap::new();
         for w in wildcards {
             by_first
-                .entry(mqtt::topic::first_level(w).to_owned())
+                .entry(crate::lmq::first_topic(w).to_owned())
                 .or_default()
                 .push(w.clone());
         }
@@ -104,7 +104,7 @@ impl Meta {
 
     /// Adds a wildcard filter locally (it was just written to kvconfig).
     pub fn add_wildcard(&self, filter: &str) {
-        let first = mqtt::topic::first_level(filter).to_owned();
+        let first = crate::lmq::first_topic(filter).to_owned();
         let mut guard = match self.snapshot.write() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
@@ -126,7 +126,7 @@ impl Meta {
 
     /// Removes a wildcard filter locally (it was just taken out of kvconfig).
     pub fn remove_wildcard(&self, filter: &str) {
-        let first = mqtt::topic::first_level(filter);
+        let first = crate::lmq::first_topic(filter);
         let mut guard = match self.snapshot.write() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),

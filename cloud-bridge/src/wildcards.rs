@@ -228,9 +228,10 @@ impl Wildcards {
 
     /// Registers a wildcard filter in kvconfig and in this bridge's meta at once. A filter
     /// this adds to the list gets a lease first; one listed already keeps what it had.
-    pub async fn register(&self, filter: &str) -> Result<(), Error> {
+    /// Returns whether it added the filter (other servers may not have seen it yet).
+    pub async fn register(&self, filter: &str) -> Result<bool, Error> {
         let this = &self.inner;
-        let first = mqtt::topic::first_level(filter);
+        let first = crate::lmq::first_topic(filter);
         lmq::check_wildcard(filter, &[first.to_owned()]).map_err(Error::Invalid)?;
         let ns = &this.namesrv;
         let mut list = match ns
@@ -240,7 +241,8 @@ impl Wildcards {
             Some(v) => meta::split_list(&v),
             None => Vec::new(),
         };
-        if !list.iter().any(|f| f == filter) {
+        let added = !list.iter().any(|f| f == filter);
+        if added {
             let max = this.max_per_first_level;
             if max != 0 && list.len() >= max {
                 return Err(Error::QuotaExceeded(
@@ -256,7 +258,7 @@ impl Wildcards {
                 .await?;
         }
         this.meta.add_wildcard(filter);
-        Ok(())
+        Ok(added)
     }
 
     /// Takes `filter` out of its first-level topic's kvconfig list (if listed), then
@@ -264,7 +266,7 @@ impl Wildcards {
     async fn prune(&self, filter: &str) -> Result<(), Error> {
         let this = &self.inner;
         let ns = &this.namesrv;
-        let first = mqtt::topic::first_level(filter);
+        let first = crate::lmq::first_topic(filter);
         if let Some(value) = ns
             .get_kv_config(meta::NAMESPACE, first, KvMerge::Lists)
             .await?
@@ -297,14 +299,14 @@ impl Wildcards {
         let now = session_store::now_ms();
         let live: HashSet<String> = this.in_use.filters().into_iter().collect();
         for filter in &live {
-            let first = mqtt::topic::first_level(filter);
+            let first = crate::lmq::first_topic(filter);
             let listed = this.meta.wildcards(first).iter().any(|w| w == filter);
             if !listed && this.register {
                 warn!(
                     filter,
                     "a wildcard read by live subscriptions left the kvconfig list; registering it again"
                 );
-                self.register(filter).await?;
+                let _ = self.register(filter).await?;
                 continue;
             }
             let half = u64::try_from(renew.as_millis() / 2).unwrap_or(u64::MAX);

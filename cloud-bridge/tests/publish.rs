@@ -100,7 +100,12 @@ async fn publishes_from_every_client_land_in_rocketmq() {
         let wild = cloud_bridge::lmq::lmq_name(&wildcard);
         assert_eq!(p["INNER_MULTI_DISPATCH"], format!("{own},{wild}").as_str());
         assert!(p["INNER_MULTI_QUEUE_OFFSET"].as_str().is_some());
-        assert_eq!(p["extData"], "{}");
+        // extData exactly as rocketmq-mqtt writes it (issue #15).
+        assert_eq!(
+            p["extData"],
+            format!(r#"{{"qosLevel":"{}"}}"#, m.qos).as_str()
+        );
+        assert!(p.get("mqtt5UserProperties").is_none_or(|v| v.is_null()));
     }
     server.stop(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(dir);
@@ -182,11 +187,25 @@ async fn empty_payload_and_user_properties_are_stored_like_rocketmq_mqtt() {
     assert_eq!(empty["properties"]["IS_EMPTY_MSG"], "true");
     let props = by_topic(&msgs[1].topic);
     assert_eq!(props["properties"]["IS_EMPTY_MSG"], "false");
-    let ext: serde_json::Value =
-        serde_json::from_str(props["properties"]["extData"].as_str().expect("extData"))
-            .expect("json");
-    assert_eq!(ext["unit"], "celsius");
-    assert_eq!(ext["msg-key"], "gw-7:42");
+    // User properties in a property of their own, never in extData (issue #15).
+    let user: Vec<(String, String)> = serde_json::from_str(
+        props["properties"]["mqtt5UserProperties"]
+            .as_str()
+            .expect("mqtt5UserProperties"),
+    )
+    .expect("json");
+    assert!(
+        user.contains(&("unit".into(), "celsius".into())),
+        "{user:?}"
+    );
+    assert!(
+        user.contains(&("msg-key".into(), "gw-7:42".into())),
+        "{user:?}"
+    );
+    assert_eq!(
+        props["properties"]["extData"],
+        format!(r#"{{"qosLevel":"{}"}}"#, msgs[1].qos).as_str()
+    );
     assert_eq!(props["keys"], "gw-7:42");
     server.stop(Duration::from_secs(5)).await;
 }
