@@ -7,7 +7,8 @@
 # `systemd-analyze verify` of the units (systemd/verify.sh). Extra arguments go to
 # `cargo test`. The last line sums it up: tests passed and failed, the failed tests by
 # target, and the failed steps; the full output is in target/tests-run.log.
-# The broker is left running for the next run; `tests/run.sh --stop [args]` stops it at the end.
+# The broker (and rocketmq-mqtt, which the interop suite starts) is left running for the
+# next run; `tests/run.sh --stop [args]` stops them at the end.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -33,9 +34,22 @@ if ((used >= 88)); then
     "refuses sends from 90%: free space first (target/debug/incremental is often large)" >&2
   exit 1
 fi
-if ((stop)); then trap '"$rmq" stop' EXIT; fi
+# Apache rocketmq-mqtt, the reference peer of cloud-bridge's interop suite
+# (cloud-bridge/tests/rocketmq_mqtt.rs): built once from source with Maven (2-4 minutes,
+# skipped when cached); the suite starts it. Exit 4: Maven Central is unreachable, and the
+# suite says SKIPPED.
+peer=tests/peers/rocketmq-mqtt.sh
+peer_status=0
+"$peer" install || peer_status=$?
+if ((peer_status == 4)); then
+  echo "tests/run.sh: rocketmq-mqtt not built (Maven Central unreachable): its interop tests will be skipped"
+elif ((peer_status != 0)); then
+  echo "tests/run.sh: building rocketmq-mqtt failed (exit $peer_status)" >&2
+fi
+if ((stop)); then trap '"$peer" stop; "$rmq" cluster stop; "$rmq" stop' EXIT; fi
 
 failed_steps=()
+((peer_status == 0 || peer_status == 4)) || failed_steps+=("tests/peers/rocketmq-mqtt.sh install")
 cargo fmt --all --check || failed_steps+=("cargo fmt")
 cargo clippy --workspace --all-targets -- -D warnings || failed_steps+=("cargo clippy")
 mkdir -p target

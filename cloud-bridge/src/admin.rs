@@ -6,7 +6,12 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lmq;
 use crate::meta::{self, ALL_FIRST_TOPICS, LMQ_CONNECT_NODES, NAMESPACE};
-use crate::rocketmq::{Client, ClientConfig, NameServer, TopicConfig};
+use crate::rocketmq::{
+    Client, ClientConfig, KvMerge, NameServer, Producer, ProducerConfig, TopicConfig,
+};
+use crate::state_table::{Table, TableLimits};
+use crate::wildcards;
+use std::sync::Arc;
 
 /// What `init` did, for the operator.
 #[derive(Debug, Default)]
@@ -82,7 +87,12 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
     }
     // The state tables (`state_table.rs`): compaction topics, one queue per broker. The
     // cleanup policy can only be set when a topic is created.
-    for topic in [&t.retained_topic, &t.session_topic, &t.will_topic] {
+    for topic in [
+        &t.retained_topic,
+        &t.session_topic,
+        &t.will_topic,
+        &t.wildcard_topic,
+    ] {
         let brokers = create_topic(
             &ns,
             &config.rocketmq.cluster,
@@ -94,13 +104,16 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
         report.topics.push((topic.clone(), brokers));
     }
 
-    let mut all = match ns.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {
+    let mut all = match ns
+        .get_kv_config(NAMESPACE, ALL_FIRST_TOPICS, KvMerge::Lists)
+        .await?
+    {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut all, &t.first_level);
     let all = all.join(",");
-    ns.put_kv_config(NAMESPACE, ALL_FIRST_TOPICS, &all).await?;
+    let _ = ns.put_kv_config(NAMESPACE, ALL_FIRST_TOPICS, &all).await?;
     report.kv.push((ALL_FIRST_TOPICS.into(), all));
 
     let nodes = if t.connect_nodes.is_empty() {
@@ -112,13 +125,17 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
     } else {
         t.connect_nodes.clone()
     };
-    let mut nodes_merged = match ns.get_kv_config(NAMESPACE, LMQ_CONNECT_NODES).await? {
+    let mut nodes_merged = match ns
+        .get_kv_config(NAMESPACE, LMQ_CONNECT_NODES, KvMerge::Lists)
+        .await?
+    {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut nodes_merged, &nodes);
     let nodes = nodes_merged.join(",");
-    ns.put_kv_config(NAMESPACE, LMQ_CONNECT_NODES, &nodes)
+    let _ = ns
+        .put_kv_config(NAMESPACE, LMQ_CONNECT_NODES, &nodes)
         .await?;
     report.kv.push((LMQ_CONNECT_NODES.into(), nodes));
 
@@ -126,7 +143,7 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
         let wanted: Vec<String> = t
             .wildcards
             .iter()
-            .filter(|w| mqtt::topic::first_level(w) == first)
+            .filter(|w| lmq::first_topic(w) == first)
             .cloned()
             .collect();
         if wanted.is_empty() {
@@ -151,28 +168,50 @@ async fn add_wildcards(
     first: &str,
     filters: &[String],
 ) -> Result<Vec<String>, Error> {
-    let mut list = match ns.get_kv_config(NAMESPACE, first).await? {
+    let mut list = match ns.get_kv_config(NAMESPACE, first, KvMerge::Lists).await? {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut list, filters);
-    ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
+    let _ = ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
     Ok(list)
 }
 
-/// Registers a wildcard filter; returns the first-level topic's list after the change.
+/// The wildcard lease table (`wildcards.rs`), for writing only.
+fn lease_table(config: &Config) -> Result<Table, Error> {
+    let ns = Arc::new(namesrv(config)?);
+    let producer = Arc::new(Producer::new(
+        ns.clone(),
+        ProducerConfig {
+            group: "cloud-bridge-admin".to_owned(),
+            send_timeout: config.send_timeout(),
+            ..ProducerConfig::default()
+        },
+    ));
+    Ok(Table::new(
+        "wildcards",
+        &config.topics.wildcard_topic,
+        ns,
+        producer,
+        TableLimits::default(),
+    ))
+}
+
+/// Registers a wildcard filter, pinned: a lease a bridge held on it is deleted, so that it
+/// is never pruned. Returns the first-level topic's list after the change.
 pub async fn wildcard_add(config: &Config, filter: &str) -> Result<Vec<String>, Error> {
     let ns = namesrv(config)?;
     let first_levels = first_levels(&ns, config).await?;
     lmq::check_wildcard(filter, &first_levels).map_err(Error::Invalid)?;
-    add_wildcards(&ns, mqtt::topic::first_level(filter), &[filter.to_owned()]).await
+    wildcards::pin(&lease_table(config)?, filter).await?;
+    add_wildcards(&ns, lmq::first_topic(filter), &[filter.to_owned()]).await
 }
 
 /// Removes a wildcard filter; returns the list after the change.
 pub async fn wildcard_remove(config: &Config, filter: &str) -> Result<Vec<String>, Error> {
     let ns = namesrv(config)?;
-    let first = mqtt::topic::first_level(filter);
-    let mut list = match ns.get_kv_config(NAMESPACE, first).await? {
+    let first = lmq::first_topic(filter);
+    let mut list = match ns.get_kv_config(NAMESPACE, first, KvMerge::Lists).await? {
         Some(v) => meta::split_list(&v),
         None => Vec::new(),
     };
@@ -181,7 +220,9 @@ pub async fn wildcard_remove(config: &Config, filter: &str) -> Result<Vec<String
     if list.len() == before {
         return Err(Error::Invalid(format!("{filter:?} is not registered")));
     }
-    ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
+    let _ = ns.put_kv_config(NAMESPACE, first, &list.join(",")).await?;
+    // Its lease, if a bridge registered it, goes too.
+    wildcards::pin(&lease_table(config)?, filter).await?;
     Ok(list)
 }
 
@@ -190,7 +231,7 @@ pub async fn wildcard_list(config: &Config) -> Result<Vec<(String, Vec<String>)>
     let ns = namesrv(config)?;
     let mut out = Vec::new();
     for first in first_levels(&ns, config).await? {
-        let list = match ns.get_kv_config(NAMESPACE, &first).await? {
+        let list = match ns.get_kv_config(NAMESPACE, &first, KvMerge::Lists).await? {
             Some(v) => meta::split_list(&v),
             None => Vec::new(),
         };
@@ -201,7 +242,10 @@ pub async fn wildcard_list(config: &Config) -> Result<Vec<(String, Vec<String>)>
 
 async fn first_levels(ns: &NameServer, config: &Config) -> Result<Vec<String>, Error> {
     let mut all = config.topics.first_level.clone();
-    if let Some(v) = ns.get_kv_config(NAMESPACE, ALL_FIRST_TOPICS).await? {
+    if let Some(v) = ns
+        .get_kv_config(NAMESPACE, ALL_FIRST_TOPICS, KvMerge::Lists)
+        .await?
+    {
         merge(&mut all, &meta::split_list(&v));
     }
     Ok(all)

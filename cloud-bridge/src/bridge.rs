@@ -23,13 +23,14 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::lmq;
 use crate::lmq_message;
-use crate::meta::{self, Meta};
+use crate::meta::Meta;
 use crate::metrics::{SendMetrics, SendOutcome};
 use crate::retained;
-use crate::rocketmq::{NameServer, Producer};
+use crate::rocketmq::{NameServer, OnQueued, Producer};
 use crate::session::{BridgeSession, Opening};
 use crate::session_store;
 use crate::state_table::Tables;
+use crate::wildcards::Wildcards;
 use crate::will_store;
 
 /// How long a topic's broker list is used before it is looked up again.
@@ -57,6 +58,8 @@ struct Inner {
     tables: Tables,
     /// Writes refused by a quota: (table, quota) -> count.
     quota_refused: Mutex<HashMap<(&'static str, &'static str), u64>>,
+    /// Registration, leases and pruning of wildcard filters.
+    wildcards: Wildcards,
 }
 
 impl Bridge {
@@ -68,8 +71,16 @@ impl Bridge {
         producer: Producer,
         tables: Tables,
     ) -> Self {
+        let wildcards = Wildcards::new(
+            &config,
+            namesrv.clone(),
+            meta.clone(),
+            tables.wildcards.clone(),
+            tables.sessions.clone(),
+        );
         Self {
             inner: Arc::new(Inner {
+                wildcards,
                 tables,
                 quota_refused: Mutex::new(HashMap::new()),
                 config,
@@ -246,35 +257,27 @@ impl Bridge {
         Ok(all)
     }
 
-    /// Registers a wildcard filter in kvconfig and in this bridge's meta at once.
-    pub async fn register_wildcard(&self, filter: &str) -> Result<(), Error> {
-        let first = mqtt::topic::first_level(filter);
-        lmq::check_wildcard(filter, &[first.to_owned()]).map_err(Error::Invalid)?;
-        let ns = &self.inner.namesrv;
-        let mut list = match ns.get_kv_config(meta::NAMESPACE, first).await? {
-            Some(v) => meta::split_list(&v),
-            None => Vec::new(),
-        };
-        if !list.iter().any(|f| f == filter) {
-            let max = self.inner.config.quotas.wildcards_per_first_level;
-            if max != 0 && list.len() >= max {
-                return Err(Error::QuotaExceeded(
-                    "wildcards",
-                    crate::state_table::Quota::Entries,
-                ));
-            }
-            list.push(filter.to_owned());
-            ns.put_kv_config(meta::NAMESPACE, first, &list.join(","))
-                .await?;
-        }
-        self.inner.meta.add_wildcard(filter);
-        Ok(())
+    /// Registration, leases and pruning of wildcard filters (`wildcards.rs`).
+    pub fn wildcards(&self) -> &Wildcards {
+        &self.inner.wildcards
     }
 
     /// Stores one MQTT message in RocketMQ on behalf of `identity`.
     pub async fn store(self, identity: Arc<str>, message: Message) -> Result<Reason, Refusal> {
+        self.store_queued(identity, message, OnQueued::default())
+            .await
+    }
+
+    /// [`Bridge::store`], firing `on_queued` when the send is queued on a broker
+    /// connection that keeps arrival order (`Producer::send_queued`).
+    pub async fn store_queued(
+        self,
+        identity: Arc<str>,
+        message: Message,
+        on_queued: OnQueued,
+    ) -> Result<Reason, Refusal> {
         let this = &self.inner;
-        let first = mqtt::topic::first_level(&message.topic);
+        let first = lmq::first_topic(&message.topic);
         if !this.meta.is_first_topic(first) {
             return Err(Refusal::new(
                 Reason::TopicNameInvalid,
@@ -287,6 +290,16 @@ impl Bridge {
                 format!("{identity} may not publish to {:?}", message.topic),
             ));
         }
+        let wildcards = this.meta.wildcards(first);
+        let Some(queues) = lmq::dispatch_queues(&message.topic, &wildcards) else {
+            return Err(Refusal::new(
+                Reason::TopicNameInvalid,
+                format!(
+                    "{:?} is a point-to-point topic without a client id ({{first}}/p2p/{{client}})",
+                    message.topic
+                ),
+            ));
+        };
         if message.retain && message.payload.len() > this.config.limits.max_retained_bytes {
             return Err(Refusal::new(
                 Reason::QuotaExceeded,
@@ -299,17 +312,25 @@ impl Bridge {
         } else {
             None
         };
-        let wildcards = this.meta.wildcards(first);
-        let queues = lmq::dispatch_queues(&message.topic, &wildcards);
         let (properties, body) = lmq_message::encode(&message, &queues);
         let properties: Vec<(&str, &str)> =
             properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let started = Instant::now();
         let sent = tokio::time::timeout(
             this.config.send_timeout(),
-            send_while_busy(&this.producer, first, &properties, body, &message.topic),
+            send_while_busy(
+                &this.producer,
+                first,
+                &properties,
+                body,
+                &message.topic,
+                on_queued,
+            ),
         )
         .await;
+        if let Ok(Ok(true)) = &sent {
+            this.send_metrics.record_pipelined();
+        }
         let outcome = match &sent {
             Ok(Ok(_)) => SendOutcome::Ok,
             Ok(Err(_)) => SendOutcome::Failed,
@@ -353,25 +374,29 @@ const SYSTEM_BUSY: i32 = 2;
 
 /// Sends, retrying while the broker answers "busy": it refused the message before storing
 /// it, so a retry cannot duplicate it (the Java producer retries it too). The caller's
-/// timeout bounds the retries.
+/// timeout bounds the retries. A send that was queued in order, with the next message of
+/// its topic maybe sent behind it, is not retried: that one would overtake it.
 async fn send_while_busy(
     producer: &Producer,
     topic: &str,
     properties: &[(&str, &str)],
     body: bytes::Bytes,
     order_key: &str,
-) -> Result<(), crate::Error> {
+    mut on_queued: OnQueued,
+) -> Result<bool, crate::Error> {
     let mut backoff = std::time::Duration::from_millis(20);
     loop {
         match producer
-            .send(topic, properties, body.clone(), order_key)
+            .send_queued(topic, properties, body.clone(), order_key, &mut on_queued)
             .await
         {
-            Err(crate::Error::Remoting { code, .. }) if code == SYSTEM_BUSY => {
+            Err(crate::Error::Remoting { code, .. })
+                if code == SYSTEM_BUSY && !on_queued.fired() =>
+            {
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(std::time::Duration::from_millis(500));
             }
-            other => return other.map(|_| ()),
+            other => return other.map(|_| on_queued.fired()),
         }
     }
 }

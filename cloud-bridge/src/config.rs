@@ -62,7 +62,12 @@ pub struct RocketMqConfig {
     /// Meta refresh period, s.
     #[serde(default = "default_meta_refresh")]
     pub meta_refresh_secs: u64,
+    /// Whether one topic's sends may be pipelined (`rocketmq/producer.rs`).
+    #[serde(default)]
+    pub pipeline_sends: PipelineSends,
 }
+
+pub use crate::rocketmq::producer::PipelineSends;
 
 fn default_cluster() -> String {
     "DefaultCluster".to_owned()
@@ -107,6 +112,9 @@ pub struct TopicsConfig {
     /// Compaction topic of wills.
     #[serde(default = "default_will_topic")]
     pub will_topic: String,
+    /// Compaction topic of the leases of wildcard filters registered on subscribe.
+    #[serde(default = "default_wildcard_topic")]
+    pub wildcard_topic: String,
 }
 
 fn default_retained_topic() -> String {
@@ -117,6 +125,9 @@ fn default_session_topic() -> String {
 }
 fn default_will_topic() -> String {
     "mqttWill".to_owned()
+}
+fn default_wildcard_topic() -> String {
+    "mqttWildcard".to_owned()
 }
 
 /// Bounds on the state clients make the bridge keep outside the message log. Each bridge
@@ -292,6 +303,14 @@ pub struct SubscriptionsConfig {
     pub max_resends: u32,
     /// Times a message may go through the retry queue before it is dropped.
     pub max_retry_times: u32,
+    /// A wildcard filter that a bridge registered on subscribe, and that no subscriber of
+    /// any bridge nor stored session has used for this long, is taken out of kvconfig
+    /// (`wildcards.rs`). `0`: never.
+    pub prune_wildcards_after_secs: u64,
+    /// How long the SUBACK of a SUBSCRIBE that registered a new wildcard filter waits, in
+    /// ms, so that rocketmq-mqtt servers have re-read kvconfig (two 5 s timers in series)
+    /// and dispatch their publishes into the filter's queue too (0: no wait).
+    pub registration_settle_ms: u64,
 }
 
 impl Default for SubscriptionsConfig {
@@ -303,6 +322,8 @@ impl Default for SubscriptionsConfig {
             max_per_client: 64,
             max_resends: 3,
             max_retry_times: 3,
+            prune_wildcards_after_secs: 86_400,
+            registration_settle_ms: 10_000,
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod session;
 pub mod session_store;
 pub mod state_table;
 pub mod topic_order;
+pub mod wildcards;
 pub mod will_store;
 
 pub use error::Error;

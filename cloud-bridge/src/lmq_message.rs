@@ -1,4 +1,6 @@
-//! The RocketMQ message written for one MQTT PUBLISH, exactly as rocketmq-mqtt writes it.
+//! The RocketMQ message written for one MQTT PUBLISH, exactly as rocketmq-mqtt writes it
+//! (`LmqQueueStoreManager.toMQMessage` and `putMessage`, `MessageUtil.toMessage`), plus
+//! the MQTT 5 properties in properties of their own.
 //!
 //! | property | value |
 //! |---|---|
@@ -7,15 +9,23 @@
 //! | `originMqttTopic` | the topic exactly as published |
 //! | `qosLevel` | `0`, `1` or `2` |
 //! | `retryTimes` | `0` |
-//! | `extData` | JSON object of the MQTT 5 user properties |
+//! | `extData` | always `{"qosLevel":"N"}`, as rocketmq-mqtt writes it |
 //! | `IS_EMPTY_MSG` | `true` when the payload was empty, else `false` |
 //! | `TAGS` | `MQTT_COMMON` |
 //! | `KEYS` | the value of the MQTT 5 user property [`KEY_USER_PROPERTY`], when present |
+//! | `mqtt5UserProperties` | the MQTT 5 user properties, in order, repeated keys kept: a JSON array of `[name, value]` pairs; absent when there are none |
+//!
+//! `extData` is rocketmq-mqtt's own map of internal fields: it reads the QoS of a p2p
+//! message from `qosLevel` in it, the delivered topic from `mqttRealTopic`, and puts every
+//! entry back into the messages it re-stores (retry). So a client never writes into it
+//! (a user property `mqttRealTopic` would re-route the message for rocketmq-mqtt's
+//! subscribers), and nothing in it is ever handed to a client. MQTT 5 properties live in
+//! properties named [`prop::MQTT5_PREFIX`]`...` (`mqtt5UserProperties` here; the other
+//! MQTT 5 properties join that scheme). rocketmq-mqtt does not read them: its clients
+//! (MQTT 3.1.1) never see them.
 //!
 //! An empty payload is stored as the UTF-8 string [`EMPTY_BODY`] (RocketMQ refuses empty
 //! bodies) and restored to empty on delivery.
-
-use std::collections::BTreeMap;
 
 use bytes::Bytes;
 use mqtt::packet::Message;
@@ -42,7 +52,7 @@ pub mod prop {
     pub const QOS_LEVEL: &str = "qosLevel";
     /// Retry count.
     pub const RETRY_TIMES: &str = "retryTimes";
-    /// User properties as JSON.
+    /// rocketmq-mqtt's internal fields as a JSON object of strings.
     pub const EXT_DATA: &str = "extData";
     /// Whether the payload was empty.
     pub const IS_EMPTY_MSG: &str = "IS_EMPTY_MSG";
@@ -50,31 +60,42 @@ pub mod prop {
     pub const TAGS: &str = "TAGS";
     /// RocketMQ keys.
     pub const KEYS: &str = "KEYS";
+    /// Prefix of the properties that carry MQTT 5 properties (reserved for them).
+    pub const MQTT5_PREFIX: &str = "mqtt5";
+    /// MQTT 5 user properties: JSON array of `[name, value]` pairs, in order.
+    pub const MQTT5_USER_PROPERTIES: &str = "mqtt5UserProperties";
+}
+
+/// `extData` as rocketmq-mqtt writes it for a publish at `qos` (fastjson's
+/// `toJSONString` of the map `{qosLevel: "N"}`).
+pub fn ext_data(qos: mqtt::packet::QoS) -> String {
+    format!("{{\"{}\":\"{}\"}}", prop::QOS_LEVEL, qos.level())
 }
 
 /// The properties and body of the RocketMQ message for `message`, dispatched to `queues`.
 pub fn encode(message: &Message, queues: &[String]) -> (Vec<(&'static str, String)>, Bytes) {
     let empty = message.payload.is_empty();
-    let ext: BTreeMap<&str, &str> = message
-        .properties
-        .user_properties
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
+    let user = &message.properties.user_properties;
     let mut props = vec![
         (prop::INNER_MULTI_DISPATCH, queues.join(",")),
         (prop::ORIGIN_MQTT_TOPIC, message.topic.clone()),
         (prop::QOS_LEVEL, message.qos.level().to_string()),
         (prop::RETRY_TIMES, "0".to_owned()),
-        (
-            prop::EXT_DATA,
-            serde_json::to_string(&ext).unwrap_or_else(|_| "{}".to_owned()),
-        ),
+        (prop::EXT_DATA, ext_data(message.qos)),
         (prop::IS_EMPTY_MSG, empty.to_string()),
         (prop::TAGS, TAG.to_owned()),
     ];
-    if let Some(key) = ext.get(KEY_USER_PROPERTY).filter(|k| !k.is_empty()) {
-        props.push((prop::KEYS, (*key).to_owned()));
+    if !user.is_empty() {
+        let pairs: Vec<[&str; 2]> = user.iter().map(|(k, v)| [k.as_str(), v.as_str()]).collect();
+        if let Ok(json) = serde_json::to_string(&pairs) {
+            props.push((prop::MQTT5_USER_PROPERTIES, json));
+        }
+    }
+    if let Some((_, key)) = user
+        .iter()
+        .find(|(k, v)| k == KEY_USER_PROPERTY && !v.is_empty())
+    {
+        props.push((prop::KEYS, key.clone()));
     }
     let body = if empty {
         Bytes::from_static(EMPTY_BODY.as_bytes())
@@ -89,6 +110,10 @@ mod tests {
     use super::*;
     use mqtt::packet::{MessageProperties, QoS};
 
+    fn get<'a>(props: &'a [(&str, String)], k: &str) -> Option<&'a str> {
+        props.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str())
+    }
+
     #[test]
     fn empty_payload_and_user_properties() {
         let m = Message {
@@ -100,30 +125,66 @@ mod tests {
                 user_properties: vec![
                     ("k".into(), "v".into()),
                     (KEY_USER_PROPERTY.into(), "gw-1:42".into()),
+                    ("k".into(), "v2".into()),
                 ],
                 ..MessageProperties::default()
             },
         };
         let (props, body) = encode(&m, &["%LMQ%t1%a%".into(), "%LMQ%t1%+%".into()]);
         assert_eq!(&body[..], EMPTY_BODY.as_bytes());
-        let get = |k: &str| props.iter().find(|(n, _)| *n == k).map(|(_, v)| v.as_str());
-        assert_eq!(get(prop::IS_EMPTY_MSG), Some("true"));
+        assert_eq!(get(&props, prop::IS_EMPTY_MSG), Some("true"));
         assert_eq!(
-            get(prop::INNER_MULTI_DISPATCH),
+            get(&props, prop::INNER_MULTI_DISPATCH),
             Some("%LMQ%t1%a%,%LMQ%t1%+%")
         );
-        assert_eq!(get(prop::QOS_LEVEL), Some("1"));
-        assert_eq!(get(prop::KEYS), Some("gw-1:42"));
-        let ext: serde_json::Value = serde_json::from_str(get(prop::EXT_DATA).unwrap()).unwrap();
-        assert_eq!(ext["k"], "v");
+        assert_eq!(get(&props, prop::QOS_LEVEL), Some("1"));
+        assert_eq!(get(&props, prop::KEYS), Some("gw-1:42"));
+        // Order and the repeated key are kept, in a property of their own.
+        assert_eq!(
+            get(&props, prop::MQTT5_USER_PROPERTIES),
+            Some(r#"[["k","v"],["msg-key","gw-1:42"],["k","v2"]]"#)
+        );
+        // extData is rocketmq-mqtt's, byte for byte.
+        assert_eq!(get(&props, prop::EXT_DATA), Some(r#"{"qosLevel":"1"}"#));
+    }
+
+    /// A client's user property named like one of rocketmq-mqtt's internal fields
+    /// (`mqttRealTopic` re-routes a message in `PushAction.write`, `qosLevel` sets a p2p
+    /// message's QoS) never reaches `extData`.
+    #[test]
+    fn user_properties_never_reach_ext_data() {
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
+            let m = Message {
+                topic: "t1/a/b".into(),
+                payload: Bytes::from_static(b"x"),
+                qos,
+                retain: false,
+                properties: MessageProperties {
+                    user_properties: vec![
+                        ("mqttRealTopic".into(), "t1/spoofed/topic".into()),
+                        ("qosLevel".into(), "2".into()),
+                    ],
+                    ..MessageProperties::default()
+                },
+            };
+            let (props, _) = encode(&m, &["%LMQ%t1%a%b%".into()]);
+            let ext = get(&props, prop::EXT_DATA).unwrap_or_default();
+            assert_eq!(ext, format!(r#"{{"qosLevel":"{}"}}"#, qos.level()));
+            assert_eq!(
+                get(&props, prop::QOS_LEVEL),
+                Some(&*qos.level().to_string())
+            );
+        }
     }
 }
 
 /// The MQTT message carried by a RocketMQ message read from an LMQ: the topic is
 /// `originMqttTopic`, or else rebuilt from the last non-wildcard LMQ of
 /// `INNER_MULTI_DISPATCH` (as rocketmq-mqtt does for plain producers); the empty-payload
-/// marker is undone; `qosLevel` (default 1) and `extData` come back as QoS and user
-/// properties. `None` when no topic can be found.
+/// marker is undone; the QoS is `qosLevel` (else `extData`'s `qosLevel`, as rocketmq-mqtt
+/// reads it; default 1); the user properties come from `mqtt5UserProperties` only (never
+/// from `extData`, which holds rocketmq-mqtt's internal fields). `None` when no topic can
+/// be found.
 pub fn decode(m: &crate::rocketmq::Message) -> Option<Message> {
     let topic = match m.property(prop::ORIGIN_MQTT_TOPIC) {
         Some(t) if !t.is_empty() => t.to_owned(),
@@ -134,22 +195,23 @@ pub fn decode(m: &crate::rocketmq::Message) -> Option<Message> {
     } else {
         m.body.clone()
     };
-    let qos = match m.property(prop::QOS_LEVEL) {
+    let ext_qos = || {
+        m.property(prop::EXT_DATA)
+            .and_then(|e| serde_json::from_str::<serde_json::Value>(e).ok())
+            .and_then(|v| v.get(prop::QOS_LEVEL)?.as_str().map(str::to_owned))
+    };
+    let level = m
+        .property(prop::QOS_LEVEL)
+        .map(str::to_owned)
+        .or_else(ext_qos);
+    let qos = match level.as_deref() {
         Some("0") => mqtt::packet::QoS::AtMostOnce,
         Some("2") => mqtt::packet::QoS::ExactlyOnce,
         _ => mqtt::packet::QoS::AtLeastOnce,
     };
     let user_properties = m
-        .property(prop::EXT_DATA)
-        .and_then(|ext| serde_json::from_str::<BTreeMap<String, serde_json::Value>>(ext).ok())
-        .map(|map| {
-            map.into_iter()
-                .map(|(k, v)| match v {
-                    serde_json::Value::String(s) => (k, s),
-                    other => (k, other.to_string()),
-                })
-                .collect()
-        })
+        .property(prop::MQTT5_USER_PROPERTIES)
+        .and_then(|p| serde_json::from_str::<Vec<(String, String)>>(p).ok())
         .unwrap_or_default();
     Some(Message {
         topic,
@@ -186,5 +248,59 @@ mod decode_tests {
         );
         assert_eq!(topic_from_dispatch("%LMQ%t1").as_deref(), Some("t1"));
         assert_eq!(topic_from_dispatch("%LMQ%t1%+%"), None);
+    }
+
+    fn stored(props: &[(&str, &str)]) -> crate::rocketmq::Message {
+        let addr: std::net::SocketAddr = ([127, 0, 0, 1], 1).into();
+        crate::rocketmq::Message {
+            topic: "t1".into(),
+            queue_id: 0,
+            queue_offset: 0,
+            commit_log_offset: 0,
+            sys_flag: 0,
+            flag: 0,
+            body_crc: 0,
+            born_timestamp: 0,
+            born_host: addr,
+            store_timestamp: 0,
+            store_host: addr,
+            reconsume_times: 0,
+            prepared_transaction_offset: 0,
+            body: Bytes::from_static(b"x"),
+            properties: props
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        }
+    }
+
+    /// A message stored by rocketmq-mqtt: its `extData` fields are not user properties;
+    /// a p2p message's QoS is read from `extData` when `qosLevel` is absent.
+    #[test]
+    fn ext_data_is_never_surfaced() {
+        let m = stored(&[
+            (prop::ORIGIN_MQTT_TOPIC, "t1/a"),
+            (prop::QOS_LEVEL, "1"),
+            (prop::EXT_DATA, r#"{"qosLevel":"1","mqttRealTopic":"t1/x"}"#),
+        ]);
+        let d = decode(&m).expect("a message");
+        assert_eq!(d.topic, "t1/a");
+        assert!(d.properties.user_properties.is_empty());
+        let m = stored(&[
+            (prop::ORIGIN_MQTT_TOPIC, "t1/p2p/c"),
+            (prop::EXT_DATA, r#"{"qosLevel":"2"}"#),
+        ]);
+        assert_eq!(
+            decode(&m).map(|d| d.qos),
+            Some(mqtt::packet::QoS::ExactlyOnce)
+        );
+        let m = stored(&[
+            (prop::ORIGIN_MQTT_TOPIC, "t1/a"),
+            (prop::MQTT5_USER_PROPERTIES, r#"[["a","1"],["a","2"]]"#),
+        ]);
+        assert_eq!(
+            decode(&m).map(|d| d.properties.user_properties),
+            Some(vec![("a".into(), "1".into()), ("a".into(), "2".into())])
+        );
     }
 }

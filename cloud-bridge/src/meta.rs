@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::error::Error;
-use crate::rocketmq::NameServer;
+use crate::rocketmq::{KvMerge, NameServer};
 
 /// kvconfig namespace of rocketmq-mqtt.
 pub const NAMESPACE: &str = "LMQ";
@@ -63,7 +63,7 @@ impl Meta {
         let mut by_first: HashMap<String, Vec<String>> = HashMap::new();
         for w in wildcards {
             by_first
-                .entry(mqtt::topic::first_level(w).to_owned())
+                .entry(crate::lmq::first_topic(w).to_owned())
                 .or_default()
                 .push(w.clone());
         }
@@ -104,7 +104,7 @@ impl Meta {
 
     /// Adds a wildcard filter locally (it was just written to kvconfig).
     pub fn add_wildcard(&self, filter: &str) {
-        let first = mqtt::topic::first_level(filter).to_owned();
+        let first = crate::lmq::first_topic(filter).to_owned();
         let mut guard = match self.snapshot.write() {
             Ok(s) => s,
             Err(poisoned) => poisoned.into_inner(),
@@ -124,9 +124,28 @@ impl Meta {
         });
     }
 
+    /// Removes a wildcard filter locally (it was just taken out of kvconfig).
+    pub fn remove_wildcard(&self, filter: &str) {
+        let first = crate::lmq::first_topic(filter);
+        let mut guard = match self.snapshot.write() {
+            Ok(s) => s,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let Some(list) = guard.wildcards.get(first) else {
+            return;
+        };
+        let list: Vec<String> = list.iter().filter(|f| *f != filter).cloned().collect();
+        let mut wildcards = guard.wildcards.clone();
+        wildcards.insert(first.to_owned(), Arc::new(list));
+        *guard = Arc::new(Snapshot {
+            first_topics: guard.first_topics.clone(),
+            wildcards,
+        });
+    }
+
     /// Reads kvconfig once: the whole `LMQ` namespace in one request.
     pub async fn refresh(&self, namesrv: &NameServer) -> Result<(), Error> {
-        let kv = namesrv.kv_list(NAMESPACE).await?;
+        let kv = namesrv.kv_list(NAMESPACE, KvMerge::Lists).await?;
         let mut first_topics: HashSet<String> = self.configured.iter().cloned().collect();
         if let Some(all) = kv.get(ALL_FIRST_TOPICS) {
             first_topics.extend(split_list(all));

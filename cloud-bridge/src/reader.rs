@@ -10,6 +10,13 @@
 //!   else the broker's offset message id), never by queue offset alone.
 //! - An LMQ that never received a message answers "no new message" (or code 17 on some
 //!   brokers): that is an empty queue, not an error.
+//! - Topic match: a subscription's reader hands over only messages whose topic its filter
+//!   matches by the MQTT rules: rocketmq-mqtt's naming puts `t1/a` and `t1/a/` in one
+//!   queue, and dispatches `t1/a/` to the queue of `t1/+` (`lmq.rs`).
+//! - Start: the offset committed for the session's group (`%LMQ%{clientId}`), by this
+//!   bridge or by rocketmq-mqtt, is where a session that did not start clean reads from,
+//!   whether or not the bridge has a session record; only without one does it start at
+//!   the latest message.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -81,12 +88,13 @@ pub enum Start {
         dup_below: i64,
     },
     /// Resolved by the reader itself (retrying while the broker is unreachable): the
-    /// committed offset of `group` when resuming, else the latest message.
+    /// committed offset of `group` when there is one (unless the session started clean),
+    /// else the latest message.
     Resolve {
         /// The session's offset group, for persistent sessions.
         group: Option<String>,
-        /// Whether to use the committed offset.
-        resume: bool,
+        /// Whether to use a committed offset (false after a clean start).
+        use_committed: bool,
         /// In-flight window, for DUP marking after a resume.
         window: i64,
         /// How far the last connection handed this queue out, when it ended cleanly:
@@ -104,22 +112,27 @@ pub struct Reader {
     pub start: Start,
     /// Granted QoS of the subscription (deliveries are downgraded to it).
     pub granted: QoS,
+    /// The subscription's filter: only messages whose topic it matches are handed over
+    /// (`None`: the implicit p2p and retry queues, which take everything).
+    pub filter: Option<Arc<str>>,
     /// Stops the reader.
     pub cancel: CancellationToken,
 }
 
-/// Finds where a session reads `key` from: the committed offset of `group` when resuming,
-/// else the latest message; a persistent session's start is committed at once, so a crash
-/// before the first acknowledgement resumes there. Returns the offset and whether it was
-/// a committed one.
+/// Finds where a session reads `key` from: the offset committed for `group` whenever
+/// there is one (by this bridge or by rocketmq-mqtt, with or without a bridge session
+/// record) and `use_committed` (false after a clean start, which discards it); else the
+/// latest message. A persistent session's start is committed at once, so a crash before
+/// the first acknowledgement resumes there. Returns the offset and whether it was a
+/// committed one.
 pub async fn resolve_start(
     client: &Client,
     key: &QueueKey,
     group: Option<&str>,
-    resume: bool,
+    use_committed: bool,
 ) -> Result<(i64, bool), crate::Error> {
     let b = client.broker(&key.broker);
-    let stored = match (group, resume) {
+    let stored = match (group, use_committed) {
         (Some(g), true) => b.query_consumer_offset(g, &key.lmq, 0).await?,
         _ => None,
     };
@@ -146,11 +159,12 @@ impl Reader {
                 Start::At { offset, dup_below } => break (*offset, *dup_below),
                 Start::Resolve {
                     group,
-                    resume,
+                    use_committed,
                     window,
                     handed_to,
                 } => {
-                    match resolve_start(&shared.client, &self.key, group.as_deref(), *resume).await
+                    match resolve_start(&shared.client, &self.key, group.as_deref(), *use_committed)
+                        .await
                     {
                         Ok((o, stored)) => {
                             lock(&shared.tracker).start(self.key.clone(), o);
@@ -246,7 +260,12 @@ impl Reader {
         let id = m.msg_id().map_or_else(|| m.offset_msg_id(), str::to_owned);
         let fresh = lock(&shared.seen).insert(&id);
         let decoded = lmq_message::decode(m);
-        let (Some(mut message), true) = (decoded, fresh) else {
+        let wanted = |m: &mqtt::packet::Message| {
+            self.filter
+                .as_deref()
+                .is_none_or(|f| mqtt::topic::matches(f, &m.topic))
+        };
+        let (Some(mut message), true) = (decoded.filter(wanted), fresh) else {
             lock(&shared.tracker).skipped(&self.key, at + 1);
             return true;
         };

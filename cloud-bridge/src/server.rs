@@ -45,6 +45,7 @@ impl Server {
             namesrv.clone(),
             ProducerConfig {
                 send_timeout: config.send_timeout(),
+                pipeline: config.rocketmq.pipeline_sends,
                 ..ProducerConfig::default()
             },
         );
@@ -111,6 +112,7 @@ impl Server {
             budget: StoreBudget::new(config.limits.max_storing_bytes),
         });
         tracker.spawn(sweeper(bridge.clone(), shared.clone(), shutdown.clone()));
+        tracker.spawn(bridge.wildcards().clone().run(shutdown.clone()));
         let limit = Arc::new(mqtt::admission::Admission::new(
             config.limits.max_connections,
             mqtt::admission::AdmissionConfig::default(),

@@ -7,8 +7,11 @@
 //!   unregistered filter is registered or refused (config `subscriptions.unregistered`),
 //!   never silently empty.
 //! - Every readable broker of the first-level topic's route is read.
-//! - A new subscription, and a new session, start at the latest message; a resumed
-//!   persistent session starts at its committed offsets.
+//! - A queue with an offset committed for the session's group (`%LMQ%{clientId}`), by
+//!   this bridge or by rocketmq-mqtt, is read from there whenever the session did not
+//!   start clean, with or without a bridge session record (rocketmq-mqtt writes none):
+//!   the broker's offset is the truth. Only a queue without one (or a clean start) starts
+//!   at the latest message.
 //! - Offsets are committed after acknowledgements, continuously (`offsets.rs`).
 
 use std::collections::HashMap;
@@ -32,16 +35,29 @@ use crate::retained;
 use crate::retry;
 use crate::session_store::{self, Handed, Stall, StoredSession, StoredSubscription};
 use crate::topic_order::TopicOrder;
+use crate::wildcards::Held;
 use crate::will_store;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What one accepted subscription did.
+#[derive(Debug, Clone, Copy)]
+struct Subscribed {
+    /// It replaced a subscription to the same filter.
+    existed: bool,
+    /// It registered its wildcard filter in kvconfig (the SUBACK waits for other servers
+    /// to re-read it: `subscriptions.registration_settle_ms`).
+    registered: bool,
+}
+
 #[derive(Debug)]
 struct Subscription {
     qos: QoS,
     queues: Vec<(QueueKey, CancellationToken)>,
+    /// A wildcard filter's use, which keeps its registration from being pruned.
+    _held: Option<Held>,
 }
 
 #[derive(Debug)]
@@ -51,6 +67,7 @@ struct Inner {
     client_id: String,
     group: String,
     persistent: bool,
+    clean_start: bool,
     expiry_secs: u32,
     window: i64,
     has_will: bool,
@@ -122,6 +139,7 @@ impl BridgeSession {
             identity,
             client_id,
             persistent: opening.persistent,
+            clean_start,
             expiry_secs: opening.expiry_secs,
             window: i64::from(opening.window),
             has_will: opening.has_will,
@@ -150,6 +168,7 @@ impl BridgeSession {
                     Subscription {
                         qos: qos_of(s.qos),
                         queues: Vec::new(),
+                        _held: None,
                     },
                 );
             }
@@ -186,19 +205,21 @@ fn qos_of(level: u8) -> QoS {
 }
 
 impl Inner {
-    /// Starts one reader per broker for an LMQ; returns their keys and stop tokens. With
-    /// `lazy`, the readers find their start offsets themselves (retrying while a broker is
-    /// away); otherwise the offsets are resolved here, so that a new subscription starts at
-    /// the latest message as of its SUBACK.
+    /// Starts one reader per broker for an LMQ (`filter`: the subscription's, `None` for
+    /// the implicit queues); returns their keys and stop tokens. With `lazy`, the readers
+    /// find their start offsets themselves (retrying while a broker is away); otherwise the
+    /// offsets are resolved here, so that a new subscription starts at its committed
+    /// offset or the latest message as of its SUBACK.
     async fn start_queues(
         &self,
         lmq_name: &str,
+        filter: Option<&str>,
         brokers: &[String],
         granted: QoS,
-        resume: bool,
         lazy: bool,
     ) -> Result<Vec<(QueueKey, CancellationToken)>, Error> {
         let group = self.persistent.then(|| self.group.clone());
+        let use_committed = !self.clean_start;
         let mut readers = Vec::new();
         for broker in brokers {
             let key = QueueKey {
@@ -213,14 +234,18 @@ impl Inner {
             let start = if lazy {
                 Start::Resolve {
                     group: group.clone(),
-                    resume,
+                    use_committed,
                     window: self.window,
                     handed_to,
                 }
             } else {
-                let (offset, stored) =
-                    reader::resolve_start(&self.reader.client, &key, group.as_deref(), resume)
-                        .await?;
+                let (offset, stored) = reader::resolve_start(
+                    &self.reader.client,
+                    &key,
+                    group.as_deref(),
+                    use_committed,
+                )
+                .await?;
                 lock(&self.reader.tracker).start(key.clone(), offset);
                 Start::At {
                     offset,
@@ -235,6 +260,7 @@ impl Inner {
                 key,
                 start,
                 granted,
+                filter: filter.map(Arc::from),
                 cancel: self.cancel.child_token(),
             });
         }
@@ -255,14 +281,13 @@ impl Inner {
         stored: Option<StoredSession>,
         started: tokio::sync::oneshot::Sender<()>,
     ) {
-        let resumed = stored.is_some();
         // Start the implicit queues at a known offset first, so that a p2p message sent
         // right after CONNACK is read; when the brokers are away, they start later, at the
         // latest offset they find then (or the committed one).
-        let eager = self.start_implicit(resumed, false).await;
+        let eager = self.start_implicit(false).await;
         let _ = started.send(());
         if !eager {
-            self.start_implicit(resumed, true).await;
+            self.start_implicit(true).await;
         }
         for s in stored.map(|s| s.subscriptions).unwrap_or_default() {
             if let Err(refusal) = self
@@ -277,7 +302,7 @@ impl Inner {
     /// Starts the p2p (and, for persistent sessions, retry) readers; false when the
     /// brokers could not be reached (with `lazy`, it retries until it can or the session
     /// ends).
-    async fn start_implicit(&self, resumed: bool, lazy: bool) -> bool {
+    async fn start_implicit(&self, lazy: bool) -> bool {
         let mut backoff = std::time::Duration::from_millis(100);
         let brokers = loop {
             match self.bridge.cluster_brokers().await {
@@ -302,7 +327,7 @@ impl Inner {
                 continue;
             }
             match self
-                .start_queues(&lmq_name, &brokers, QoS::ExactlyOnce, resumed, lazy)
+                .start_queues(&lmq_name, None, &brokers, QoS::ExactlyOnce, lazy)
                 .await
             {
                 Ok(keys) => {
@@ -311,6 +336,7 @@ impl Inner {
                         Subscription {
                             qos: QoS::ExactlyOnce,
                             queues: keys,
+                            _held: None,
                         },
                     );
                 }
@@ -327,7 +353,7 @@ impl Inner {
         qos: QoS,
         resume: bool,
         lazy: bool,
-    ) -> Result<bool, Refusal> {
+    ) -> Result<Subscribed, Refusal> {
         let config = self.bridge.config();
         let limits = &config.subscriptions;
         let invalid = |why: String| Refusal::new(Reason::TopicFilterInvalid, why);
@@ -347,7 +373,10 @@ impl Inner {
             )));
         }
         mqtt::cloud_topic::check_topic(filter).map_err(|e| invalid(format!("filter {e}")))?;
-        let first = mqtt::topic::first_level(filter);
+        if let Some(why) = lmq::unservable_wildcard(filter) {
+            return Err(invalid(why));
+        }
+        let first = lmq::first_topic(filter);
         if mqtt::topic::is_wildcard(first) || !self.bridge.meta().is_first_topic(first) {
             return Err(invalid(format!(
                 "{first:?} is not a first-level topic of this service"
@@ -376,6 +405,7 @@ impl Inner {
                     .quota_refusal("sessions", crate::state_table::Quota::EntryBytes.name()));
             }
         }
+        let mut registered = false;
         if mqtt::topic::is_wildcard(filter)
             && !self
                 .bridge
@@ -394,18 +424,20 @@ impl Inner {
                     ));
                 }
                 UnregisteredWildcards::Register => {
-                    self.bridge
-                        .register_wildcard(filter)
-                        .await
-                        .map_err(|e| match e {
-                            Error::QuotaExceeded(table, q) => {
-                                self.bridge.quota_refusal(table, q.name())
-                            }
-                            e => Refusal::new(
-                                Reason::UnspecifiedError,
-                                format!("registering {filter:?}: {e}"),
-                            ),
-                        })?;
+                    registered =
+                        self.bridge
+                            .wildcards()
+                            .register(filter)
+                            .await
+                            .map_err(|e| match e {
+                                Error::QuotaExceeded(table, q) => {
+                                    self.bridge.quota_refusal(table, q.name())
+                                }
+                                e => Refusal::new(
+                                    Reason::UnspecifiedError,
+                                    format!("registering {filter:?}: {e}"),
+                                ),
+                            })?;
                     info!(filter, "wildcard registered in kvconfig on subscribe");
                 }
             }
@@ -417,11 +449,22 @@ impl Inner {
             .await
             .map_err(|e| Refusal::new(Reason::UnspecifiedError, e.to_string()))?;
         let keys = self
-            .start_queues(&lmq::lmq_name(filter), &brokers, qos, resume, lazy)
+            .start_queues(&lmq::lmq_name(filter), Some(filter), &brokers, qos, lazy)
             .await
             .map_err(|e| Refusal::new(Reason::UnspecifiedError, e.to_string()))?;
-        lock(&self.subs).insert(filter.to_owned(), Subscription { qos, queues: keys });
-        Ok(existing)
+        let held = mqtt::topic::is_wildcard(filter).then(|| self.bridge.wildcards().hold(filter));
+        lock(&self.subs).insert(
+            filter.to_owned(),
+            Subscription {
+                qos,
+                queues: keys,
+                _held: held,
+            },
+        );
+        Ok(Subscribed {
+            existed: existing,
+            registered,
+        })
     }
 
     fn explicit_count(&self) -> usize {
@@ -576,9 +619,9 @@ impl Session for BridgeSession {
                     "not stored: an earlier publish to this topic on this connection was not stored",
                 ));
             }
-            let result = bridge.store(identity, message).await;
-            turn.finish(&result);
-            result
+            let on_queued = turn.on_queued();
+            let result = bridge.store_queued(identity, message, on_queued).await;
+            turn.finish(result).await
         })
     }
 
@@ -591,10 +634,15 @@ impl Session for BridgeSession {
             let mut outcomes = Vec::with_capacity(requests.len());
             // Filters whose retained messages are sent: read once for the whole packet.
             let mut retained_for: Vec<(String, QoS)> = Vec::new();
+            let mut registered = false;
             for r in &requests {
                 let qos = r.qos;
                 match inner.subscribe_one(&r.filter, qos, false, false).await {
-                    Ok(existed) => {
+                    Ok(Subscribed {
+                        existed,
+                        registered: new_filter,
+                    }) => {
+                        registered |= new_filter;
                         outcomes.push(SubscribeOutcome::Granted(qos));
                         let send_retained =
                             r.retain_handling == 0 || (r.retain_handling == 1 && !existed);
@@ -607,6 +655,16 @@ impl Session for BridgeSession {
                         info!(client = %inner.client_id, filter = %r.filter, %refusal, "subscription refused");
                         outcomes.push(SubscribeOutcome::Refused(refusal.reason));
                     }
+                }
+            }
+            // A wildcard registered just now: rocketmq-mqtt servers dispatch into its queue
+            // only once they re-read kvconfig. Its readers already run (from the offset
+            // resolved above), so nothing published through a bridge is lost meanwhile.
+            let settle = inner.bridge.config().subscriptions.registration_settle_ms;
+            if registered && settle > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(std::time::Duration::from_millis(settle)) => {}
+                    _ = inner.cancel.cancelled() => {}
                 }
             }
             if !retained_for.is_empty() {

@@ -1,7 +1,8 @@
 //! A key-value table kept in a RocketMQ compaction topic (topic attribute
 //! `cleanup.policy=COMPACTION`). The state that must outlive a bridge and be shared by
-//! every bridge lives in three of them: retained messages (key: the MQTT topic),
-//! persistent sessions and wills (key: the client id).
+//! every bridge lives in four of them: retained messages (key: the MQTT topic),
+//! persistent sessions and wills (key: the client id), and the leases of the wildcard
+//! filters bridges registered (key: the filter, `wildcards.rs`).
 //!
 //! Why not the name server's kvconfig, where it was: kvconfig is the name server's
 //! configuration store. It keeps every value in its heap, rewrites `kvConfig.json` whole on
@@ -593,7 +594,7 @@ impl Table {
     }
 }
 
-/// The bridge's three tables.
+/// The bridge's tables.
 #[derive(Debug, Clone)]
 pub struct Tables {
     /// Retained messages.
@@ -602,6 +603,8 @@ pub struct Tables {
     pub sessions: Table,
     /// Wills.
     pub wills: Table,
+    /// Leases of the wildcard filters bridges registered (`wildcards.rs`).
+    pub wildcards: Table,
 }
 
 impl Tables {
@@ -620,12 +623,14 @@ impl Tables {
             retained: table("retained", &t.retained_topic, q.retained()),
             sessions: table("sessions", &t.session_topic, q.sessions()),
             wills: table("wills", &t.will_topic, q.wills()),
+            // Written by bridges only, for filters the wildcard quota already bounds.
+            wildcards: table("wildcards", &t.wildcard_topic, TableLimits::default()),
         }
     }
 
-    /// All three.
-    pub fn all(&self) -> [&Table; 3] {
-        [&self.retained, &self.sessions, &self.wills]
+    /// All four.
+    pub fn all(&self) -> [&Table; 4] {
+        [&self.retained, &self.sessions, &self.wills, &self.wildcards]
     }
 }
 

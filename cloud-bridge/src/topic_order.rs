@@ -1,16 +1,19 @@
 //! Order per topic for one connection's pipelined stores.
 //!
 //! A connection may have `limits.publish_pipeline` stores to RocketMQ in flight. Stores
-//! to different MQTT topics run concurrently; stores to the same topic run one after
-//! another, in publish order. Two concurrent sends to one broker may be appended in
-//! either order (a 5.x broker has min(cores, 4) send threads by default), and an LMQ's
-//! offsets are assigned at append time, so this is what keeps a topic's LMQ in the
-//! order its publisher sent.
+//! to different MQTT topics run concurrently. Stores to one topic go out in publish order,
+//! each one once the previous one was either queued on a broker connection that keeps
+//! arrival order (a broker with one send thread: `Producer::send_queued`), or answered.
+//! Two concurrent sends to a broker with several send threads may be appended in either
+//! order (a 5.x broker has min(cores, 4) by default), and an LMQ's offsets are assigned
+//! at append time, so this is what keeps a topic's LMQ in the order its publisher sent.
 //!
-//! When a store fails (RocketMQ did not take the message), the stores already queued
-//! behind it on the same topic are refused without being sent: a client that resends
-//! from the failed one then keeps the order. A message refused for what it is (topic,
-//! authorization, size) is not resent, so it does not hold the others back.
+//! When a store fails (RocketMQ did not take the message), the stores queued behind it
+//! on the same topic fail too: those not sent yet are refused without being sent, and
+//! those already sent behind it are reported as failed even when the broker stored them.
+//! A client that resends from the failed one then keeps the order; a subscriber can see
+//! the ones stored behind it twice, the second time in order. A message refused for what
+//! it is (topic, authorization, size) is not resent, so it does not hold the others back.
 //!
 //! Written by hand: it is a keyed chain of oneshot channels, a few lines that no crate
 //! offers (tokio's fair `Mutex` queues waiters in the order they are first polled, not
@@ -25,7 +28,17 @@ use mqtt::broker::Refusal;
 use mqtt::packet::Reason;
 use tokio::sync::oneshot;
 
+use crate::rocketmq::OnQueued;
+
 type Done = Shared<oneshot::Receiver<bool>>;
+type Queued = Shared<oneshot::Receiver<()>>;
+
+/// What a store waits for from the one before it.
+#[derive(Debug, Clone)]
+struct Previous {
+    queued: Queued,
+    done: Done,
+}
 
 /// The stores in flight on one connection, by topic.
 #[derive(Debug, Default)]
@@ -36,8 +49,8 @@ pub struct TopicOrder {
 #[derive(Debug, Default)]
 struct Tails {
     next_id: u64,
-    /// The last store queued per topic: its id and its end.
-    by_topic: HashMap<String, (u64, Done)>,
+    /// The last store queued per topic: its id and its signals.
+    by_topic: HashMap<String, (u64, Previous)>,
 }
 
 impl TopicOrder {
@@ -45,13 +58,18 @@ impl TopicOrder {
     /// order; the returned turn says when the store may start.
     pub fn turn(&self, topic: &str) -> Turn {
         let (tx, rx) = oneshot::channel();
+        let (queued_tx, queued_rx) = oneshot::channel();
+        let mine = Previous {
+            queued: queued_rx.shared(),
+            done: rx.shared(),
+        };
         let mut tails = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
         tails.next_id = tails.next_id.wrapping_add(1);
         let id = tails.next_id;
         let previous = match tails.by_topic.get_mut(topic) {
-            Some(tail) => Some(std::mem::replace(tail, (id, rx.shared())).1),
+            Some(tail) => Some(std::mem::replace(tail, (id, mine)).1),
             None => {
-                tails.by_topic.insert(topic.to_owned(), (id, rx.shared()));
+                tails.by_topic.insert(topic.to_owned(), (id, mine));
                 None
             }
         };
@@ -60,6 +78,7 @@ impl TopicOrder {
             topic: topic.to_owned(),
             id,
             previous,
+            queued: Some(queued_tx),
             done: Some(tx),
             passed: false,
         }
@@ -76,35 +95,64 @@ impl TopicOrder {
     }
 }
 
-/// One store's place in its topic's queue. Dropping it (passed or not, or cancelled)
+/// One store's place in its topic's queue. Dropping it (finished or not, or cancelled)
 /// lets the next store to the topic go on, or refuses it.
 #[derive(Debug)]
 pub struct Turn {
     tails: Arc<Mutex<Tails>>,
     topic: String,
     id: u64,
-    previous: Option<Done>,
+    previous: Option<Previous>,
+    queued: Option<oneshot::Sender<()>>,
     done: Option<oneshot::Sender<bool>>,
     passed: bool,
 }
 
 impl Turn {
-    /// Waits for the previous store to this topic to end; `false` when it did not pass
-    /// (then this one must not be sent either).
+    /// Waits until this store may be sent: the previous store to this topic was queued
+    /// on an order-keeping broker connection, or ended. `false` when it ended without
+    /// passing (then this one must not be sent either).
     pub async fn ready(&mut self) -> bool {
-        match self.previous.take() {
-            None => true,
-            // A dropped sender cannot happen (Drop sends); count it as not stored.
-            Some(previous) => previous.await.unwrap_or(false),
+        let Some(previous) = &self.previous else {
+            return true;
+        };
+        if previous.queued.clone().await.is_ok() {
+            // Sent ahead of this one: `finish` waits for its outcome.
+            return true;
         }
+        // Ended without being queued in order: its outcome decides. A dropped sender
+        // cannot happen (Drop sends); count it as not stored.
+        let passed = previous.done.clone().await.unwrap_or(false);
+        self.previous = None;
+        passed
     }
 
-    /// Ends this store with its outcome. The stores queued behind it go on unless
-    /// RocketMQ did not take the message (`ImplementationSpecificError`: its client
-    /// resends it). A message refused for what it is (topic, authorization, size) is not
-    /// resent, so it cannot come back out of order.
-    pub fn finish(mut self, outcome: &Result<Reason, Refusal>) {
-        self.passed = !matches!(outcome, Err(r) if r.reason == Reason::ImplementationSpecificError);
+    /// The notifier to hand to `Producer::send_queued`: it lets the next store to this
+    /// topic go as soon as this one is queued in order.
+    pub fn on_queued(&mut self) -> OnQueued {
+        self.queued.take().map(OnQueued::new).unwrap_or_default()
+    }
+
+    /// Ends this store with its outcome, which stands only if the store sent before it
+    /// passed too (waited for here). The stores queued behind it go on unless RocketMQ
+    /// did not take the message (`ImplementationSpecificError`: its client resends it).
+    /// A message refused for what it is (topic, authorization, size) is not resent, so it
+    /// cannot come back out of order.
+    pub async fn finish(mut self, outcome: Result<Reason, Refusal>) -> Result<Reason, Refusal> {
+        let before_passed = match self.previous.take() {
+            None => true,
+            Some(previous) => previous.done.await.unwrap_or(false),
+        };
+        let outcome = match outcome {
+            Ok(_) if !before_passed => Err(Refusal::new(
+                Reason::ImplementationSpecificError,
+                "stored, but an earlier publish to this topic on this connection was not: resend from that one",
+            )),
+            other => other,
+        };
+        self.passed =
+            !matches!(&outcome, Err(r) if r.reason == Reason::ImplementationSpecificError);
+        outcome
     }
 }
 
@@ -144,8 +192,53 @@ mod tests {
             !waiting.is_finished(),
             "second store started before the first ended"
         );
-        first.finish(&Ok(Reason::Success));
+        first.finish(Ok(Reason::Success)).await.unwrap();
         assert!(waiting.await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_store_queued_in_order_lets_the_next_one_go_before_its_answer() {
+        let order = TopicOrder::default();
+        let mut first = order.turn("t");
+        let mut second = order.turn("t");
+        assert!(first.ready().await);
+        first.on_queued().fire();
+        let ready = tokio::time::timeout(Duration::from_secs(1), second.ready()).await;
+        assert_eq!(
+            ready.ok(),
+            Some(true),
+            "second goes while first awaits its answer"
+        );
+        // The second's answer waits for the first's.
+        let second = tokio::spawn(second.finish(Ok(Reason::Success)));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !second.is_finished(),
+            "answered before the store sent ahead of it"
+        );
+        first.finish(Ok(Reason::Success)).await.unwrap();
+        assert_eq!(second.await.unwrap().unwrap(), Reason::Success);
+    }
+
+    #[tokio::test]
+    async fn a_failed_store_fails_the_ones_sent_behind_it() {
+        let order = TopicOrder::default();
+        let mut first = order.turn("t");
+        let mut second = order.turn("t");
+        let mut third = order.turn("t");
+        assert!(first.ready().await);
+        first.on_queued().fire();
+        assert!(second.ready().await);
+        // The third waits for the second, which is never queued in order.
+        let not_stored = Refusal::new(Reason::ImplementationSpecificError, "broker busy");
+        assert!(first.finish(Err(not_stored)).await.is_err());
+        let second = second.finish(Ok(Reason::Success)).await;
+        assert_eq!(
+            second.unwrap_err().reason,
+            Reason::ImplementationSpecificError,
+            "stored behind a failed one: reported failed, so the client resends both in order"
+        );
+        assert!(!third.ready().await, "not sent at all");
     }
 
     #[tokio::test]
@@ -181,16 +274,16 @@ mod tests {
         let first = order.turn("t");
         let mut second = order.turn("t");
         let too_big = Refusal::new(Reason::QuotaExceeded, "retained message too large");
-        first.finish(&Err(too_big));
+        assert!(first.finish(Err(too_big)).await.is_err());
         assert!(
             second.ready().await,
             "the next publish to the topic goes on"
         );
         let third = order.turn("t");
         let mut fourth = order.turn("t");
-        second.finish(&Ok(Reason::Success));
+        second.finish(Ok(Reason::Success)).await.unwrap();
         let not_stored = Refusal::new(Reason::ImplementationSpecificError, "broker down");
-        third.finish(&Err(not_stored));
+        assert!(third.finish(Err(not_stored)).await.is_err());
         assert!(
             !fourth.ready().await,
             "a failed write holds the topic's queue back"

@@ -14,7 +14,7 @@ use mqtt::packet::{Message, MessageProperties, QoS, Will};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::rocketmq::NameServer;
+use crate::rocketmq::{KvMerge, NameServer};
 use crate::state_table::Table;
 
 /// kvconfig namespace of bridge heartbeats (instance id -> ms since the epoch).
@@ -65,11 +65,12 @@ pub async fn delete(table: &Table, client_id: &str, owner: Option<&str>) -> Resu
 pub async fn heartbeat(ns: &NameServer, instance: &str, now_ms: u64) -> Result<(), Error> {
     ns.put_kv_config(LIVENESS, instance, &now_ms.to_string())
         .await
+        .map(drop)
 }
 
 /// Removes bridge `instance`'s heartbeat (clean shutdown).
 pub async fn retire(ns: &NameServer, instance: &str) -> Result<(), Error> {
-    ns.delete_kv_config(LIVENESS, instance).await
+    ns.delete_kv_config(LIVENESS, instance).await.map(drop)
 }
 
 /// Wills whose owner has not sent a heartbeat for `stale_ms`: removed from the table and
@@ -86,7 +87,8 @@ pub async fn take_orphans(
     if wills.is_empty() {
         return Ok(Vec::new());
     }
-    let alive = ns.kv_list(LIVENESS).await?;
+    // The latest heartbeat any name server holds: one that was down is behind.
+    let alive = ns.kv_list(LIVENESS, KvMerge::Latest).await?;
     let is_alive = |owner: &str| {
         alive
             .get(owner)

@@ -100,7 +100,12 @@ async fn publishes_from_every_client_land_in_rocketmq() {
         let wild = cloud_bridge::lmq::lmq_name(&wildcard);
         assert_eq!(p["INNER_MULTI_DISPATCH"], format!("{own},{wild}").as_str());
         assert!(p["INNER_MULTI_QUEUE_OFFSET"].as_str().is_some());
-        assert_eq!(p["extData"], "{}");
+        // extData exactly as rocketmq-mqtt writes it (issue #15).
+        assert_eq!(
+            p["extData"],
+            format!(r#"{{"qosLevel":"{}"}}"#, m.qos).as_str()
+        );
+        assert!(p.get("mqtt5UserProperties").is_none_or(|v| v.is_null()));
     }
     server.stop(Duration::from_secs(5)).await;
     let _ = std::fs::remove_dir_all(dir);
@@ -182,11 +187,25 @@ async fn empty_payload_and_user_properties_are_stored_like_rocketmq_mqtt() {
     assert_eq!(empty["properties"]["IS_EMPTY_MSG"], "true");
     let props = by_topic(&msgs[1].topic);
     assert_eq!(props["properties"]["IS_EMPTY_MSG"], "false");
-    let ext: serde_json::Value =
-        serde_json::from_str(props["properties"]["extData"].as_str().expect("extData"))
-            .expect("json");
-    assert_eq!(ext["unit"], "celsius");
-    assert_eq!(ext["msg-key"], "gw-7:42");
+    // User properties in a property of their own, never in extData (issue #15).
+    let user: Vec<(String, String)> = serde_json::from_str(
+        props["properties"]["mqtt5UserProperties"]
+            .as_str()
+            .expect("mqtt5UserProperties"),
+    )
+    .expect("json");
+    assert!(
+        user.contains(&("unit".into(), "celsius".into())),
+        "{user:?}"
+    );
+    assert!(
+        user.contains(&("msg-key".into(), "gw-7:42".into())),
+        "{user:?}"
+    );
+    assert_eq!(
+        props["properties"]["extData"],
+        format!(r#"{{"qosLevel":"{}"}}"#, msgs[1].qos).as_str()
+    );
     assert_eq!(props["keys"], "gw-7:42");
     server.stop(Duration::from_secs(5)).await;
 }
@@ -267,4 +286,85 @@ async fn ordered_publishes(budget: Option<usize>) -> (cloud_bridge::server::Serv
         next[t] += 1;
     }
     (server, config)
+}
+
+/// Issue #17: on a broker with one send thread (the test broker, as rocketmq.sh
+/// configures it) the bridge sends one topic's publishes without waiting for each answer,
+/// and they still land in publish order: in the first-level topic's queue, read by the
+/// plain RocketMQ Java consumer, and in the topic's LMQ, read by an MQTT subscriber. With
+/// `rocketmq.pipeline_sends = "always"` against a broker with more send threads, this test
+/// is the one that finds them reordered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_topic_publishes_are_pipelined_and_stay_in_order() {
+    const N: usize = 2000;
+    let first = unique("pipe");
+    let topic = format!("{first}/one");
+    let text = config_text(&first, &[], "").replace(
+        "[metrics]\nbind = \"\"",
+        "[metrics]\nbind = \"127.0.0.1:0\"",
+    );
+    let (server, _) = start_bridge(&text).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let id = unique("s");
+    let mut sub = harness::subscriber::rumqttc_subscribe(
+        addr,
+        Proto::V5,
+        &id,
+        &password(&id),
+        true,
+        &[(topic.as_str(), 1)],
+    )
+    .await;
+    let sent: Vec<Msg> = (0..N)
+        .map(|n| msg(topic.clone(), 1, &n.to_string()))
+        .collect();
+    let id = unique("p");
+    rumqttc_publish(addr, Proto::V311, None, &id, &password(&id), &sent).await;
+
+    let got = sub.collect(N, Duration::from_secs(60)).await;
+    assert_eq!(got.len(), N, "every publish reaches the subscriber");
+    for (i, g) in got.iter().enumerate() {
+        assert_eq!(
+            String::from_utf8_lossy(&g.payload),
+            i.to_string(),
+            "message {i} of the LMQ is out of order"
+        );
+    }
+    let mut stored: Vec<(i64, i64, String)> = consume(&first, N)
+        .iter()
+        .map(|m| {
+            (
+                m["queueId"].as_i64().unwrap(),
+                m["queueOffset"].as_i64().unwrap(),
+                m["body_utf8"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(stored.len(), N);
+    stored.sort();
+    assert!(
+        stored.iter().all(|(q, _, _)| *q == stored[0].0),
+        "one topic, one queue"
+    );
+    for (i, (_, _, body)) in stored.iter().enumerate() {
+        assert_eq!(
+            body,
+            &i.to_string(),
+            "queue offset {i} holds another message"
+        );
+    }
+    let metrics = server.metrics_addr().expect("metrics endpoint");
+    let (_, text) = mqtt::metrics::fetch::get(metrics, "/metrics", Duration::from_secs(10))
+        .await
+        .expect("metrics");
+    let pipelined: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("cloud_bridge_rocketmq_sends_pipelined_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("cloud_bridge_rocketmq_sends_pipelined_total");
+    assert!(
+        pipelined >= (N / 2) as f64,
+        "sends were pipelined: {pipelined} of {N}"
+    );
+    server.stop(Duration::from_secs(5)).await;
 }

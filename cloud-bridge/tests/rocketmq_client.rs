@@ -15,8 +15,8 @@ use cloud_bridge::Error;
 use cloud_bridge::rocketmq::message::property;
 use cloud_bridge::rocketmq::namesrv::parse_addrs;
 use cloud_bridge::rocketmq::{
-    Client, ClientConfig, NameServer, Producer, ProducerConfig, PullRequest, PullResult,
-    TopicConfig, TopicRoute,
+    Client, ClientConfig, KvMerge, NameServer, Producer, ProducerConfig, PullRequest, PullResult,
+    TopicConfig, TopicRoute, Written,
 };
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -108,27 +108,39 @@ async fn kvconfig_put_get_list_delete() -> TestResult {
     let env = env()?;
     let namespace = support::unique_name("cbns");
     let ns = &env.namesrv;
-    assert_eq!(ns.get_kv_config(&namespace, "t1").await?, None);
-    assert!(ns.kv_list(&namespace).await?.is_empty());
-    ns.put_kv_config(&namespace, "t1", "t1/+,t1/a/#").await?;
-    ns.put_kv_config(&namespace, "ALL_FIRST_TOPICS", "t1")
+    assert_eq!(
+        ns.get_kv_config(&namespace, "t1", KvMerge::Lists).await?,
+        None
+    );
+    assert!(ns.kv_list(&namespace, KvMerge::Lists).await?.is_empty());
+    assert_eq!(
+        ns.put_kv_config(&namespace, "t1", "t1/+,t1/a/#").await?,
+        Written::Everywhere
+    );
+    let _ = ns
+        .put_kv_config(&namespace, "ALL_FIRST_TOPICS", "t1")
         .await?;
     assert_eq!(
-        ns.get_kv_config(&namespace, "t1").await?.as_deref(),
+        ns.get_kv_config(&namespace, "t1", KvMerge::Lists)
+            .await?
+            .as_deref(),
         Some("t1/+,t1/a/#")
     );
-    let all = ns.kv_list(&namespace).await?;
+    let all = ns.kv_list(&namespace, KvMerge::Lists).await?;
     let expected: HashMap<String, String> = [
         ("t1".to_owned(), "t1/+,t1/a/#".to_owned()),
         ("ALL_FIRST_TOPICS".to_owned(), "t1".to_owned()),
     ]
     .into();
     assert_eq!(all, expected);
-    ns.delete_kv_config(&namespace, "t1").await?;
-    ns.delete_kv_config(&namespace, "never-there").await?;
-    assert_eq!(ns.get_kv_config(&namespace, "t1").await?, None);
-    assert_eq!(ns.kv_list(&namespace).await?.len(), 1);
-    ns.delete_kv_config(&namespace, "ALL_FIRST_TOPICS").await?;
+    let _ = ns.delete_kv_config(&namespace, "t1").await?;
+    let _ = ns.delete_kv_config(&namespace, "never-there").await?;
+    assert_eq!(
+        ns.get_kv_config(&namespace, "t1", KvMerge::Lists).await?,
+        None
+    );
+    assert_eq!(ns.kv_list(&namespace, KvMerge::Lists).await?.len(), 1);
+    let _ = ns.delete_kv_config(&namespace, "ALL_FIRST_TOPICS").await?;
     env.client.close().await;
     Ok(())
 }
@@ -216,13 +228,27 @@ async fn name_server_requests_move_on_from_an_unreachable_server() -> TestResult
     let namesrv = NameServer::new(client.clone(), addrs)?;
     let info = namesrv.cluster_info().await?;
     assert!(!info.master_addrs(&support::cluster_name()).is_empty());
-    // Writes go to every server, so one unreachable server fails them.
+    // Writes go to every server that can be reached (issue #16: one name server down must
+    // not stop the bridges); the result says one was missed. Reads merge the others.
     let namespace = support::unique_name("cbns");
+    assert_eq!(
+        namesrv.put_kv_config(&namespace, "k", "v").await?,
+        Written::Partly
+    );
+    assert_eq!(
+        namesrv
+            .get_kv_config(&namespace, "k", KvMerge::Lists)
+            .await?
+            .as_deref(),
+        Some("v")
+    );
+    // Only unreachable servers: the write fails.
+    let none = NameServer::new(client.clone(), vec![namesrv.addrs()[0].clone()])?;
     assert!(matches!(
-        namesrv.put_kv_config(&namespace, "k", "v").await,
+        none.put_kv_config(&namespace, "k", "v").await,
         Err(Error::Connect { .. })
     ));
-    env()?.namesrv.delete_kv_config(&namespace, "k").await?;
+    let _ = env()?.namesrv.delete_kv_config(&namespace, "k").await?;
     client.close().await;
     Ok(())
 }

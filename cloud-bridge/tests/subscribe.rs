@@ -650,3 +650,144 @@ async fn receive_maximum_bounds_deliveries_in_flight_and_unsubscribe_stops_them(
     }
     server.stop(Duration::from_secs(5)).await;
 }
+
+/// The wildcard lists of `first` as kvconfig holds them now.
+async fn listed(config: &cloud_bridge::config::Config, first: &str) -> Vec<String> {
+    cloud_bridge::admin::wildcard_list(config)
+        .await
+        .expect("wildcard list")
+        .into_iter()
+        .find(|(f, _)| f == first)
+        .map(|(_, l)| l)
+        .unwrap_or_default()
+}
+
+/// Polls until `done` holds for the list of `first`, or `within` passed; returns the list.
+async fn list_until(
+    config: &cloud_bridge::config::Config,
+    first: &str,
+    within: Duration,
+    done: impl Fn(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let list = listed(config, first).await;
+        if done(&list) || tokio::time::Instant::now() >= deadline {
+            return list;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Issue #21: registrations made on subscribe are pruned once no subscriber of any bridge
+/// and no stored session uses them; pinned filters, filters a live subscriber on another
+/// bridge reads and filters a stored persistent session reads stay, and a live
+/// subscriber's filter that another tool removed comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unused_wildcard_registrations_are_pruned_and_used_ones_kept() {
+    let first = unique("wp");
+    let prune_after = Duration::from_secs(4);
+    let text = config_text(
+        &first,
+        &[],
+        &format!(
+            "[subscriptions]\nprune_wildcards_after_secs = {}\n",
+            prune_after.as_secs()
+        ),
+    );
+    let (b1, config) = start_bridge(&text).await;
+    let (b2, _) = start_bridge(&text).await;
+    let a1 = b1.local_addr("mqtt").unwrap();
+    let a2 = b2.local_addr("mqtt").unwrap();
+    let [gone, stored, live, pinned] =
+        ["gone", "stored", "live", "pinned"].map(|w| format!("{first}/{w}/+"));
+
+    cloud_bridge::admin::wildcard_add(&config, &pinned)
+        .await
+        .expect("wildcard add");
+    // A subscriber that leaves at once, and a persistent session (3.1.1, clean session
+    // false: it never expires) that leaves, both on bridge 1 (paho-mqtt).
+    let sessions = [
+        serde_json::json!({"client_id": unique("gone"), "proto": 3,
+            "ops": [{"op": "subscribe", "filter": gone, "qos": 1}]}),
+        serde_json::json!({"client_id": unique("stored"), "proto": 3, "clean": false,
+            "ops": [{"op": "subscribe", "filter": stored, "qos": 1}]}),
+    ];
+    let stored_id = sessions[1]["client_id"].as_str().unwrap().to_owned();
+    for r in harness::paho_sessions::run(a1, 2, &sessions) {
+        assert_eq!(r["ops"], serde_json::json!([1]), "SUBACK: {r}");
+    }
+    // A subscriber that stays, on bridge 2 (rumqttc).
+    let id = unique("live");
+    let mut sub = rumqttc_subscribe(a2, Proto::V5, &id, &password(&id), true, &[(&live, 1)]).await;
+    assert_eq!(sub.suback, vec![1]);
+    let all = listed(&config, &first).await;
+    for w in [&gone, &stored, &live, &pinned] {
+        assert!(all.contains(w), "{w} registered: {all:?}");
+    }
+
+    // Leases are renewed every second (a quarter of 4 s): within a few periods the unused
+    // registration goes, and only it.
+    let list = list_until(&config, &first, prune_after * 4, |l| !l.contains(&gone)).await;
+    assert!(!list.contains(&gone), "{gone} pruned: {list:?}");
+    // Give the others as long again to be (wrongly) pruned.
+    tokio::time::sleep(prune_after * 2).await;
+    let list = listed(&config, &first).await;
+    for w in [&stored, &live, &pinned] {
+        assert!(list.contains(w), "{w} kept: {list:?}");
+    }
+
+    // The live subscriber still gets publishes through its wildcard, from the other bridge.
+    let pid = unique("p");
+    let topic = format!("{first}/live/x");
+    harness::clients::mosquitto_pub(
+        a1,
+        Proto::V311,
+        &pid,
+        &password(&pid),
+        &msg(&topic, 1, "l1"),
+    );
+    let got = sub.collect(1, WAIT).await;
+    assert_eq!(got.len(), 1, "live wildcard still dispatched: {got:?}");
+    assert_eq!(got[0].payload, b"l1");
+
+    // Another tool removes the live subscriber's filter: its bridge registers it again.
+    cloud_bridge::admin::wildcard_remove(&config, &live)
+        .await
+        .expect("wildcard remove");
+    let list = list_until(&config, &first, Duration::from_secs(10), |l| {
+        l.contains(&live)
+    })
+    .await;
+    assert!(list.contains(&live), "{live} registered again: {list:?}");
+
+    // The stored session gets what was published to its filter while it was away.
+    let topic = format!("{first}/stored/y");
+    harness::clients::mosquitto_pub(
+        a2,
+        Proto::V311,
+        &pid,
+        &password(&pid),
+        &msg(&topic, 1, "s1"),
+    );
+    let mut back = rumqttc_subscribe(
+        a1,
+        Proto::V311,
+        &stored_id,
+        &password(&stored_id),
+        false,
+        &[],
+    )
+    .await;
+    let got = back.collect(1, WAIT).await;
+    assert_eq!(
+        got.len(),
+        1,
+        "stored session's wildcard kept filling: {got:?}"
+    );
+    assert_eq!(got[0].payload, b"s1");
+    drop(back);
+    drop(sub);
+    b1.stop(Duration::from_secs(2)).await;
+    b2.stop(Duration::from_secs(2)).await;
+}

@@ -15,9 +15,17 @@
 #   rocketmq.sh tool CMD ARGS...   tool/RmqTool.java: consume, produce, max-offset, pull,
 #                                  bench-produce, get-kv, put-kv, wait-ready (see its header)
 #   rocketmq.sh clean              stop and delete run/ (data, logs, kvconfig)
+#   rocketmq.sh cluster CMD ...    the same commands for a cluster of two name servers
+#                                  (namesrv-1, namesrv-2) and two brokers (broker-a,
+#                                  broker-b) in run/cluster/: e.g. `cluster start`,
+#                                  `cluster stop broker-a --kill` (a crash), `cluster start
+#                                  broker-a`, `cluster stop namesrv-1`, `cluster env`
+#                                  (ROCKETMQ_NAMESRV lists both name servers)
 #
-# Environment: ROCKETMQ_NAMESRV_PORT (19876), ROCKETMQ_BROKER_PORT (20911; the broker also
-# listens on port-2 (fast/VIP channel) and port+1 (HA)), ROCKETMQ_START_TIMEOUT (120 s),
+# Environment: ROCKETMQ_NAMESRV_PORT (19876; cluster: 19896 and +1), ROCKETMQ_BROKER_PORT
+# (20911; cluster: 20941 and +20; a broker also listens on port-2 (fast/VIP channel) and
+# port+1 (HA)), ROCKETMQ_START_TIMEOUT (120 s),
+# ROCKETMQ_SEND_THREADS (the broker's sendMessageThreadPoolNums, 1),
 # JAVA / JAVAC (java / javac on PATH).
 set -euo pipefail
 
@@ -28,19 +36,41 @@ TOOL_DIR="$CACHE/tool"
 JAVA="${JAVA:-java}"
 JAVAC="${JAVAC:-javac}"
 VERSION="$(sed -n 's:.*<rocketmq.version>\(.*\)</rocketmq.version>.*:\1:p' "$HERE/pom.xml")"
-NAMESRV_PORT="${ROCKETMQ_NAMESRV_PORT:-19876}"
-BROKER_PORT="${ROCKETMQ_BROKER_PORT:-20911}"
-# State (configs, pid files, env, logs, store) of the default instance in run/, of one on
-# other ports in run/<namesrv port>-<broker port>/ (`clean` of the default removes all).
-RUN="$HERE/run"
-[[ $NAMESRV_PORT == 19876 && $BROKER_PORT == 20911 ]] || RUN="$HERE/run/$NAMESRV_PORT-$BROKER_PORT"
+MODE=single
+if [[ ${1:-} == cluster ]]; then MODE=cluster; shift; fi
+HOST=127.0.0.1
+CLUSTER=DefaultCluster
+# Components: name servers and brokers, by name, with their ports. A single instance keeps
+# the names `namesrv` and `broker` (broker name broker-a); a cluster has two of each.
+declare -A PORT BROKER_NAME_OF
+if [[ $MODE == single ]]; then
+  NAMESRV_PORT="${ROCKETMQ_NAMESRV_PORT:-19876}"
+  BROKER_PORT="${ROCKETMQ_BROKER_PORT:-20911}"
+  NAMESRVS=(namesrv); BROKERS=(broker)
+  PORT[namesrv]=$NAMESRV_PORT; PORT[broker]=$BROKER_PORT; BROKER_NAME_OF[broker]=broker-a
+  # State (configs, pid files, env, logs, store) of the default instance in run/, of one on
+  # other ports in run/<namesrv port>-<broker port>/ (`clean` of the default removes all).
+  RUN="$HERE/run"
+  [[ $NAMESRV_PORT == 19876 && $BROKER_PORT == 20911 ]] || RUN="$HERE/run/$NAMESRV_PORT-$BROKER_PORT"
+else
+  NAMESRV_PORT="${ROCKETMQ_NAMESRV_PORT:-19896}"
+  BROKER_PORT="${ROCKETMQ_BROKER_PORT:-20941}"
+  NAMESRVS=(namesrv-1 namesrv-2); BROKERS=(broker-a broker-b)
+  PORT[namesrv-1]=$NAMESRV_PORT; PORT[namesrv-2]=$((NAMESRV_PORT + 1))
+  PORT[broker-a]=$BROKER_PORT; PORT[broker-b]=$((BROKER_PORT + 20))
+  BROKER_NAME_OF[broker-a]=broker-a; BROKER_NAME_OF[broker-b]=broker-b
+  RUN="$HERE/run/cluster"
+  [[ $NAMESRV_PORT == 19896 && $BROKER_PORT == 20941 ]] || RUN="$HERE/run/cluster-$NAMESRV_PORT-$BROKER_PORT"
+fi
 LOGS="$RUN/logs"
 STORE="$RUN/store"
-HOST=127.0.0.1
-NAMESRV="$HOST:$NAMESRV_PORT"
-BROKER="$HOST:$BROKER_PORT"
-CLUSTER=DefaultCluster
-BROKER_NAME=broker-a
+addr_of() { echo "$HOST:${PORT[$1]}"; }
+# Every name server, `;`-separated (NAMESRV_ADDR style).
+NAMESRV="$(for n in "${NAMESRVS[@]}"; do addr_of "$n"; done | paste -sd ';')"
+BROKER="$(addr_of "${BROKERS[0]}")"
+BROKER_NAME="${BROKER_NAME_OF[${BROKERS[0]}]}"
+is_namesrv() { [[ $1 == namesrv* ]]; }
+known() { [[ -n ${PORT[$1]:-} ]]; }
 START_TIMEOUT="${ROCKETMQ_START_TIMEOUT:-120}"
 NAMESRV_MAIN=org.apache.rocketmq.namesrv.NamesrvStartup
 BROKER_MAIN=org.apache.rocketmq.broker.BrokerStartup
@@ -52,8 +82,14 @@ die() { log "ERROR: $*"; exit 1; }
 # all jars on one class path, logback would otherwise pick rmq.broker.logback.xml for all).
 # user.home decides where those configs write (\$user.home/logs/rocketmqlogs) and where the
 # namesrv keeps kvConfig.json.
+# In a cluster, each member has its own user.home (two name servers must not share one
+# kvConfig.json), under run/cluster/home/<name>.
 common_jvm_opts() {
-  echo "-Duser.home=$RUN -Drocketmq.home.dir=$RUN -Drmq.logback.configurationFile=rmq.$1.logback.xml" \
+  local kind="$1" home="$RUN"
+  case "$1" in namesrv*) kind=namesrv ;; broker*) kind=broker ;; esac
+  if [[ $MODE == cluster && ($1 == namesrv* || $1 == broker*) ]]; then home="$RUN/home/$1"; fi
+  mkdir -p "$home"
+  echo "-Duser.home=$home -Drocketmq.home.dir=$home -Drmq.logback.configurationFile=rmq.$kind.logback.xml" \
        "-Djava.net.preferIPv4Stack=true -XX:-OmitStackTraceInFastThrow -Dtls.server.mode=disabled"
 }
 
@@ -89,7 +125,7 @@ cmd_install() {
 
 # ---------------------------------------------------------------- processes
 pidfile() { echo "$RUN/$1.pid"; }
-main_of() { if [[ $1 == namesrv ]]; then echo "$NAMESRV_MAIN"; else echo "$BROKER_MAIN"; fi; }
+main_of() { if is_namesrv "$1"; then echo "$NAMESRV_MAIN"; else echo "$BROKER_MAIN"; fi; }
 
 # pid of a running component, or nothing (checks the command line to survive pid reuse)
 running_pid() {
@@ -97,8 +133,15 @@ running_pid() {
   f="$(pidfile "$1")"
   [[ -f $f ]] || return 1
   pid="$(cat "$f")"
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$(main_of "$1")" || return 1
+  if [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null \
+     && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "$(main_of "$1")"; then
+    echo "$pid"; return 0
+  fi
+  # Started from a shell with job control, `setsid` forks (the launched subshell leads its
+  # process group) and the recorded pid is gone: find the JVM by its config file.
+  pid="$(pgrep -f -- "$(main_of "$1") -c $RUN/$1.conf" | head -n 1)" || return 1
+  [[ -n $pid ]] || return 1
+  echo "$pid" >"$f"
   echo "$pid"
 }
 
@@ -106,7 +149,8 @@ port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 tail_logs() {
   local f
-  for f in "$LOGS/$1.out" "$LOGS/rocketmqlogs/$1.log"; do
+  local kind="${1%%-*}"
+  for f in "$LOGS/$1.out" "$LOGS/rocketmqlogs/$kind.log" "$RUN/home/$1/logs/rocketmqlogs/$kind.log"; do
     [[ -f $f ]] && { echo "----- tail $f" >&2; grep -v -- '|-INFO in ' "$f" | tail -n 30 >&2 || true; }
   done
   return 0
@@ -114,29 +158,40 @@ tail_logs() {
 
 write_configs() {
   mkdir -p "$RUN" "$LOGS" "$STORE"
-  cat >"$RUN/namesrv.conf" <<EOF
-listenPort=$NAMESRV_PORT
+  local n b
+  for n in "${NAMESRVS[@]}"; do write_namesrv_conf "$n"; done
+  for b in "${BROKERS[@]}"; do write_broker_conf "$b"; done
+}
+
+write_namesrv_conf() {
+  cat >"$RUN/$1.conf" <<EOF
+listenPort=${PORT[$1]}
 bindAddress=$HOST
 # The name server's own client would otherwise probe <first non-loopback IP>:port every few
 # seconds (NetworkUtil.getLocalAddress): keep all traffic on the loopback.
 scanAvailableNameSrv=false
 EOF
+}
+
+write_broker_conf() {
+  local name="$1" port="${PORT[$1]}" store="$STORE"
+  [[ $MODE == cluster ]] && store="$STORE/$1"
   # Small, lean, loopback-only broker. Files are memory-mapped sparse files; sizes below
   # keep the address space and the disk footprint small.
-  cat >"$RUN/broker.conf" <<EOF
+  cat >"$RUN/$name.conf" <<EOF
 brokerClusterName=$CLUSTER
-brokerName=$BROKER_NAME
+brokerName=${BROKER_NAME_OF[$name]}
 brokerId=0
 brokerRole=ASYNC_MASTER
 flushDiskType=ASYNC_FLUSH
-listenPort=$BROKER_PORT
+listenPort=$port
 bindAddress=$HOST
 brokerIP1=$HOST
 brokerIP2=$HOST
-haListenPort=$((BROKER_PORT + 1))
+haListenPort=$((port + 1))
 namesrvAddr=$NAMESRV
-storePathRootDir=$STORE
-storePathCommitLog=$STORE/commitlog
+storePathRootDir=$store
+storePathCommitLog=$store/commitlog
 enableLmq=true
 enableMultiDispatch=true
 autoCreateTopicEnable=true
@@ -170,18 +225,26 @@ maxOffsetMapSize=16777216
 # cache wait) make the broker refuse sends as busy (code 2) under load: be patient instead.
 waitTimeMillsInSendQueue=5000
 osPageCacheBusyTimeOutMills=5000
-# Fewer threads on a 2-core machine.
-sendMessageThreadPoolNums=2
+# One send thread: the broker appends one connection's sends in arrival order, so the
+# bridge may pipeline one topic's sends (it reads this setting; docs/configure-bridge.md).
+# RocketMQ 4.x's default; the commit log is appended under one lock anyway.
+sendMessageThreadPoolNums=${ROCKETMQ_SEND_THREADS:-1}
 pullMessageThreadPoolNums=8
 EOF
 }
 
 write_env() {
+  local brokers b
+  brokers="$(for b in "${BROKERS[@]}"; do echo "${BROKER_NAME_OF[$b]}=$(addr_of "$b")"; done | paste -sd ',')"
+  # A cluster's name server list holds `;` (NAMESRV_ADDR style): quoted for the shell.
+  local ns="$NAMESRV"
+  [[ $ns == *";"* ]] && ns="\"$ns\""
   cat >"$RUN/env.tmp" <<EOF
-ROCKETMQ_NAMESRV=$NAMESRV
+ROCKETMQ_NAMESRV=$ns
 ROCKETMQ_BROKER=$BROKER
 ROCKETMQ_CLUSTER=$CLUSTER
 ROCKETMQ_BROKER_NAME=$BROKER_NAME
+ROCKETMQ_BROKERS=$brokers
 EOF
   mv "$RUN/env.tmp" "$RUN/env"
 }
@@ -199,23 +262,25 @@ launch() { # name heap-opts main args...
   LAUNCHED+=("$name")
 }
 
-start_namesrv() {
-  if running_pid namesrv >/dev/null; then return 0; fi
-  port_open "$NAMESRV_PORT" && die "port $NAMESRV_PORT is in use by another process"
-  log "starting name server on $NAMESRV"
-  launch namesrv "-XX:+UseG1GC -Xms64m -Xmx128m -Xss512k -XX:MaxDirectMemorySize=64m" \
-    "$NAMESRV_MAIN" -c "$RUN/namesrv.conf"
-}
-
-start_broker() {
-  if running_pid broker >/dev/null; then return 0; fi
-  local p
-  for p in "$BROKER_PORT" $((BROKER_PORT - 2)) $((BROKER_PORT + 1)); do
-    port_open "$p" && die "port $p (broker listenPort $BROKER_PORT, -2, +1) is in use by another process"
-  done
-  log "starting broker on $BROKER (fast channel :$((BROKER_PORT - 2)), HA :$((BROKER_PORT + 1)))"
-  launch broker "-XX:+UseG1GC -Xms256m -Xmx512m -Xss512k -XX:MaxDirectMemorySize=256m" \
-    "$BROKER_MAIN" -c "$RUN/broker.conf" -n "$NAMESRV"
+start_one() { # name
+  local name="$1" port="${PORT[$1]}" p
+  if running_pid "$name" >/dev/null; then return 0; fi
+  if is_namesrv "$name"; then
+    port_open "$port" && die "port $port is in use by another process"
+    log "starting $name on $(addr_of "$name")"
+    launch "$name" "-XX:+UseG1GC -Xms64m -Xmx128m -Xss512k -XX:MaxDirectMemorySize=64m" \
+      "$NAMESRV_MAIN" -c "$RUN/$name.conf"
+  else
+    for p in "$port" $((port - 2)) $((port + 1)); do
+      port_open "$p" && die "port $p ($name listenPort $port, -2, +1) is in use by another process"
+    done
+    log "starting $name on $(addr_of "$name") (fast channel :$((port - 2)), HA :$((port + 1)))"
+    # Two brokers of a cluster share 2 cores with the tests: smaller heaps each.
+    local heap="-Xms256m -Xmx512m -XX:MaxDirectMemorySize=256m"
+    [[ $MODE == cluster ]] && heap="-Xms192m -Xmx384m -XX:MaxDirectMemorySize=192m"
+    launch "$name" "-XX:+UseG1GC $heap -Xss512k" \
+      "$BROKER_MAIN" -c "$RUN/$name.conf" -n "$NAMESRV"
+  fi
 }
 
 # what this call launched is stopped again: no half-started RocketMQ is left behind
@@ -226,35 +291,53 @@ start_failed() {
   log "start failed (logs in $LOGS; ROCKETMQ_START_TIMEOUT=$START_TIMEOUT)"; exit 1
 }
 
-# wait until the namesrv answers and lists our broker
-wait_ready() {
-  local deadline=$((SECONDS + START_TIMEOUT)) name
-  for name in namesrv broker; do
+# wait until the components listen, and every running name server lists each running broker
+wait_ready() { # names...
+  local deadline=$((SECONDS + START_TIMEOUT)) name n
+  for name in "$@"; do
     while :; do
       running_pid "$name" >/dev/null || { log "ERROR: $name exited during start-up"; tail_logs "$name"; start_failed; }
-      if [[ $name == namesrv ]] && port_open "$NAMESRV_PORT"; then break; fi
-      if [[ $name == broker ]] && port_open "$BROKER_PORT"; then break; fi
+      port_open "${PORT[$name]}" && break
       ((SECONDS < deadline)) || { log "ERROR: $name not listening after $START_TIMEOUT s"; tail_logs "$name"; start_failed; }
       sleep 0.3
     done
   done
-  # A real request: the broker must be registered in the name server.
-  local left=$((deadline - SECONDS)); ((left > 5)) || left=5
-  if ! run_tool wait-ready --broker "$BROKER" --timeout-ms "$((left * 1000))" >/dev/null; then
-    log "ERROR: broker not registered in the name server after $START_TIMEOUT s"; tail_logs namesrv; tail_logs broker
-    start_failed
-  fi
+  # A real request: each broker must be registered in each name server that runs.
+  for name in "${BROKERS[@]}"; do
+    running_pid "$name" >/dev/null || continue
+    for n in "${NAMESRVS[@]}"; do
+      running_pid "$n" >/dev/null || port_open "${PORT[$n]}" || continue
+      local left=$((deadline - SECONDS)); ((left > 5)) || left=5
+      if ! TOOL_NAMESRV="$(addr_of "$n")" run_tool wait-ready --broker "$(addr_of "$name")" \
+          --timeout-ms "$((left * 1000))" >/dev/null; then
+        log "ERROR: $name not registered in $n after $START_TIMEOUT s"; tail_logs "$n"; tail_logs "$name"
+        start_failed
+      fi
+    done
+  done
+}
+
+# The components a start/stop argument names: all, namesrv(s), broker(s) or one by name.
+components() {
+  case "${1:-all}" in
+    all) echo "${NAMESRVS[@]}" "${BROKERS[@]}" ;;
+    namesrv | namesrvs) echo "${NAMESRVS[@]}" ;;
+    broker | brokers) echo "${BROKERS[@]}" ;;
+    *) known "$1" || die "unknown component '$1' (have: ${NAMESRVS[*]} ${BROKERS[*]})"; echo "$1" ;;
+  esac
 }
 
 cmd_start() {
   installed || cmd_install
-  local what="${1:-all}" t0=$SECONDS
-  if [[ $what != namesrv ]] && running_pid namesrv >/dev/null && running_pid broker >/dev/null \
-     && port_open "$NAMESRV_PORT" && port_open "$BROKER_PORT" && [[ -f $RUN/env ]]; then
-    log "already running: namesrv $NAMESRV, broker $BROKER"; return 0
+  local what="${1:-all}" t0=$SECONDS name all_up=1
+  for name in "${NAMESRVS[@]}" "${BROKERS[@]}"; do
+    { running_pid "$name" >/dev/null && port_open "${PORT[$name]}"; } || all_up=0
+  done
+  if ((all_up)) && [[ -f $RUN/env ]]; then
+    log "already running: namesrv $NAMESRV, broker(s) $(for b in "${BROKERS[@]}"; do addr_of "$b"; done | paste -sd ' ')"; return 0
   fi
   mkdir -p "$RUN"
-  if [[ $what == all ]] && ! running_pid namesrv >/dev/null && port_open "$NAMESRV_PORT"; then
+  if [[ $MODE == single && $what == all ]] && ! running_pid namesrv >/dev/null && port_open "$NAMESRV_PORT"; then
     # Not ours (e.g. started from another checkout of this repo): use it if it is a RocketMQ
     # name server with our broker registered, as the tests share one broker anyway.
     if run_tool wait-ready --broker "$BROKER" --timeout-ms 5000 >/dev/null 2>&1; then
@@ -265,18 +348,20 @@ cmd_start() {
     die "port $NAMESRV_PORT is in use by something that is not a RocketMQ name server with broker $BROKER"
   fi
   write_configs
-  case "$what" in
-    all) start_namesrv; start_broker ;;
-    broker) running_pid namesrv >/dev/null || die "name server not running: use 'start' first"; start_broker ;;
-    namesrv) start_namesrv ;;
-    *) die "start: unknown component '$what'" ;;
-  esac
-  if [[ $what == namesrv ]]; then
-    while ! port_open "$NAMESRV_PORT"; do sleep 0.3; done
-  else
-    wait_ready
-    write_env
-  fi
+  local wanted=() started=()
+  read -r -a wanted <<<"$(components "$what")"
+  # Name servers first: a broker registers with those that run when it starts (and every
+  # 30 s after).
+  for name in "${wanted[@]}"; do is_namesrv "$name" && { start_one "$name"; started+=("$name"); }; done
+  for name in "${wanted[@]}"; do
+    is_namesrv "$name" && continue
+    local any=0 n
+    for n in "${NAMESRVS[@]}"; do running_pid "$n" >/dev/null && any=1; done
+    ((any)) || die "no name server running: use 'start' first"
+    start_one "$name"; started+=("$name")
+  done
+  wait_ready "${started[@]}"
+  write_env
   log "ready in $((SECONDS - t0)) s: namesrv $NAMESRV, broker $BROKER ($CLUSTER/$BROKER_NAME); env in $RUN/env"
 }
 
@@ -284,7 +369,7 @@ stop_one() { # name [KILL]
   local name="$1" sig="${2:-TERM}" pid i grace=30
   # The name server keeps nothing but kvConfig.json (written at each update): no need to
   # wait 10 s for its graceful Netty shutdown. The broker flushes its store: let it finish.
-  [[ $name == namesrv ]] && grace=3
+  is_namesrv "$name" && grace=3
   pid="$(running_pid "$name")" || { rm -f "$(pidfile "$name")"; return 0; }
   log "stopping $name (pid $pid, SIG$sig)"
   kill -"$sig" "$pid" 2>/dev/null || true
@@ -293,26 +378,27 @@ stop_one() { # name [KILL]
   rm -f "$(pidfile "$name")"
 }
 
-cmd_stop() { # [all|broker|namesrv] [--kill]
-  local what=all sig=TERM a
+cmd_stop() { # [all|namesrv|broker|NAME] [--kill]
+  local what=all sig=TERM a name
   for a in "$@"; do
     case "$a" in
       --kill) sig=KILL ;;
-      all | broker | namesrv) what="$a" ;;
-      *) die "stop: unknown argument '$a'" ;;
+      *) what="$a" ;;
     esac
   done
-  case "$what" in
-    all) stop_one broker "$sig"; stop_one namesrv "$sig" ;;
-    *) stop_one "$what" "$sig" ;;
-  esac
+  local names=()
+  read -r -a names <<<"$(components "$what")"
+  # Brokers first: they unregister from the name servers on a graceful stop.
+  for name in "${names[@]}"; do is_namesrv "$name" || stop_one "$name" "$sig"; done
+  for name in "${names[@]}"; do is_namesrv "$name" && stop_one "$name" "$sig"; done
+  return 0
 }
 
 cmd_status() {
   local rc=0 name pid
-  for name in namesrv broker; do
-    local addr="$NAMESRV" port="$NAMESRV_PORT"
-    [[ $name == broker ]] && { addr="$BROKER"; port="$BROKER_PORT"; }
+  for name in "${NAMESRVS[@]}" "${BROKERS[@]}"; do
+    local addr port="${PORT[$name]}"
+    addr="$(addr_of "$name")"
     if pid="$(running_pid "$name")"; then
       echo "$name: up (pid $pid, $addr)"
     elif port_open "$port"; then
@@ -331,7 +417,7 @@ run_tool() {
   # shellcheck disable=SC2046
   "$JAVA" -Xms32m -Xmx256m $jit -XX:+UseSerialGC $(common_jvm_opts client) \
     -Drocketmq.log.level=WARN -Drocketmq.log.root="$LOGS/tool" \
-    -cp "$TOOL_DIR:$LIB/*" RmqTool "$@" -n "$NAMESRV" --broker-addr "$BROKER"
+    -cp "$TOOL_DIR:$LIB/*" RmqTool "$@" -n "${TOOL_NAMESRV:-$NAMESRV}" --broker-addr "$BROKER"
 }
 
 cmd_admin() {

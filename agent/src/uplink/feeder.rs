@@ -19,6 +19,9 @@ use crate::journal::{Cursor, Entry, Journal, ReadOrder};
 const READ_BATCH: usize = 512;
 /// Backlog entries read per call under `live-first` (small, so live traffic waits little).
 const BACKLOG_BATCH: usize = 64;
+/// Entries handed on ahead of the link under `live-first`: a live entry waits behind at
+/// most these (and the window in flight), instead of a whole window of backlog.
+const LIVE_FIRST_READ_AHEAD: usize = 16;
 /// Poll interval when idle (appends from other processes do not wake the watch).
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -29,6 +32,10 @@ pub(crate) fn spawn(
     max_rate: u32,
     capacity: usize,
 ) -> (mpsc::Receiver<Entry>, tokio::task::JoinHandle<()>) {
+    let capacity = match policy {
+        DrainPolicy::Fifo => capacity,
+        DrainPolicy::LiveFirst => capacity.min(LIVE_FIRST_READ_AHEAD),
+    };
     let (tx, rx) = mpsc::channel(capacity.max(1));
     let limiter = NonZeroU32::new(max_rate).map(|r| RateLimiter::direct(Quota::per_second(r)));
     let task = tokio::spawn(async move {

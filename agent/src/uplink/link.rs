@@ -52,7 +52,7 @@ use crate::broker::LocalBroker;
 use crate::journal::{Entry, Journal};
 
 /// MQTT 5 user property holding a message's stable id, `{gateway}:{seq}`. cloud-bridge
-/// copies it into the RocketMQ message's KEYS (and extData).
+/// copies it into the RocketMQ message's KEYS (and mqtt5UserProperties).
 pub const MSG_KEY: &str = "msg-key";
 /// Largest packet accepted from the bridge.
 const MAX_INCOMING: u32 = 1024 * 1024;

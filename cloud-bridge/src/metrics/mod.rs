@@ -52,6 +52,9 @@ pub struct Snapshot {
     /// Writes refused by a `[quotas]` bound: (table, quota, count).
     #[serde(default)]
     pub quota_refused: Vec<(String, String, u64)>,
+    /// Wildcard registrations this bridge pruned (`wildcards.rs`).
+    #[serde(default)]
+    pub wildcards_pruned: u64,
 }
 
 /// Where the figures come from.
@@ -90,6 +93,7 @@ impl BridgeExporter {
                 .into_iter()
                 .map(|((table, quota), n)| (table.to_owned(), quota.to_owned(), n))
                 .collect(),
+            wildcards_pruned: self.bridge.wildcards().pruned(),
         }
     }
 
@@ -135,7 +139,7 @@ impl Collector for Encoded {
         gauge_family(
             &mut e,
             "state_entries",
-            "Entries of the state tables (retained messages, sessions, wills) held here",
+            "Entries of the state tables (retained messages, sessions, wills, wildcard leases) held here",
             &entries,
         )?;
         let bytes: Vec<_> = s
@@ -160,6 +164,12 @@ impl Collector for Encoded {
             "Writes refused by a [quotas] bound (MQTT reason 0x97)",
             &refused,
         )?;
+        counter(
+            &mut e,
+            "wildcards_pruned",
+            "Wildcard registrations taken out of kvconfig after no subscriber used them for [subscriptions] prune_wildcards_after_secs",
+            s.wildcards_pruned,
+        )?;
         let r = &s.rocketmq;
         counter(
             &mut e,
@@ -172,6 +182,12 @@ impl Collector for Encoded {
             "rocketmq_send_failed",
             "RocketMQ sends refused or failed",
             r.failed,
+        )?;
+        counter(
+            &mut e,
+            "rocketmq_sends_pipelined",
+            "Sends queued in order on a broker with one send thread, letting the next send of their topic go before their answer",
+            r.pipelined,
         )?;
         counter(
             &mut e,

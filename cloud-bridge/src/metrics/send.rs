@@ -15,6 +15,8 @@ pub struct SendMetrics {
     ok: AtomicU64,
     failed: AtomicU64,
     timed_out: AtomicU64,
+    /// Sends that let the next send of their topic go before their answer.
+    pipelined: AtomicU64,
     /// Sum of the successful sends' latencies, microseconds (the histogram's sum is not
     /// readable outside prometheus-client's encoder).
     micros: AtomicU64,
@@ -28,6 +30,7 @@ impl Default for SendMetrics {
             ok: AtomicU64::default(),
             failed: AtomicU64::default(),
             timed_out: AtomicU64::default(),
+            pipelined: AtomicU64::default(),
             micros: AtomicU64::default(),
         }
     }
@@ -60,12 +63,18 @@ impl SendMetrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counts a send queued in order on its broker connection (`Producer::send_queued`).
+    pub fn record_pipelined(&self) {
+        self.pipelined.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// A snapshot of the counters.
     pub fn values(&self) -> SendValues {
         SendValues {
             sent: self.ok.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
             timed_out: self.timed_out.load(Ordering::Relaxed),
+            pipelined: self.pipelined.load(Ordering::Relaxed),
             latency_sum_seconds: self.micros.load(Ordering::Relaxed) as f64 / 1e6,
         }
     }
@@ -80,6 +89,9 @@ pub struct SendValues {
     pub failed: u64,
     /// Sends without an answer in time.
     pub timed_out: u64,
+    /// Sends queued in order, letting the next of their topic go before their answer.
+    #[serde(default)]
+    pub pipelined: u64,
     /// Sum of the successful sends' latencies.
     pub latency_sum_seconds: f64,
 }

@@ -7,12 +7,14 @@
 //! `SendResult` with another status, are errors here, so that nobody mistakes them for
 //! a durable write.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::client::Client;
 use super::command::{RemotingCommand, request_code, response_code};
+use super::connection::OnQueued;
 use super::message::{Message, decode_messages, find_property, property};
 use super::route::perm;
 use crate::Error;
@@ -213,6 +215,16 @@ impl Broker<'_> {
 
     /// Sends one message. Only SEND_OK is `Ok`; see the module doc.
     pub async fn send(&self, req: &SendRequest<'_>) -> Result<SendResult, Error> {
+        self.send_queued(req, &mut OnQueued::default()).await
+    }
+
+    /// [`Broker::send`], firing `on_queued` once the request is queued for writing on the
+    /// connection to the broker.
+    pub async fn send_queued(
+        &self,
+        req: &SendRequest<'_>,
+        on_queued: &mut OnQueued,
+    ) -> Result<SendResult, Error> {
         let born = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis() as i64);
@@ -233,7 +245,10 @@ impl Broker<'_> {
             request = request.field("n", name.to_owned());
         }
         let request = request.with_body(req.body.clone());
-        let response = self.invoke(request).await?;
+        let response = self
+            .client
+            .invoke_queued(self.addr, request, self.timeout, on_queued)
+            .await?;
         let msg_id = find_property(req.properties, property::UNIQ_KEY)
             .unwrap_or_default()
             .to_owned();
@@ -365,6 +380,18 @@ impl Broker<'_> {
             .field("queueId", queue_id.to_string())
             .field("commitOffset", offset.to_string());
         self.invoke(request).await?.into_success().map(drop)
+    }
+
+    /// The broker's configuration (GET_BROKER_CONFIG): every setting as key and value.
+    pub async fn config(&self) -> Result<HashMap<String, String>, Error> {
+        let request = RemotingCommand::request(request_code::GET_BROKER_CONFIG);
+        let response = self.invoke(request).await?.into_success()?;
+        let text = String::from_utf8_lossy(&response.body);
+        Ok(text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+            .collect())
     }
 
     /// Deletes a topic on this broker (DELETE_TOPIC_IN_BROKER). For an LMQ this drops its

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::command::{DEFAULT_MAX_FRAME_LEN, RemotingCommand};
-use super::connection::{Connection, Failure, Limits};
+use super::connection::{Connection, Failure, Limits, OnQueued};
 use crate::Error;
 
 /// Settings of a [`Client`].
@@ -100,11 +100,24 @@ impl Client {
         request: RemotingCommand,
         timeout: Duration,
     ) -> Result<RemotingCommand, Error> {
+        self.invoke_queued(addr, request, timeout, &mut OnQueued::default())
+            .await
+    }
+
+    /// [`Client::invoke`], firing `on_queued` once the request is queued for writing on
+    /// the connection (requests queued one after another are written in that order).
+    pub async fn invoke_queued(
+        &self,
+        addr: &str,
+        request: RemotingCommand,
+        timeout: Duration,
+        on_queued: &mut OnQueued,
+    ) -> Result<RemotingCommand, Error> {
         let deadline = Instant::now() + timeout;
         let mut request = request;
         for _ in 0..2 {
             let conn = self.connection(addr, deadline).await?;
-            match conn.request(request, deadline).await {
+            match conn.request(request, deadline, on_queued).await {
                 Ok(response) => return Ok(response),
                 Err(Failure::Error(e)) => return Err(e),
                 Err(Failure::NotSent(back)) => request = back,

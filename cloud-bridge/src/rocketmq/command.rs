@@ -57,6 +57,8 @@ pub mod request_code {
     pub const UPDATE_AND_CREATE_TOPIC: i32 = 17;
     /// The offset after the last message of a queue.
     pub const GET_MAX_OFFSET: i32 = 30;
+    /// GET_BROKER_CONFIG: the broker's configuration as `key=value` lines.
+    pub const GET_BROKER_CONFIG: i32 = 26;
     /// Delete a topic (an LMQ works: its consume queue and files go) on one broker.
     pub const DELETE_TOPIC_IN_BROKER: i32 = 215;
     /// The offset of the first message still stored in a queue.

@@ -58,6 +58,43 @@ pub(crate) enum Failure {
     Error(Error),
 }
 
+/// Told once a request has been handed to the connection's writer: requests handed over
+/// one after another are written to the socket in that order.
+/// The default one tells nobody.
+#[derive(Debug, Default)]
+pub struct OnQueued {
+    tx: Option<oneshot::Sender<()>>,
+    fired: bool,
+}
+
+impl OnQueued {
+    /// A notifier that completes `tx`.
+    pub fn new(tx: oneshot::Sender<()>) -> Self {
+        Self {
+            tx: Some(tx),
+            fired: false,
+        }
+    }
+
+    /// Whether someone waits to be told.
+    pub fn is_wanted(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Whether someone was told.
+    pub fn fired(&self) -> bool {
+        self.fired
+    }
+
+    /// Tells the waiting side, once.
+    pub fn fire(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.fired = true;
+            let _ = tx.send(());
+        }
+    }
+}
+
 /// Limits of one connection.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Limits {
@@ -135,11 +172,13 @@ impl Connection {
         self.shared.close();
     }
 
-    /// Sends a request and waits for its response until `deadline`.
+    /// Sends a request and waits for its response until `deadline`; `on_queued` is fired
+    /// once the request is in the writer's queue.
     pub(crate) async fn request(
         &self,
         mut cmd: RemotingCommand,
         deadline: Instant,
+        on_queued: &mut OnQueued,
     ) -> Result<RemotingCommand, Failure> {
         let permit = match timeout_at(deadline, self.shared.in_flight.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -164,7 +203,7 @@ impl Connection {
             armed: true,
         };
         match timeout_at(deadline, self.queue.send(cmd)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => on_queued.fire(),
             Ok(Err(mpsc::error::SendError(cmd))) => return Err(Failure::NotSent(cmd)),
             Err(_) => return Err(Failure::Error(Error::Timeout)),
         }

@@ -34,6 +34,7 @@ pub mod broker;
 pub mod client;
 pub mod command;
 mod connection;
+pub use connection::OnQueued;
 pub mod message;
 pub mod namesrv;
 pub mod producer;
@@ -45,6 +46,6 @@ pub use broker::{
 pub use client::{Client, ClientConfig};
 pub use command::{RemotingCodec, RemotingCommand};
 pub use message::{Message, property};
-pub use namesrv::NameServer;
+pub use namesrv::{KvMerge, NameServer, Written};
 pub use producer::{Producer, ProducerConfig};
 pub use route::{BrokerData, ClusterInfo, QueueData, TopicRoute};

@@ -8,6 +8,7 @@
 pub use e2e::certs;
 pub mod clients;
 pub mod paho_sessions;
+pub mod peer;
 pub mod raw;
 pub mod subscriber;
 
@@ -34,9 +35,19 @@ pub fn unique(prefix: &str) -> String {
     format!("{prefix}{:x}", n & 0xffff_ffff)
 }
 
-/// A bridge configuration on its own first-level topic, listening on a free port.
+/// A bridge configuration on its own first-level topic, listening on a free port. A SUBACK
+/// that registers a wildcard does not wait for rocketmq-mqtt servers
+/// (`subscriptions.registration_settle_ms = 0`) unless `extra` sets that key.
 pub fn config_text(first: &str, wildcards: &[&str], extra: &str) -> String {
     let wild: Vec<String> = wildcards.iter().map(|w| format!("{w:?}")).collect();
+    let fast = "registration_settle_ms = 0\n";
+    let extra = if extra.contains("registration_settle_ms") {
+        extra.to_owned()
+    } else if extra.contains("[subscriptions]\n") {
+        extra.replacen("[subscriptions]\n", &format!("[subscriptions]\n{fast}"), 1)
+    } else {
+        format!("{extra}\n[subscriptions]\n{fast}")
+    };
     format!(
         r#"
 [rocketmq]

@@ -45,9 +45,17 @@ fn device_to_rocketmq_consumer_over_mutual_tls() {
         let (gw, seq) = key.split_once(':').expect("gateway:seq");
         assert_eq!(gw, gateway);
         seqs.push(seq.parse::<u64>().expect("seq"));
-        let ext: serde_json::Value =
-            serde_json::from_str(props["extData"].as_str().expect("extData")).expect("json");
-        assert_eq!(ext["msg-key"].as_str(), Some(key));
+        // The user properties travel in mqtt5UserProperties, never in extData (issue #15).
+        let user: Vec<(String, String)> = serde_json::from_str(
+            props["mqtt5UserProperties"]
+                .as_str()
+                .expect("mqtt5UserProperties"),
+        )
+        .expect("json");
+        assert!(
+            user.contains(&("msg-key".to_owned(), key.to_owned())),
+            "{user:?}"
+        );
     }
     assert!(
         seqs.windows(2).all(|w| w[0] < w[1]),

@@ -4,10 +4,12 @@
 // stderr with a non-zero exit status (2: bad usage). Client logs go to run/logs/tool/.
 //
 //   consume --topic T --count N --timeout-ms M [--from-start|--from-end] [--group G]
+//           [--origin MQTT_TOPIC]  (only messages whose originMqttTopic is that; counted)
 //   produce --topic T (--body B | --body-base64 B64) [--prop K=V]... [--keys K] [--tag TAG]
 //   max-offset --topic T [--queue Q]          (T may be an LMQ such as %LMQ%t1%a%)
 //   pull --topic T [--queue Q] [--offset O] [--max N] [--group G]  (one PULL_MESSAGE; LMQ ok)
 //   bench-produce --topic T [--threads 10] [--size 100] [--seconds 10] [--warmup-seconds 3] [--lmq]
+//                 [--inflight N]  (async sends, N in flight, instead of --threads sync senders)
 //   get-kv [--namespace LMQ] --key K          (name server kvconfig; value null when absent)
 //   put-kv [--namespace LMQ] --key K --value V
 //   wait-ready [--broker ADDR] [--timeout-ms M]  (broker registered in the name server)
@@ -147,6 +149,7 @@ public final class RmqTool {
         // offset and can stall until the next message arrives.)
         String topic = req("--topic");
         long count = num("--count", 1), deadline = System.currentTimeMillis() + num("--timeout-ms", 10_000);
+        String origin = opt("--origin", null); // only messages of this MQTT topic
         DefaultMQPullConsumer c = new DefaultMQPullConsumer(opt("--group", "rmqtool_consume_"
             + ProcessHandle.current().pid() + "_" + ThreadLocalRandom.current().nextInt(1_000_000)));
         c.setNamesrvAddr(namesrv);
@@ -174,6 +177,7 @@ public final class RmqTool {
                 PullResult r = c.pull(e.getKey(), "*", e.getValue(), 32, 5000);
                 e.setValue(r.getNextBeginOffset());
                 for (MessageExt m : r.getMsgFoundList() == null ? List.<MessageExt>of() : r.getMsgFoundList()) {
+                    if (origin != null && !origin.equals(m.getProperty("originMqttTopic"))) continue;
                     System.out.println(messageJson(m));
                     any = true;
                     if (++got >= count) return 0;
@@ -260,6 +264,7 @@ public final class RmqTool {
             return m;
         };
         p.send(mk.get()); // route lookup, topic auto-creation, connections
+        if (opts.containsKey("--inflight")) return benchProduceAsync(p, mk, (int) num("--inflight", 256), seconds, warmup, size, lmq);
         AtomicLong ok = new AtomicLong(), errors = new AtomicLong();
         long[][] lat = new long[threads][];
         long start = System.nanoTime() + warmup * 1_000_000_000L, end = start + seconds * 1_000_000_000L;
@@ -294,6 +299,39 @@ public final class RmqTool {
             .put("threads", threads).put("size", size).put("lmq", lmq);
         if (all.length > 0) j.put("p50_us", all[all.length / 2] / 1000).put("p99_us", all[(int) (all.length * 0.99)] / 1000);
         System.out.println(j);
+        return errors.get() == 0 ? 0 : 1;
+    }
+
+    // The broker's intake with many sends in flight: one thread keeps N async sends going.
+    private int benchProduceAsync(DefaultMQProducer p, java.util.function.Supplier<Message> mk, int inflight,
+                                  long seconds, long warmup, int size, boolean lmq) throws Exception {
+        java.util.concurrent.Semaphore slots = new java.util.concurrent.Semaphore(inflight);
+        AtomicLong ok = new AtomicLong(), errors = new AtomicLong();
+        long start = System.nanoTime() + warmup * 1_000_000_000L, end = start + seconds * 1_000_000_000L;
+        while (System.nanoTime() < end) {
+            slots.acquire();
+            final boolean counted = System.nanoTime() >= start;
+            try {
+                p.send(mk.get(), new org.apache.rocketmq.client.producer.SendCallback() {
+                    public void onSuccess(SendResult r) {
+                        if (counted) (r.getSendStatus() == SendStatus.SEND_OK ? ok : errors).incrementAndGet();
+                        slots.release();
+                    }
+                    public void onException(Throwable e) {
+                        if (counted) errors.incrementAndGet();
+                        slots.release();
+                    }
+                }, 10_000);
+            } catch (Exception e) {
+                if (counted) errors.incrementAndGet();
+                slots.release();
+            }
+        }
+        slots.acquire(inflight);
+        double secs = (System.nanoTime() - start) / 1e9;
+        System.out.println(new Json().put("msgs", ok.get()).put("seconds", Math.round(secs * 1000) / 1000.0)
+            .put("rate", Math.round(ok.get() / secs)).put("errors", errors.get())
+            .put("inflight", inflight).put("size", size).put("lmq", lmq));
         return errors.get() == 0 ? 0 : 1;
     }
 
