@@ -2,7 +2,10 @@
 //!
 //! `conf/edge-agent.toml` is the documented default and is compiled in, so `edge-agent`
 //! without `--config` runs exactly that file: one TCP listener on 127.0.0.1:1883,
-//! anonymous clients allowed (loopback only), data in the state directory.
+//! anonymous clients allowed (loopback only), data in the state directory. Anonymous
+//! access is off as soon as `[[auth.users]]` are configured, unless
+//! `auth.allow_anonymous = true` says otherwise; [`Config::warnings`] names a listener
+//! on a non-loopback address that still accepts anonymous clients.
 //! `edge-agent validate [--config FILE]` checks a file (listeners, TLS files, users'
 //! password hashes, filters, journal rules) without starting anything. A minimal file
 //! (`conf/examples/edge-agent.toml`: a listener and the uplink) is enough.
@@ -66,18 +69,34 @@ pub use mqtt::tls::TlsFiles as TlsConfig;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
-    /// Accept clients that send no user name (and no certificate).
-    pub allow_anonymous: bool,
+    /// Accept clients that send no user name (and no certificate). Unset: yes without
+    /// `users`, no with them (see [`AuthConfig::anonymous_allowed`]).
+    pub allow_anonymous: Option<bool>,
     /// Users and their password hashes (PHC strings, `edge-agent passwd` makes one).
     pub users: Vec<UserConfig>,
+    /// Password checks (Argon2, ~19 MiB and tens of ms each) running at once.
+    pub max_concurrent_checks: usize,
+    /// How long a CONNECT waits for a free check before it is refused as "server busy"
+    /// (MQTT 5 0x89, 3.1.1 code 3), milliseconds.
+    pub check_wait_ms: u64,
 }
 
 impl Default for AuthConfig {
     fn default() -> Self {
         Self {
-            allow_anonymous: true,
+            allow_anonymous: None,
             users: Vec::new(),
+            max_concurrent_checks: 2,
+            check_wait_ms: 2000,
         }
+    }
+}
+
+impl AuthConfig {
+    /// Whether clients without a user name (and without a certificate) are accepted:
+    /// `allow_anonymous` when set, else only when no `[[auth.users]]` are configured.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.users.is_empty())
     }
 }
 
@@ -115,6 +134,17 @@ pub struct Limits {
     /// How long a publish waits for room in a full subscriber queue before that
     /// subscriber misses the message (counted), milliseconds.
     pub subscriber_wait_ms: u64,
+    /// Sockets one source address may have open (0: no bound).
+    pub max_connections_per_address: usize,
+    /// New sockets one source address may open per second, bursts of twice that (0: no
+    /// bound).
+    pub accept_rate_per_address: u32,
+    /// Subscriptions one client may hold; more are refused (SUBACK 0x97).
+    pub max_subscriptions: usize,
+    /// Longest topic filter accepted in SUBSCRIBE, bytes (SUBACK 0x8F beyond).
+    pub max_filter_length: usize,
+    /// Most levels of a topic filter (SUBACK 0x8F beyond).
+    pub max_filter_depth: usize,
 }
 
 impl Default for Limits {
@@ -129,6 +159,11 @@ impl Default for Limits {
             subscriber_queue: 1000,
             subscriber_queue_bytes: 1024 * 1024,
             subscriber_wait_ms: 5000,
+            max_connections_per_address: 64,
+            accept_rate_per_address: 20,
+            max_subscriptions: 100,
+            max_filter_length: 512,
+            max_filter_depth: 16,
         }
     }
 }
@@ -144,6 +179,23 @@ pub struct SessionsConfig {
     pub max_session_expiry_secs: u32,
     /// Most retained topics; a retained publish to a new topic beyond it is not retained.
     pub max_retained: usize,
+    /// Bytes (topic + payload) of retained messages, all topics together; a retained
+    /// publish that would pass it is not retained (counted).
+    pub max_retained_bytes: usize,
+    /// Bytes (topic + payload) kept for one persistent session (its unacknowledged and
+    /// offline messages); newer ones are dropped (counted).
+    pub max_queued_bytes: usize,
+    /// Sessions (connected, or persistent and offline); a CONNECT that would open one
+    /// more is refused (CONNACK 0x97, 3.1.1 code 3).
+    pub max_sessions: usize,
+    /// Bytes of content in `broker.db` (queued and retained messages); past it offline
+    /// messages are dropped and retained publishes are not retained (counted).
+    pub max_db_bytes: u64,
+    /// Delayed wills (MQTT 5 will delay) held in memory at once; one more is published
+    /// at once instead of waiting (counted).
+    pub max_pending_wills: usize,
+    /// Bytes (topic + payload) of the delayed wills held.
+    pub max_pending_will_bytes: usize,
 }
 
 impl Default for SessionsConfig {
@@ -152,6 +204,12 @@ impl Default for SessionsConfig {
             max_queued_messages: 1000,
             max_session_expiry_secs: 7 * 24 * 3600,
             max_retained: 10_000,
+            max_retained_bytes: 8 * 1024 * 1024,
+            max_queued_bytes: 4 * 1024 * 1024,
+            max_sessions: 1000,
+            max_db_bytes: 128 * 1024 * 1024,
+            max_pending_wills: 1000,
+            max_pending_will_bytes: 4 * 1024 * 1024,
         }
     }
 }
@@ -235,6 +293,15 @@ impl Config {
             ("limits.subscriber_queue", l.subscriber_queue),
             ("limits.subscriber_queue_bytes", l.subscriber_queue_bytes),
             ("limits.receive_maximum", usize::from(l.receive_maximum)),
+            ("limits.max_subscriptions", l.max_subscriptions),
+            ("limits.max_filter_length", l.max_filter_length),
+            ("limits.max_filter_depth", l.max_filter_depth),
+            (
+                "auth.max_concurrent_checks",
+                self.auth.max_concurrent_checks,
+            ),
+            ("sessions.max_sessions", self.sessions.max_sessions),
+            ("sessions.max_queued_bytes", self.sessions.max_queued_bytes),
         ] {
             if v == 0 {
                 return Err(bad(field, "must be greater than 0"));
@@ -250,6 +317,11 @@ impl Config {
             ),
             ("limits.publish_pipeline", l.publish_pipeline, 65_535),
             ("limits.subscriber_queue", l.subscriber_queue, 1_000_000),
+            (
+                "auth.max_concurrent_checks",
+                self.auth.max_concurrent_checks,
+                1024,
+            ),
         ] {
             if v > most {
                 return Err(bad(field, format!("must be at most {most}")));
@@ -268,6 +340,27 @@ impl Config {
             .map_err(|e| bad("metrics.bind", e))
     }
 
+    /// Warnings about a configuration that is valid but unsafe: a listener on a
+    /// non-loopback address that accepts anonymous clients (`edge-agent validate` prints
+    /// them; the agent logs them at start).
+    pub fn warnings(&self) -> Vec<String> {
+        if !self.auth.anonymous_allowed() {
+            return Vec::new();
+        }
+        self.listeners
+            .iter()
+            .filter(|l| !l.bind.ip().is_loopback())
+            .filter(|l| !l.tls.as_ref().is_some_and(|t| t.require_client_cert))
+            .map(|l| {
+                format!(
+                    "listener {:?} on {} accepts anonymous clients from the network: configure \
+                     [[auth.users]] (anonymous access is then off) or set auth.allow_anonymous = false",
+                    l.name, l.bind
+                )
+            })
+            .collect()
+    }
+
     /// The connect timeout.
     pub fn connect_timeout(&self) -> Duration {
         Duration::from_secs(self.limits.connect_timeout_secs)
@@ -284,7 +377,8 @@ mod tests {
         let c = Config::load(None).expect("defaults");
         assert_eq!(c.listeners.len(), 1);
         assert_eq!(c.listeners[0].bind, "127.0.0.1:1883".parse().expect("addr"));
-        assert!(c.auth.allow_anonymous);
+        assert!(c.auth.anonymous_allowed());
+        assert!(c.warnings().is_empty());
         assert_eq!(
             c.metrics_addr().expect("metrics"),
             Some(crate::metrics::DEFAULT_BIND)
@@ -296,6 +390,25 @@ mod tests {
         let bad = DEFAULT_CONFIG.replace("bind = \"127.0.0.1:9181\"", "bind = \"nine\"");
         let e = Config::parse(&bad, "x").expect_err("bad bind").to_string();
         assert!(e.contains("metrics.bind"), "{e}");
+    }
+
+    #[test]
+    fn users_turn_anonymous_access_off_and_a_network_listener_is_warned_about() {
+        let hash = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$\
+                    5i9WFq2hDQnrPtw4Xf0Q5xkk3sUAV8NBf0mAY7Mpu0U";
+        let users = format!("\n[[auth.users]]\nname = \"u\"\npassword_hash = \"{hash}\"\n");
+        let open = DEFAULT_CONFIG.replace("127.0.0.1:1883", "0.0.0.0:1883");
+        let c = Config::parse(&format!("{open}{users}"), "x").expect("users");
+        assert!(!c.auth.anonymous_allowed());
+        assert!(c.warnings().is_empty());
+        let c = Config::parse(&open, "x").expect("anonymous");
+        assert!(c.auth.anonymous_allowed());
+        let w = c.warnings();
+        assert!(w.len() == 1 && w[0].contains("0.0.0.0:1883"), "{w:?}");
+        let explicit = open.replace("[auth]", "[auth]\nallow_anonymous = true");
+        let c = Config::parse(&format!("{explicit}{users}"), "x").expect("explicit");
+        assert!(c.auth.anonymous_allowed());
+        assert_eq!(c.warnings().len(), 1);
     }
 
     #[test]

@@ -174,7 +174,10 @@ fn command(cli: Cli) -> anyhow::Result<()> {
             rt.block_on(status_command(&config, explicit, json))
         }
         Command::Validate => {
-            Config::load(cli.config.as_deref())?;
+            let config = Config::load(cli.config.as_deref())?;
+            for w in config.warnings() {
+                eprintln!("warning: {w}");
+            }
             println!(
                 "{}: valid",
                 cli.config

@@ -16,7 +16,6 @@ use mqtt::budget::StoreBudget;
 use mqtt::connection::{ConnectionConfig, Shared};
 use mqtt::listener;
 use mqtt::metrics::{ServerCounters, endpoint};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -69,6 +68,7 @@ impl Agent {
         let (store, snapshot) = match BrokerStore::open(
             &state_dir.join(store::FILE_NAME),
             config.journal.synchronous,
+            config.sessions.max_db_bytes,
         )
         .await
         {
@@ -110,6 +110,11 @@ impl Agent {
                 receive_maximum: config.limits.receive_maximum,
                 publish_pipeline: config.limits.publish_pipeline,
                 retain_available: true,
+                max_will_delay_secs: config.sessions.max_session_expiry_secs,
+                wills: mqtt::registry::WillLimits {
+                    count: config.sessions.max_pending_wills,
+                    bytes: config.sessions.max_pending_will_bytes,
+                },
                 ..ConnectionConfig::default()
             },
             registry: Default::default(),
@@ -118,7 +123,16 @@ impl Agent {
             counters: Arc::new(ServerCounters::default()),
             budget: StoreBudget::new(config.limits.max_storing_bytes),
         });
-        let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+        let limit = Arc::new(mqtt::admission::Admission::new(
+            config.limits.max_connections,
+            mqtt::admission::AdmissionConfig {
+                per_address: config.limits.max_connections_per_address,
+                rate_per_address: f64::from(config.limits.accept_rate_per_address),
+            },
+        ));
+        for w in config.warnings() {
+            warn!("{w}");
+        }
         let mut addrs = Vec::new();
         for l in listeners {
             let addr = l.socket.local_addr().map_err(|source| Error::Bind {

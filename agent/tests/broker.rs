@@ -261,7 +261,7 @@ async fn persistent_session_survives_an_agent_restart() {
 async fn passwords_and_anonymous_access() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config();
-    c.auth.allow_anonymous = false;
+    c.auth.allow_anonymous = Some(false);
     c.auth.users.push(UserConfig {
         name: "dev".into(),
         password_hash: edge_agent::auth::hash_password("right").unwrap(),

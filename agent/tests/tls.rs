@@ -61,7 +61,7 @@ async fn mutual_tls_authenticates_by_certificate() {
     let bad = client_cert(&pki, "bad", &ca("other CA"));
 
     let mut c = config();
-    c.auth.allow_anonymous = false;
+    c.auth.allow_anonymous = Some(false);
     c.uplink.topics = vec!["#".into()];
     c.listeners.push(ListenerConfig {
         name: "tls".into(),

@@ -8,7 +8,6 @@ use mqtt::budget::StoreBudget;
 use mqtt::connection::{ConnectionConfig, Shared};
 use mqtt::listener;
 use mqtt::metrics::{ServerCounterValues, ServerCounters, endpoint};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -114,7 +113,10 @@ impl Server {
         });
         tracker.spawn(sweeper(bridge.clone(), shared.clone(), shutdown.clone()));
         tracker.spawn(bridge.wildcards().clone().run(shutdown.clone()));
-        let limit = Arc::new(Semaphore::new(config.limits.max_connections));
+        let limit = Arc::new(mqtt::admission::Admission::new(
+            config.limits.max_connections,
+            mqtt::admission::AdmissionConfig::default(),
+        ));
         let mut addrs = Vec::new();
         for l in listeners {
             let addr = l.socket.local_addr()?;

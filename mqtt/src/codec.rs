@@ -7,7 +7,8 @@
 //! connection speaks exactly one version from its first packet on.
 //!
 //! Invariants: a frame larger than `max_packet_size` is refused from its fixed header,
-//! before its body is buffered; any decoding error ends the connection (the caller sends a
+//! before its body is buffered; a whole frame passes `wellformed::check` (the spec's
+//! rules rumqttc does not enforce) before it is decoded; any decoding error ends the connection (the caller sends a
 //! DISCONNECT where MQTT 5 allows one); nothing here panics on input.
 
 use bytes::{Buf, BytesMut};
@@ -143,6 +144,15 @@ impl Decoder for Codec {
                 }
             },
         };
+        if let Some((_, header, len)) = crate::wellformed::frame(src)
+            && header + len <= src.len()
+            && len <= self.max_packet_size
+            && let Err(e) = crate::wellformed::check(&src[..header + len], version)
+        {
+            // A refused CONNECT is answered in its own version (MQTT 5: CONNACK 0x81/0x82).
+            self.version.get_or_insert(version);
+            return Err(e);
+        }
         let decoded = match version {
             Version::V311 => match v4::Packet::read(src, self.max_packet_size) {
                 Ok(p) => from_v4(p).map(Some),
@@ -394,6 +404,11 @@ impl Encoder<Outbound> for Codec {
                     return Ok(());
                 }
                 let p = to_v5(item);
+                if let (v5::Packet::Publish(publish), Some(max)) = (&p, self.client_max_packet_size)
+                    && publish.size() > max as usize
+                {
+                    return Err(Error::TooLargeForClient(publish.size()));
+                }
                 p.write(dst, self.client_max_packet_size)
                     .map_err(|e| Error::Malformed(e.to_string()))?;
             }

@@ -14,6 +14,15 @@
 //! - a QoS 2 publish is stored once: a DUP retransmission of a packet id awaiting PUBREL
 //!   is answered with PUBREC again and not stored twice;
 //! - at most the client's receive-maximum deliveries are in flight to it;
+//! - a message larger than the client's Maximum Packet Size (MQTT 5) is not sent to it:
+//!   it is discarded as if delivered (acked to the backend) and counted, and the
+//!   connection stays (3.1.2-25);
+//! - a will's delay is at most `max_will_delay_secs`; delayed wills held are bounded in
+//!   count and bytes (`registry.rs`); one past the bound is published at once if the
+//!   store budget has room for it at once, else dropped (both counted);
+//! - a malformed packet or a protocol error closes the connection with DISCONNECT 0x81
+//!   or 0x82 (MQTT 5), a CONNECT in error is answered with CONNACK 0x81/0x82 (MQTT 5),
+//!   and is counted;
 //! - publishes read before the connection ended are stored before it closes (their acks
 //!   are not sent), then the will is published when the connection ended without a
 //!   normal DISCONNECT;
@@ -44,7 +53,7 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::metrics::ServerCounters;
 use crate::packet::{ConnAckInfo, Connect, Inbound, Message, Outbound, QoS, Reason, Version};
-use crate::registry::Registry;
+use crate::registry::{Registry, WillLimits};
 use crate::topic;
 
 /// Limits and timeouts of client connections.
@@ -65,6 +74,11 @@ pub struct ConnectionConfig {
     /// Most QoS 1/2 deliveries in flight to one client, whatever its receive maximum
     /// (3.1.1 clients have none): bounds what a resumed session may redeliver.
     pub max_inflight_deliveries: u16,
+    /// Longest will delay honoured, seconds (a longer one is cut to this).
+    pub max_will_delay_secs: u32,
+    /// Delayed wills held in memory at once, and their bytes (topic + payload); a will
+    /// past either is published at once instead of being held.
+    pub wills: WillLimits,
 }
 
 impl Default for ConnectionConfig {
@@ -77,6 +91,11 @@ impl Default for ConnectionConfig {
             retain_available: true,
             will_timeout: Duration::from_secs(10),
             max_inflight_deliveries: 32,
+            max_will_delay_secs: 24 * 3600,
+            wills: WillLimits {
+                count: 10_000,
+                bytes: 64 * 1024 * 1024,
+            },
         }
     }
 }
@@ -234,16 +253,49 @@ where
             } => e,
             _ => connect.session_expiry_interval,
         };
-        let delay = will.delay_interval.min(expiry);
+        let delay = will
+            .delay_interval
+            .min(expiry)
+            .min(shared.config.max_will_delay_secs);
         if delay > 0 && how != Close::TakenOver {
-            let fut = shared.broker.publish_will(&client_id, will.message);
-            shared.registry.schedule_will(
+            let mut message = will.message;
+            // Its own copy: the payload was a slice of the connection's read buffer,
+            // which it would otherwise keep alive for the whole delay.
+            message.payload = bytes::Bytes::copy_from_slice(&message.payload);
+            let bytes = message.topic.len() + message.payload.len();
+            let fut = shared.broker.publish_will(&client_id, message);
+            let held = shared.registry.schedule_will(
                 &client_id,
                 Duration::from_secs(u64::from(delay)),
+                bytes,
+                shared.config.wills,
+                &shared.counters,
                 &shared.tracker,
                 shared.shutdown.clone(),
                 fut,
             );
+            if let Err(now) = held {
+                // Past the bound of wills held: published now if the store budget has
+                // room at once (so ending connections cannot pile up wills waiting to be
+                // stored), else dropped; counted either way.
+                shared.counters.will_not_held();
+                match shared.budget.try_take(bytes) {
+                    Some(share) => {
+                        debug!(client = %client_id, "delayed will published at once: too many held");
+                        if tokio::time::timeout(shared.config.will_timeout, now)
+                            .await
+                            .is_err()
+                        {
+                            warn!(client = %client_id, "will publish timed out");
+                        }
+                        drop(share);
+                    }
+                    None => {
+                        shared.counters.will_dropped();
+                        debug!(client = %client_id, "delayed will dropped: too many held, store budget full");
+                    }
+                }
+            }
         } else if delay == 0 {
             let stored = tokio::time::timeout(
                 shared.config.will_timeout,
@@ -284,7 +336,27 @@ async fn read_connect<B: Broker, IO: AsyncRead + AsyncWrite + Unpin>(
                 .await;
             Err(Error::UnsupportedProtocol(level))
         }
-        Ok(Some(Err(e))) => Err(e),
+        Ok(Some(Err(e))) => {
+            shared.counters.malformed();
+            // MQTT 5 4.13: a CONNECT in error may be answered with its reason code.
+            if framed.codec().version() == Some(Version::V5) {
+                let reason = match &e {
+                    Error::Protocol(_) => Reason::ProtocolError,
+                    _ => Reason::MalformedPacket,
+                };
+                let _ = framed
+                    .send(Outbound::ConnAck {
+                        session_present: false,
+                        reason,
+                        info: Box::new(ConnAckInfo {
+                            reason_string: Some(e.to_string()),
+                            ..ConnAckInfo::default()
+                        }),
+                    })
+                    .await;
+            }
+            Err(e)
+        }
         Ok(Some(Ok(Inbound::Connect(c)))) => Ok(Some(*c)),
         Ok(Some(Ok(_))) => Err(Error::Protocol("the first packet must be CONNECT")),
     }
@@ -441,6 +513,9 @@ impl<B: Broker> Conn<B> {
                                 Error::Protocol(_) => Reason::ProtocolError,
                                 _ => Reason::MalformedPacket,
                             };
+                            if reason != Reason::PacketTooLarge {
+                                self.counters.malformed();
+                            }
                             self.disconnect(framed, reason, Some(e.to_string())).await;
                             return End::Abnormal(Err(e));
                         }
@@ -767,27 +842,40 @@ impl<B: Broker> Conn<B> {
             self.session.acked(d.tag);
             return Ok(Step::Continue);
         }
-        self.counters.publish_sent(d.message.qos);
-        if d.message.qos == QoS::AtMostOnce {
-            framed
-                .feed(Outbound::Publish {
-                    pkid: 0,
-                    dup: false,
-                    message: *d.message,
-                })
-                .await?;
-            self.session.acked(d.tag);
-            return Ok(Step::Continue);
-        }
-        let pkid = self.free_pkid();
-        self.outgoing.insert(pkid, (d.tag, false));
-        framed
+        let qos = d.message.qos;
+        let pkid = if qos == QoS::AtMostOnce {
+            0
+        } else {
+            self.free_pkid()
+        };
+        let fed = framed
             .feed(Outbound::Publish {
                 pkid,
                 dup: d.dup,
                 message: *d.message,
             })
-            .await?;
+            .await;
+        match fed {
+            Ok(()) => {}
+            Err(Error::TooLargeForClient(size)) => {
+                // MQTT 5 3.1.2-25: not sent, as if it had been delivered; the connection
+                // stays (nothing was written).
+                debug!(
+                    size,
+                    "message larger than the client's maximum packet size discarded"
+                );
+                self.counters.discarded_too_large();
+                self.session.acked(d.tag);
+                return Ok(Step::Continue);
+            }
+            Err(e) => return Err(e),
+        }
+        self.counters.publish_sent(qos);
+        if qos == QoS::AtMostOnce {
+            self.session.acked(d.tag);
+        } else {
+            self.outgoing.insert(pkid, (d.tag, false));
+        }
         Ok(Step::Continue)
     }
 

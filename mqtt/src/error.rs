@@ -20,6 +20,10 @@ pub enum Error {
     /// A packet over the configured maximum size.
     #[error("packet of {0} bytes exceeds the maximum packet size")]
     PacketTooLarge(usize),
+    /// An outgoing PUBLISH larger than the client's Maximum Packet Size (nothing was
+    /// written: the message is discarded for that client).
+    #[error("packet of {0} bytes exceeds the client's maximum packet size")]
+    TooLargeForClient(usize),
     /// No CONNECT arrived in time.
     #[error("no CONNECT within the connect timeout")]
     ConnectTimeout,

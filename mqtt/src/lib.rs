@@ -2,6 +2,7 @@
 //! one implementation of connections, sessions' QoS flows, keepalive, wills and topic
 //! rules, with storage behind the [`broker::Broker`] and [`broker::Session`] traits.
 
+pub mod admission;
 pub mod broker;
 pub mod budget;
 pub mod cloud_topic;
@@ -20,5 +21,6 @@ pub mod systemd;
 pub mod tls;
 pub mod topic;
 pub mod websocket;
+pub mod wellformed;
 
 pub use error::Error;

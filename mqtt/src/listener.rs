@@ -1,18 +1,19 @@
 //! Accept loops: TCP or TLS, a bounded number of connections, clean shutdown.
 //!
 //! Every accepted socket runs `connection::serve` in a task tracked by the server's
-//! `TaskTracker`; a connection past `max_connections` is closed at once. The TLS handshake
-//! must finish within the connect timeout.
+//! `TaskTracker`; a socket past `max_connections`, or past its source address's bounds
+//! (`admission.rs`), is closed at once. The TLS handshake must finish within the connect
+//! timeout.
 
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::admission::Admission;
 use crate::broker::{Broker, Peer};
 use crate::connection::{Shared, serve};
 use crate::error::Error;
@@ -80,7 +81,7 @@ pub struct Listener {
 
 /// Accepts connections until `shared.shutdown` fires. Connections count against `limit`,
 /// which listeners of one server share.
-pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: Arc<Semaphore>) {
+pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: Arc<Admission>) {
     let acceptor = listener.tls.clone().map(TlsAcceptor::from);
     let name: Arc<str> = Arc::from(listener.name.as_str());
     let websocket = listener.websocket;
@@ -98,9 +99,7 @@ pub async fn run<B: Broker>(listener: Listener, shared: Arc<Shared<B>>, limit: A
                 continue;
             }
         };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            shared.counters.refused();
-            warn!(listener = %name, peer = %addr, "connection limit reached; closing");
+        let Some(permit) = limit.admit(addr.ip(), &shared.counters) else {
             drop(stream);
             continue;
         };

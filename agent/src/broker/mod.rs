@@ -71,7 +71,7 @@ use crate::config::Config;
 use crate::error::Error;
 use crate::journal::{Journal, NewEntry, Qos};
 use mqtt::budget::StoreBudget;
-use router::{Online, Router};
+use router::{Online, Router, RouterLimits};
 
 /// The agent's broker backend. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -90,11 +90,22 @@ pub(crate) struct Core {
     uplink_refused: AtomicU64,
     auth: Authenticator,
     max_expiry: u32,
+    max_sessions: usize,
+    /// Subscription bounds: per client, filter bytes, filter levels.
+    pub(crate) subscriptions: SubscriptionLimits,
     subscriber_queue: usize,
     subscriber_queue_bytes: usize,
     pipeline: usize,
     tracker: TaskTracker,
     generation: AtomicU64,
+}
+
+/// Bounds of a client's subscriptions.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SubscriptionLimits {
+    pub per_client: usize,
+    pub filter_length: usize,
+    pub filter_depth: usize,
 }
 
 /// When `m` (received now) expires, Unix ms; `None`: never.
@@ -145,9 +156,13 @@ impl LocalBroker {
     ) -> Self {
         let router = Router::new(
             store,
-            config.sessions.max_queued_messages,
-            config.sessions.max_retained,
-            Duration::from_millis(config.limits.subscriber_wait_ms),
+            RouterLimits {
+                max_queued: config.sessions.max_queued_messages,
+                max_queued_bytes: config.sessions.max_queued_bytes,
+                max_retained: config.sessions.max_retained,
+                max_retained_bytes: config.sessions.max_retained_bytes,
+                wait: Duration::from_millis(config.limits.subscriber_wait_ms),
+            },
         );
         router.start_tags_at(snapshot.next_tag);
         for (m, expires_ms) in &snapshot.retained {
@@ -155,7 +170,7 @@ impl LocalBroker {
         }
         for s in snapshot.sessions {
             let c = router.client(&s.client_id);
-            c.queued.store(s.queued, Ordering::Relaxed);
+            c.resync(s.queued, s.queued_bytes);
             if let Ok(mut st) = c.state.try_lock() {
                 st.persistent = true;
             }
@@ -172,6 +187,12 @@ impl LocalBroker {
                 uplink_refused: AtomicU64::new(0),
                 auth: Authenticator::new(&config.auth),
                 max_expiry: config.sessions.max_session_expiry_secs,
+                max_sessions: config.sessions.max_sessions,
+                subscriptions: SubscriptionLimits {
+                    per_client: config.limits.max_subscriptions,
+                    filter_length: config.limits.max_filter_length,
+                    filter_depth: config.limits.max_filter_depth,
+                },
                 subscriber_queue: config.limits.subscriber_queue,
                 subscriber_queue_bytes: config.limits.subscriber_queue_bytes,
                 pipeline: config.limits.publish_pipeline,
@@ -187,9 +208,19 @@ impl LocalBroker {
         self.core.uplink_refused()
     }
 
-    /// Messages the broker did not deliver, and how many it did.
+    /// Messages the broker did not deliver, how many it did, and what it refused.
     pub fn counters(&self) -> CounterValues {
         self.core.router.counter_values()
+    }
+
+    /// CONNECTs refused because every password check slot stayed busy.
+    pub fn auth_busy(&self) -> u64 {
+        self.core.auth.busy_refusals()
+    }
+
+    /// Bytes of content in `broker.db` as of its last commit.
+    pub fn db_bytes(&self) -> u64 {
+        self.core.router.store.used_bytes()
     }
 
     /// Number of sessions (connected, or persistent and offline).
@@ -237,7 +268,7 @@ impl LocalBroker {
                         let mut st = c.state.lock().await;
                         if st.online.is_none() {
                             st.persistent = false;
-                            c.queued.store(0, Ordering::Relaxed);
+                            c.resync(0, 0);
                             self.core.router.remove(&c);
                             tracing::info!(client = %id, "session expired");
                         }
@@ -320,10 +351,39 @@ impl Core {
     ) -> Result<Routed, Refusal> {
         if message.retain && self.router.set_retained(&message, expires_ms) {
             let keep = (!message.payload.is_empty()).then(|| (message.clone(), expires_ms));
-            if let Err(e) = self.router.store.retain(&message.topic, keep).await {
+            let hold = match &keep {
+                None => None,
+                Some((m, _)) => match self.router.store.reserve(m.topic.len() + m.payload.len()) {
+                    Some(h) => Some(h),
+                    None => {
+                        // No room in broker.db: not retained (counted), still delivered.
+                        self.router.unset_retained(&message);
+                        self.router
+                            .counters
+                            .retained_refused
+                            .fetch_add(1, Ordering::Relaxed);
+                        return self
+                            .route_only(publisher, message, expires_ms, uplinked)
+                            .await;
+                    }
+                },
+            };
+            if let Err(e) = self.router.store.retain(&message.topic, keep, hold).await {
                 return Err(refusal(&e));
             }
         }
+        self.route_only(publisher, message, expires_ms, uplinked)
+            .await
+    }
+
+    /// Step 3 of a publish: hand to every matching subscription.
+    async fn route_only(
+        &self,
+        publisher: &str,
+        message: Message,
+        expires_ms: Option<i64>,
+        uplinked: bool,
+    ) -> Result<Routed, Refusal> {
         let targets = self.router.matching(&message.topic, publisher);
         let delivered = !targets.is_empty();
         let mut commits = Vec::new();
@@ -363,6 +423,16 @@ impl Core {
     ) -> Result<Accepted<LocalSession>, Refusal> {
         self.auth.authenticate(&connect, &peer).await?;
         let id = connect.client_id.as_str();
+        if self.router.existing(id).is_none() && self.router.len() >= self.max_sessions {
+            self.router
+                .counters
+                .sessions_refused
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(Refusal::new(
+                Reason::QuotaExceeded,
+                "too many sessions (sessions.max_sessions)",
+            ));
+        }
         let store_failed = |e: Error| Refusal::new(Reason::ServerUnavailable, e.to_string());
         // The client may be removed between lookup and lock (its old session closed): retry.
         let (client, mut st) = loop {
@@ -384,7 +454,7 @@ impl Core {
                     .map_err(store_failed)?;
             }
             client.clear_subscriptions();
-            client.queued.store(0, Ordering::Relaxed);
+            client.resync(0, 0);
         }
         st.persistent = expiry > 0;
         if st.persistent {
@@ -419,24 +489,38 @@ impl Core {
             if !resume {
                 return;
             }
-            let rows = match core.router.store.read_queue(&c.id).await {
-                Ok(rows) => rows,
+            match core.router.store.queue_totals(&c.id).await {
+                Ok((rows, bytes)) => c.resync(rows, bytes),
                 Err(e) => {
                     tracing::warn!(client = %c.id, error = %e, "cannot read the stored queue");
                     return;
                 }
-            };
-            c.queued.store(rows.len(), Ordering::Relaxed);
-            let now = now_ms();
-            for q in rows {
-                if q.expires_ms.is_some_and(|e| e <= now) {
-                    core.router.store.acked(q.id);
-                    c.unqueued();
-                    continue;
-                }
-                if !core.router.redeliver(&st, q).await {
-                    // Full or gone: the rest stays stored for the next connection.
-                    break;
+            }
+            // Page by page (`store::PAGE_ROWS`, `PAGE_BYTES`): memory stays bounded
+            // whatever the queue's size.
+            let mut after = 0;
+            'pages: loop {
+                let page = match core.router.store.read_queue_page(&c.id, after).await {
+                    Ok(page) if page.is_empty() => break,
+                    Ok(page) => page,
+                    Err(e) => {
+                        tracing::warn!(client = %c.id, error = %e, "cannot read the stored queue");
+                        break;
+                    }
+                };
+                let now = now_ms();
+                for q in page {
+                    after = q.id;
+                    c.known(q.id, q.message.topic.len() + q.message.payload.len());
+                    if q.expires_ms.is_some_and(|e| e <= now) {
+                        core.router.store.acked(q.id);
+                        c.unqueued(q.id);
+                        continue;
+                    }
+                    if !core.router.redeliver(&st, q).await {
+                        // Full or gone: the rest stays stored for the next connection.
+                        break 'pages;
+                    }
                 }
             }
             drop(st);

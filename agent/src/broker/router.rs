@@ -13,10 +13,16 @@
 //!   socket), then a clean session misses it (counted as
 //!   `dropped_subscriber_full`) and a persistent session gets it as a stored row,
 //!   delivered when it next resumes. QoS 0 never waits: dropped at once when full.
-//! - A persistent session holds at most `sessions.max_queued_messages` rows while its
-//!   connection cannot take a message (offline, or its queue full); newer messages are
-//!   then dropped (counted as `dropped_queue_full`), as the spec allows. The count
-//!   includes its unacknowledged rows. QoS 0 messages are not queued offline.
+//! - A persistent session holds at most `sessions.max_queued_messages` rows and
+//!   `sessions.max_queued_bytes` (topic + payload) while its connection cannot take a
+//!   message (offline, or its queue full); newer messages are then dropped (counted as
+//!   `dropped_queue_full`), as the spec allows. The counts include its unacknowledged
+//!   rows. QoS 0 messages are not queued offline. A row is stored only in room reserved
+//!   in `broker.db` (`sessions.max_db_bytes`): without room, an offline session misses
+//!   the message (counted as `dropped_db_full`), a connected one gets it without a row.
+//! - Retained messages: at most `sessions.max_retained` topics and
+//!   `sessions.max_retained_bytes` (topic + payload); a retained publish past either is
+//!   not retained (counted as `retained_refused`), and is still delivered.
 //! - Every QoS 1/2 message for a persistent session, connected or not, is a row in
 //!   `broker.db` (`store.rs`), queued to the database thread before the message is handed
 //!   to the connection and committed before the publish that produced it is
@@ -62,6 +68,16 @@ pub struct Counters {
     pub dropped_queue_full: AtomicU64,
     /// Messages delivered to local subscribers (handed to their connection).
     pub delivered: AtomicU64,
+    /// An offline persistent session's message found no room in `broker.db`.
+    pub dropped_db_full: AtomicU64,
+    /// Retained publishes not retained: the retained table was full (count or bytes, or
+    /// no room in `broker.db`).
+    pub retained_refused: AtomicU64,
+    /// CONNECTs refused because `sessions.max_sessions` sessions exist.
+    pub sessions_refused: AtomicU64,
+    /// Subscriptions refused: over `limits.max_subscriptions`, or a filter too long or
+    /// too deep.
+    pub subscriptions_refused: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -73,6 +89,16 @@ pub struct CounterValues {
     pub dropped_queue_full: u64,
     /// See [`Counters::delivered`].
     pub delivered: u64,
+    /// See [`Counters::dropped_db_full`].
+    pub dropped_db_full: u64,
+    /// See [`Counters::retained_refused`].
+    pub retained_refused: u64,
+    /// See [`Counters::sessions_refused`].
+    pub sessions_refused: u64,
+    /// See [`Counters::subscriptions_refused`].
+    pub subscriptions_refused: u64,
+    /// Retained messages held now, and their bytes.
+    pub retained: (u64, u64),
 }
 
 /// Where a client's messages go right now.
@@ -132,6 +158,11 @@ pub(crate) struct Client {
     pub state: Arc<tokio::sync::Mutex<ClientState>>,
     /// Its rows in `broker.db` (unacknowledged QoS 1/2 messages of a persistent session).
     pub queued: AtomicUsize,
+    /// Their bytes (topic + payload).
+    pub queued_bytes: AtomicUsize,
+    /// The bytes of its rows known here (queued, or read at resume), by row id: what an
+    /// acknowledgement gives back.
+    pub sizes: std::sync::Mutex<HashMap<u64, usize>>,
 }
 
 impl Client {
@@ -141,19 +172,57 @@ impl Client {
             subs: RwLock::default(),
             state: Arc::default(),
             queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            sizes: std::sync::Mutex::default(),
         })
     }
 
-    /// One of its rows is gone (acknowledged or expired).
-    pub fn unqueued(&self) {
+    fn sizes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Row `tag` of `bytes` is stored for it.
+    pub fn queued(&self, tag: u64, bytes: usize) {
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        self.sizes().insert(tag, bytes);
+    }
+
+    /// Row `tag` (read back at resume, `bytes`) may be acknowledged.
+    pub fn known(&self, tag: u64, bytes: usize) {
+        self.sizes().insert(tag, bytes);
+    }
+
+    /// Sets its row count and bytes (read from `broker.db`), forgetting the sizes known.
+    pub fn resync(&self, rows: usize, bytes: usize) {
+        self.queued.store(rows, Ordering::Relaxed);
+        self.queued_bytes.store(bytes, Ordering::Relaxed);
+        self.sizes().clear();
+    }
+
+    /// Row `tag` is gone (acknowledged or expired).
+    pub fn unqueued(&self, tag: u64) {
         let _ = self
             .queued
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1));
+        if let Some(bytes) = self.sizes().remove(&tag) {
+            let _ = self
+                .queued_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                    Some(n.saturating_sub(bytes))
+                });
+        }
     }
 
     /// Adds or replaces a subscription; `true` if it replaced one.
     pub fn subscribe(&self, filter: &str, opts: SubOptions) -> bool {
         write(&self.subs).insert(filter.to_owned(), opts).is_some()
+    }
+
+    /// Its subscriptions other than `filter` (what one more would count against).
+    pub fn subscription_count(&self, filter: &str) -> usize {
+        let subs = read(&self.subs);
+        subs.len() - usize::from(subs.contains_key(filter))
     }
 
     /// Removes a subscription; `false` if there was none.
@@ -171,27 +240,49 @@ impl Client {
 #[derive(Debug)]
 pub(crate) struct Router {
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
-    retained: RwLock<HashMap<String, (Message, Option<i64>)>>,
+    retained: RwLock<Retained>,
     next_tag: AtomicU64,
     pub counters: Counters,
     pub store: BrokerStore,
+    pub limits: RouterLimits,
+}
+
+/// The retained messages and their bytes (topic + payload).
+#[derive(Debug, Default)]
+struct Retained {
+    messages: HashMap<String, (Message, Option<i64>)>,
+    bytes: usize,
+}
+
+/// The router's bounds (from `[sessions]` and `[limits]`).
+#[derive(Debug, Clone)]
+pub(crate) struct RouterLimits {
     pub max_queued: usize,
+    pub max_queued_bytes: usize,
     pub max_retained: usize,
+    pub max_retained_bytes: usize,
     pub wait: Duration,
 }
 
+fn size(m: &Message) -> usize {
+    m.topic.len() + m.payload.len()
+}
+
 impl Router {
-    pub fn new(store: BrokerStore, max_queued: usize, max_retained: usize, wait: Duration) -> Self {
+    pub fn new(store: BrokerStore, limits: RouterLimits) -> Self {
         Self {
             clients: RwLock::default(),
             retained: RwLock::default(),
             next_tag: AtomicU64::new(1),
             counters: Counters::default(),
             store,
-            max_queued,
-            max_retained,
-            wait,
+            limits,
         }
+    }
+
+    /// The client with this identifier, if it has a session.
+    pub fn existing(&self, id: &str) -> Option<Arc<Client>> {
+        read(&self.clients).get(id).cloned()
     }
 
     pub fn tag(&self) -> u64 {
@@ -204,6 +295,14 @@ impl Router {
             dropped_subscriber_full: c.dropped_subscriber_full.load(Ordering::Relaxed),
             dropped_queue_full: c.dropped_queue_full.load(Ordering::Relaxed),
             delivered: c.delivered.load(Ordering::Relaxed),
+            dropped_db_full: c.dropped_db_full.load(Ordering::Relaxed),
+            retained_refused: c.retained_refused.load(Ordering::Relaxed),
+            sessions_refused: c.sessions_refused.load(Ordering::Relaxed),
+            subscriptions_refused: c.subscriptions_refused.load(Ordering::Relaxed),
+            retained: {
+                let r = read(&self.retained);
+                (r.messages.len() as u64, r.bytes as u64)
+            },
         }
     }
 
@@ -243,26 +342,45 @@ impl Router {
         self.next_tag.fetch_max(next.max(1), Ordering::Relaxed);
     }
 
-    /// Sets or clears a retained message (expiring at `expires_ms`); `false` if the
-    /// retained table is full.
+    /// Sets or clears a retained message (expiring at `expires_ms`); `false` (counted)
+    /// if the retained table is full, in topics or in bytes.
     pub fn set_retained(&self, message: &Message, expires_ms: Option<i64>) -> bool {
-        let mut r = write(&self.retained);
+        let mut guard = write(&self.retained);
+        let r = &mut *guard;
+        let old = r.messages.get(&message.topic).map(|(m, _)| size(m));
         if message.payload.is_empty() {
-            r.remove(&message.topic);
+            if r.messages.remove(&message.topic).is_some() {
+                r.bytes -= old.unwrap_or(0);
+            }
             return true;
         }
-        if r.len() >= self.max_retained && !r.contains_key(&message.topic) {
+        let bytes = r.bytes - old.unwrap_or(0) + size(message);
+        let full = old.is_none() && r.messages.len() >= self.limits.max_retained;
+        if full || bytes > self.limits.max_retained_bytes {
+            self.counters
+                .retained_refused
+                .fetch_add(1, Ordering::Relaxed);
             return false;
         }
         let mut m = message.clone();
         m.retain = true;
-        r.insert(message.topic.clone(), (m, expires_ms));
+        r.messages.insert(message.topic.clone(), (m, expires_ms));
+        r.bytes = bytes;
         true
+    }
+
+    /// Undoes [`Router::set_retained`] of `message` when it could not be stored.
+    pub fn unset_retained(&self, message: &Message) {
+        let mut r = write(&self.retained);
+        if let Some((m, _)) = r.messages.remove(&message.topic) {
+            r.bytes -= size(&m);
+        }
     }
 
     /// Unexpired retained messages matching `filter`, with their expiry.
     pub fn retained_matching(&self, filter: &str, now_ms: i64) -> Vec<(Message, Option<i64>)> {
         read(&self.retained)
+            .messages
             .values()
             .filter(|(m, e)| e.is_none_or(|e| e > now_ms) && topic::matches(filter, &m.topic))
             .cloned()
@@ -313,15 +431,20 @@ impl Router {
         let qos = message.qos;
         let keep = st.persistent && qos != QoS::AtMostOnce;
         if let Some(online) = &st.online {
-            let wait = (qos != QoS::AtMostOnce).then_some(self.wait);
+            let wait = (qos != QoS::AtMostOnce).then_some(self.limits.wait);
             match online.room(&message, wait).await {
                 Ok((p, share)) => {
-                    let (tag, commit) = if keep {
-                        let tag = self.tag();
-                        let commit = self.queue(client, tag, &message, expires_ms, true).await;
-                        (tag, commit)
-                    } else {
-                        (0, None)
+                    // Without room in broker.db it goes out without a row.
+                    let hold = keep.then(|| self.store.reserve(size(&message))).flatten();
+                    let (tag, commit) = match hold {
+                        Some(hold) => {
+                            let tag = self.tag();
+                            let commit = self
+                                .queue(client, tag, &message, expires_ms, true, hold)
+                                .await;
+                            (tag, commit)
+                        }
+                        None => (0, None),
                     };
                     p.send(Delivery {
                         message: Box::new(message),
@@ -351,14 +474,24 @@ impl Router {
         if !keep {
             return None;
         }
-        if client.queued.load(Ordering::Relaxed) >= self.max_queued {
+        let bytes = client.queued_bytes.load(Ordering::Relaxed) + size(&message);
+        if client.queued.load(Ordering::Relaxed) >= self.limits.max_queued
+            || bytes > self.limits.max_queued_bytes
+        {
             self.counters
                 .dropped_queue_full
                 .fetch_add(1, Ordering::Relaxed);
             return None;
         }
+        let Some(hold) = self.store.reserve(size(&message)) else {
+            self.counters
+                .dropped_db_full
+                .fetch_add(1, Ordering::Relaxed);
+            return None;
+        };
         let tag = self.tag();
-        self.queue(client, tag, &message, expires_ms, false).await
+        self.queue(client, tag, &message, expires_ms, false, hold)
+            .await
     }
 
     /// Queues row `tag` for `client`; its commit, or `None` if the database is closed.
@@ -369,14 +502,15 @@ impl Router {
         message: &Message,
         expires_ms: Option<i64>,
         sent: bool,
+        hold: super::store::Reserved,
     ) -> Option<Committed<()>> {
         match self
             .store
-            .enqueue(&client.id, tag, message, expires_ms, sent)
+            .enqueue(&client.id, tag, message, expires_ms, sent, hold)
             .await
         {
             Ok(commit) => {
-                client.queued.fetch_add(1, Ordering::Relaxed);
+                client.queued(tag, size(message));
                 Some(commit)
             }
             Err(e) => {
@@ -392,7 +526,7 @@ impl Router {
         let Some(online) = &st.online else {
             return false;
         };
-        match online.room(&q.message, Some(self.wait)).await {
+        match online.room(&q.message, Some(self.limits.wait)).await {
             Ok((p, share)) => {
                 p.send(Delivery {
                     message: Box::new(q.message),

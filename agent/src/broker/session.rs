@@ -211,6 +211,24 @@ impl Session for LocalSession {
                     outcomes.push(SubscribeOutcome::Refused(Reason::TopicFilterInvalid));
                     continue;
                 }
+                let limits = core.subscriptions;
+                let refused = if r.filter.len() > limits.filter_length
+                    || r.filter.split('/').count() > limits.filter_depth
+                {
+                    Some(Reason::TopicFilterInvalid)
+                } else if client.subscription_count(&r.filter) >= limits.per_client {
+                    Some(Reason::QuotaExceeded)
+                } else {
+                    None
+                };
+                if let Some(reason) = refused {
+                    core.router
+                        .counters
+                        .subscriptions_refused
+                        .fetch_add(1, Ordering::Relaxed);
+                    outcomes.push(SubscribeOutcome::Refused(reason));
+                    continue;
+                }
                 let opts = SubOptions {
                     qos: r.qos,
                     no_local: r.no_local,
@@ -276,7 +294,7 @@ impl Session for LocalSession {
         // Tag 0: a delivery without a row (QoS 0, or not a persistent session).
         if tag != 0 {
             self.core.router.store.acked(tag);
-            self.client.unqueued();
+            self.client.unqueued(tag);
         }
     }
 
@@ -301,7 +319,7 @@ impl Session for LocalSession {
             if st.persistent && update == Some(0) {
                 // The client ended its session in DISCONNECT.
                 st.persistent = false;
-                client.queued.store(0, Ordering::Relaxed);
+                client.resync(0, 0);
                 if let Err(e) = core.router.store.delete_session(&client.id).await {
                     tracing::warn!(client = %client.id, error = %e, "cannot delete the session");
                 }

@@ -27,6 +27,13 @@
 //! `props` is the MQTT 5 properties as JSON (NULL when empty); `expires_ms` the MQTT 5
 //! message expiry as Unix ms (NULL = never).
 //!
+//! # Size
+//! The content (pages not on the free list) stays within `sessions.max_db_bytes`: a row
+//! or retained message is stored only in room reserved first ([`BrokerStore::reserve`]:
+//! content as of the last commit plus reservations not yet committed); the thread
+//! measures the content after each batch, before answering it. A resumed session's
+//! queue is read in pages ([`BrokerStore::read_queue_page`]), never whole.
+//!
 //! # Acknowledgements
 //! [`BrokerStore::acked`] is called from the connection's synchronous ack path, so it
 //! only records the id in a list the thread takes at its next batch (waking the thread
@@ -42,6 +49,7 @@ use bytes::Bytes;
 use mqtt::packet::{Message, MessageProperties, QoS};
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
@@ -86,9 +94,12 @@ const DELETE_SUB: &str = "DELETE FROM subscriptions WHERE client_id = ?1 AND fil
 const ENQUEUE: &str = "INSERT OR REPLACE INTO queue \
      (id, client_id, topic, payload, qos, retain, props, expires_ms, sent) \
      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
-const SELECT_QUEUE: &str = "SELECT topic, payload, qos, retain, props, expires_ms, id, sent \
-     FROM queue WHERE client_id = ?1 ORDER BY id";
-const MARK_SENT: &str = "UPDATE queue SET sent = 1 WHERE client_id = ?1 AND sent = 0";
+const SELECT_QUEUE_PAGE: &str = "SELECT topic, payload, qos, retain, props, expires_ms, id, \
+     sent FROM queue WHERE client_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
+const QUEUE_TOTALS: &str = "SELECT count(*), coalesce(sum(length(topic) + length(payload)), 0) \
+     FROM queue WHERE client_id = ?1";
+const MARK_SENT: &str =
+    "UPDATE queue SET sent = 1 WHERE client_id = ?1 AND id > ?2 AND id <= ?3 AND sent = 0";
 const DELETE_QUEUED: &str = "DELETE FROM queue WHERE id = ?1";
 const MAX_QUEUE_ID: &str = "SELECT coalesce(max(id), 0) FROM queue";
 const UPSERT_RETAINED: &str = "INSERT OR REPLACE INTO retained (topic, payload, qos, props, \
@@ -97,7 +108,19 @@ const DELETE_RETAINED: &str = "DELETE FROM retained WHERE topic = ?1";
 const SELECT_RETAINED: &str =
     "SELECT topic, payload, qos, 0, props, expires_ms, 0, 0 FROM retained";
 const SELECT_SESSIONS: &str = "SELECT client_id, expiry_secs, disconnected_ms, \
-     (SELECT count(*) FROM queue q WHERE q.client_id = s.client_id) FROM sessions s";
+     (SELECT count(*) FROM queue q WHERE q.client_id = s.client_id), \
+     (SELECT coalesce(sum(length(topic) + length(payload)), 0) FROM queue q \
+     WHERE q.client_id = s.client_id) FROM sessions s";
+/// Bytes of content: pages in use (not on the free list).
+const USED_BYTES: &str = "SELECT (page_count - freelist_count) * page_size \
+     FROM pragma_page_count, pragma_freelist_count, pragma_page_size";
+/// Bytes the WAL file is truncated to after a checkpoint.
+const WAL_SIZE_LIMIT: i64 = 4 * 1024 * 1024;
+/// Rows read at most per page when a session resumes.
+pub const PAGE_ROWS: usize = 64;
+/// Bytes (topic + payload) read at most per page when a session resumes (at least one
+/// row is read, whatever its size).
+pub const PAGE_BYTES: usize = 256 * 1024;
 const SELECT_SUBS: &str =
     "SELECT filter, qos, no_local, retain_as_published FROM subscriptions WHERE client_id = ?1";
 const EXPIRED: &str = "SELECT client_id FROM sessions WHERE disconnected_ms IS NOT NULL \
@@ -127,6 +150,8 @@ pub struct StoredSession {
     pub subscriptions: Vec<(String, SubOptions)>,
     /// Messages in its offline queue.
     pub queued: usize,
+    /// Their bytes (topic + payload).
+    pub queued_bytes: usize,
 }
 
 /// Everything loaded at start.
@@ -212,21 +237,43 @@ fn read_messages(
     args: &[&dyn rusqlite::ToSql],
 ) -> rusqlite::Result<Vec<Queued>> {
     let mut stmt = c.prepare_cached(sql)?;
-    let rows = stmt.query_map(args, |r| {
-        Ok(Queued {
-            message: Message {
-                topic: r.get(0)?,
-                payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-                qos: qos_of(r.get(2)?),
-                retain: r.get(3)?,
-                properties: props_from_json(r.get(4)?),
-            },
-            expires_ms: r.get(5)?,
-            id: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
-            sent: r.get(7)?,
-        })
-    })?;
+    let rows = stmt.query_map(args, queued_row)?;
     rows.collect()
+}
+
+fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queued> {
+    Ok(Queued {
+        message: Message {
+            topic: r.get(0)?,
+            payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+            qos: qos_of(r.get(2)?),
+            retain: r.get(3)?,
+            properties: props_from_json(r.get(4)?),
+        },
+        expires_ms: r.get(5)?,
+        id: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
+        sent: r.get(7)?,
+    })
+}
+
+/// Content bytes of the database (pages not on the free list); 0 if unknown.
+fn used_bytes(c: &Connection) -> u64 {
+    c.query_row(USED_BYTES, [], |r| r.get::<_, i64>(0))
+        .map(|n| u64::try_from(n).unwrap_or(0))
+        .unwrap_or(0)
+}
+
+/// Room reserved in the database for content not yet committed; released on drop.
+#[derive(Debug)]
+pub struct Reserved {
+    room: Arc<Room>,
+    bytes: u64,
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.room.reserved.fetch_sub(self.bytes, Ordering::Relaxed);
+    }
 }
 
 type Reply = Box<dyn FnOnce(Option<&Error>) + Send>;
@@ -245,6 +292,16 @@ pub struct BrokerStore {
     tx: mpsc::Sender<Job>,
     path: Arc<PathBuf>,
     acks: Acks,
+    room: Arc<Room>,
+}
+
+/// The database's size against its bound (`sessions.max_db_bytes`): content bytes as of
+/// the last commit, plus the bytes of rows reserved and not yet committed.
+#[derive(Debug)]
+struct Room {
+    max: u64,
+    used: AtomicU64,
+    reserved: AtomicU64,
 }
 
 /// A job queued to the thread; resolves once its batch committed.
@@ -264,21 +321,38 @@ fn sqlite(path: &Path, e: rusqlite::Error) -> Error {
 
 impl BrokerStore {
     /// Opens (or creates) the database and starts its thread; returns what it holds.
-    pub async fn open(path: &Path, synchronous: SyncMode) -> Result<(Self, Snapshot)> {
+    /// Rows and retained messages are stored while its content stays within `max_bytes`
+    /// ([`BrokerStore::reserve`]).
+    pub async fn open(
+        path: &Path,
+        synchronous: SyncMode,
+        max_bytes: u64,
+    ) -> Result<(Self, Snapshot)> {
+        let room = Arc::new(Room {
+            max: max_bytes,
+            used: AtomicU64::new(0),
+            reserved: AtomicU64::new(0),
+        });
+        let thread_room = room.clone();
         let (tx, mut rx) = mpsc::channel::<Job>(1024);
         let (ready_tx, ready_rx) = oneshot::channel();
         let p = path.to_path_buf();
         let open = move || -> rusqlite::Result<(Connection, Snapshot)> {
             let c = Connection::open(&p)?;
             c.pragma_update(None, "journal_mode", "WAL")?;
+            // The WAL file is cut back to this after each checkpoint (it would otherwise
+            // keep the size of the largest batch).
+            c.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
             c.pragma_update(None, "synchronous", synchronous.pragma_value())?;
             c.busy_timeout(std::time::Duration::from_secs(5))?;
             c.execute_batch(SCHEMA)?;
             migrate(&c)?;
             let snapshot = load(&c, crate::broker::now_ms())?;
+            thread_room.used.store(used_bytes(&c), Ordering::Relaxed);
             Ok((c, snapshot))
         };
         let name = path.to_path_buf();
+        let thread_room_batches = room.clone();
         let acks = Acks::default();
         let thread_acks = acks.clone();
         std::thread::Builder::new()
@@ -314,14 +388,14 @@ impl BrokerStore {
                         }
                     }
                     let now: &[u64] = if emptied { &deletes } else { &[] };
-                    run_batch(&c, &name, &mut batch, now);
+                    run_batch(&c, &name, &mut batch, now, &thread_room_batches);
                     if emptied {
                         deletes.clear();
                     }
                 }
                 deletes.extend(take_acks(&thread_acks));
                 if !deletes.is_empty() {
-                    run_batch(&c, &name, &mut batch, &deletes);
+                    run_batch(&c, &name, &mut batch, &deletes, &thread_room_batches);
                 }
                 drop(c);
                 tracing::debug!(path = %name.display(), "broker database closed");
@@ -336,6 +410,7 @@ impl BrokerStore {
                 tx,
                 path: Arc::new(path.to_path_buf()),
                 acks,
+                room,
             },
             snapshot,
         ))
@@ -345,13 +420,15 @@ impl BrokerStore {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T> {
-        committed(self.submit(f).await?).await
+        committed(self.submit(f, None).await?).await
     }
 
-    /// Queues a job; returns once it is queued (jobs run in queue order).
+    /// Queues a job; returns once it is queued (jobs run in queue order). `hold` (the
+    /// room reserved for its bytes) is released once the job's batch is over.
     async fn submit<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+        hold: Option<Reserved>,
     ) -> Result<Committed<T>> {
         let (tx, rx) = oneshot::channel();
         let path = self.path.clone();
@@ -359,6 +436,7 @@ impl BrokerStore {
             let r = f(c);
             let failed = r.is_err();
             let reply: Reply = Box::new(move |batch: Option<&Error>| {
+                drop(hold);
                 let out = match (r, batch) {
                     (Err(e), _) => Err(sqlite(&path, e)),
                     (Ok(_), Some(e)) => Err(e.duplicate()),
@@ -421,8 +499,9 @@ impl BrokerStore {
             .await
     }
 
-    /// Queues `message` (as delivered) for a persistent session as row `tag`; returns
-    /// once queued, with the commit to wait for before the publish may be acknowledged.
+    /// Queues `message` (as delivered) for a persistent session as row `tag`, in the
+    /// room `hold` reserved for it; returns once queued, with the commit to wait for
+    /// before the publish may be acknowledged.
     pub async fn enqueue(
         &self,
         client_id: &Arc<str>,
@@ -430,6 +509,7 @@ impl BrokerStore {
         message: &Message,
         expires_ms: Option<i64>,
         sent: bool,
+        hold: Reserved,
     ) -> Result<Committed<()>> {
         let id = client_id.clone();
         let (topic, payload, qos, retain) = (
@@ -440,32 +520,91 @@ impl BrokerStore {
         );
         let props = props_to_json(&message.properties);
         let row = i64::try_from(tag).unwrap_or(i64::MAX);
-        self.submit(move |c| {
-            c.prepare_cached(ENQUEUE)?
-                .execute(params![
-                    row,
-                    &*id,
-                    topic,
-                    &payload[..],
-                    qos,
-                    retain,
-                    props,
-                    expires_ms,
-                    sent
-                ])
-                .map(drop)
+        self.submit(
+            move |c| {
+                c.prepare_cached(ENQUEUE)?
+                    .execute(params![
+                        row,
+                        &*id,
+                        topic,
+                        &payload[..],
+                        qos,
+                        retain,
+                        props,
+                        expires_ms,
+                        sent
+                    ])
+                    .map(drop)
+            },
+            Some(hold),
+        )
+        .await
+    }
+
+    /// Reserves room for `bytes` more content, if the database stays within its bound;
+    /// the reservation ends when the job that stores them has committed
+    /// ([`Reserved`] is moved into it).
+    pub fn reserve(&self, bytes: usize) -> Option<Reserved> {
+        let bytes = bytes as u64;
+        let r = &self.room;
+        r.reserved
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |held| {
+                let total = r.used.load(Ordering::Relaxed) + held + bytes;
+                (total <= r.max).then_some(held + bytes)
+            })
+            .ok()?;
+        Some(Reserved {
+            room: r.clone(),
+            bytes,
+        })
+    }
+
+    /// Bytes of content in the database as of its last commit.
+    pub fn used_bytes(&self) -> u64 {
+        self.room.used.load(Ordering::Relaxed)
+    }
+
+    /// A session's stored rows and their bytes (topic + payload).
+    pub async fn queue_totals(&self, client_id: &str) -> Result<(usize, usize)> {
+        let id = client_id.to_owned();
+        self.call(move |c| {
+            c.prepare_cached(QUEUE_TOTALS)?.query_row(params![id], |r| {
+                Ok((
+                    usize::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                    usize::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+                ))
+            })
         })
         .await
     }
 
-    /// A session's stored messages, oldest first; they stay until acknowledged, and are
-    /// marked as sent (a later resend carries DUP).
-    pub async fn read_queue(&self, client_id: &str) -> Result<Vec<Queued>> {
+    /// One page of a session's stored messages after row `after`, oldest first: at most
+    /// [`PAGE_ROWS`] rows and about [`PAGE_BYTES`] (at least one row). They stay until
+    /// acknowledged, and are marked as sent (a later resend carries DUP).
+    pub async fn read_queue_page(&self, client_id: &str, after: u64) -> Result<Vec<Queued>> {
         let id = client_id.to_owned();
+        let after = i64::try_from(after).unwrap_or(i64::MAX);
         self.call(move |c| {
-            let messages = read_messages(c, SELECT_QUEUE, &[&id])?;
-            c.prepare_cached(MARK_SENT)?.execute(params![id])?;
-            Ok(messages)
+            let mut stmt = c.prepare_cached(SELECT_QUEUE_PAGE)?;
+            let mut rows = stmt.query(params![id, after, PAGE_ROWS as i64])?;
+            let mut page = Vec::new();
+            let mut bytes = 0;
+            while let Some(r) = rows.next()? {
+                let q = queued_row(r)?;
+                bytes += q.message.topic.len() + q.message.payload.len();
+                page.push(q);
+                if bytes >= PAGE_BYTES {
+                    break;
+                }
+            }
+            drop(rows);
+            drop(stmt);
+            if let Some(last) = page.last() {
+                let last = i64::try_from(last.id).unwrap_or(i64::MAX);
+                c.prepare_cached(MARK_SENT)?
+                    .execute(params![id, after, last])?;
+            }
+            Ok(page)
         })
         .await
     }
@@ -483,10 +622,16 @@ impl BrokerStore {
         }
     }
 
-    /// Sets (`Some`) or clears (`None`) the retained message of `topic`.
-    pub async fn retain(&self, topic: &str, message: Option<(Message, Option<i64>)>) -> Result<()> {
+    /// Sets (`Some`, in the room `hold` reserved for it) or clears (`None`) the retained
+    /// message of `topic`.
+    pub async fn retain(
+        &self,
+        topic: &str,
+        message: Option<(Message, Option<i64>)>,
+        hold: Option<Reserved>,
+    ) -> Result<()> {
         let t = topic.to_owned();
-        self.call(move |c| match message {
+        let job = move |c: &Connection| match message {
             Some((m, expires_ms)) => c
                 .execute(
                     UPSERT_RETAINED,
@@ -500,8 +645,8 @@ impl BrokerStore {
                 )
                 .map(drop),
             None => c.execute(DELETE_RETAINED, params![t]).map(drop),
-        })
-        .await
+        };
+        committed(self.submit(job, hold).await?).await
     }
 
     /// Deletes the sessions whose expiry passed by `now_ms`; returns their identifiers.
@@ -561,6 +706,7 @@ fn load(c: &Connection, now_ms: i64) -> rusqlite::Result<Snapshot> {
                 disconnected_ms: r.get(2)?,
                 subscriptions: Vec::new(),
                 queued: r.get::<_, i64>(3)?.try_into().unwrap_or(0),
+                queued_bytes: r.get::<_, i64>(4)?.try_into().unwrap_or(0),
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -595,7 +741,7 @@ fn load(c: &Connection, now_ms: i64) -> rusqlite::Result<Snapshot> {
     })
 }
 
-fn run_batch(c: &Connection, path: &Path, batch: &mut Vec<Job>, deletes: &[u64]) {
+fn run_batch(c: &Connection, path: &Path, batch: &mut Vec<Job>, deletes: &[u64], room: &Room) {
     let mut failure = c
         .execute_batch("BEGIN IMMEDIATE")
         .err()
@@ -630,6 +776,9 @@ fn run_batch(c: &Connection, path: &Path, batch: &mut Vec<Job>, deletes: &[u64])
         tracing::warn!(error = %e, "broker database batch rolled back");
         let _ = c.execute_batch("ROLLBACK");
     }
+    // Before the replies: a reservation ends (with its job's reply) only once the bytes
+    // it stood for are counted as used.
+    room.used.store(used_bytes(c), Ordering::Relaxed);
     for reply in replies {
         reply(failure.as_ref());
     }

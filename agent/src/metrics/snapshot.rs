@@ -48,6 +48,30 @@ pub struct BrokerFigures {
     /// (`mqtt::cloud_topic`); delivered locally only.
     #[serde(default)]
     pub dropped_cloud_topic_refused: u64,
+    /// Deliveries dropped: no room in `broker.db` for an offline session's message.
+    #[serde(default)]
+    pub dropped_db_full: u64,
+    /// Retained publishes not retained (count, bytes or `broker.db` bound reached).
+    #[serde(default)]
+    pub retained_refused: u64,
+    /// Retained messages held now.
+    #[serde(default)]
+    pub retained: u64,
+    /// Their bytes (topic + payload).
+    #[serde(default)]
+    pub retained_bytes: u64,
+    /// CONNECTs refused: `sessions.max_sessions` reached.
+    #[serde(default)]
+    pub sessions_refused: u64,
+    /// Subscriptions refused: too many for the client, or a filter too long or deep.
+    #[serde(default)]
+    pub subscriptions_refused: u64,
+    /// CONNECTs refused: every password check slot stayed busy.
+    #[serde(default)]
+    pub auth_busy: u64,
+    /// Bytes of content in `broker.db`.
+    #[serde(default)]
+    pub db_bytes: u64,
 }
 
 /// The journal's figures (from `Journal::stats`).
@@ -229,6 +253,7 @@ impl Snapshot {
             "cloud_topic_refused",
             self.broker.dropped_cloud_topic_refused,
         ));
+        v.push(("db_full", self.broker.dropped_db_full));
         v
     }
 
@@ -248,6 +273,35 @@ impl Snapshot {
             "delivered",
             "Messages handed to local subscribers",
             b.delivered,
+        )?;
+        gauge(
+            e,
+            "retained",
+            "Retained messages held (sessions.max_retained)",
+            b.retained,
+        )?;
+        gauge(
+            e,
+            "retained_bytes",
+            "Bytes (topic + payload) of the retained messages (sessions.max_retained_bytes)",
+            b.retained_bytes,
+        )?;
+        gauge(
+            e,
+            "broker_db_bytes",
+            "Bytes of content in broker.db (sessions.max_db_bytes)",
+            b.db_bytes,
+        )?;
+        counter_family(
+            e,
+            "refused",
+            "Requests refused by a resource bound, by bound",
+            &[
+                ([("reason", "retained")], b.retained_refused),
+                ([("reason", "sessions")], b.sessions_refused),
+                ([("reason", "subscriptions")], b.subscriptions_refused),
+                ([("reason", "auth_busy")], b.auth_busy),
+            ],
         )?;
         let drops: Vec<_> = self
             .drops()

@@ -12,6 +12,8 @@ use edge_agent::server::Agent;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub mod spawned;
+
 pub const WAIT: Duration = Duration::from_secs(10);
 
 /// The shipped defaults with the TCP listener on an ephemeral port.

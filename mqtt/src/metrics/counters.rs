@@ -23,6 +23,22 @@ pub struct ServerCounters {
     budget_waits: AtomicU64,
     subscribes: AtomicU64,
     unsubscribes: AtomicU64,
+    throttled: [AtomicU64; 2],
+    discarded_too_large: AtomicU64,
+    malformed: AtomicU64,
+    wills_held: AtomicU64,
+    wills_held_bytes: AtomicU64,
+    wills_not_held: AtomicU64,
+    wills_dropped: AtomicU64,
+}
+
+/// Why a socket was closed at accept, besides `max_connections`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Throttle {
+    /// Its source address had `max_connections_per_address` open.
+    PerAddress = 0,
+    /// Its source address opened sockets faster than the accept rate.
+    Rate = 1,
 }
 
 /// Keeps a connection counted as open until dropped.
@@ -116,6 +132,37 @@ impl ServerCounters {
         inc(&self.unsubscribes);
     }
 
+    /// A socket was closed at accept by a per-address bound.
+    pub fn throttled(&self, why: Throttle) {
+        inc(&self.throttled[why as usize]);
+    }
+
+    /// A message larger than its subscriber's Maximum Packet Size was not sent to it.
+    pub fn discarded_too_large(&self) {
+        inc(&self.discarded_too_large);
+    }
+
+    /// A connection was closed for a malformed packet or a protocol error.
+    pub fn malformed(&self) {
+        inc(&self.malformed);
+    }
+
+    /// Sets the delayed wills held now (count, bytes).
+    pub fn set_wills_held(&self, count: usize, bytes: usize) {
+        self.wills_held.store(count as u64, Ordering::Relaxed);
+        self.wills_held_bytes.store(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A delayed will did not fit in the bound of wills held and was published at once.
+    pub fn will_not_held(&self) {
+        inc(&self.wills_not_held);
+    }
+
+    /// A will past the bound of wills held found no room in the store budget: dropped.
+    pub fn will_dropped(&self) {
+        inc(&self.wills_dropped);
+    }
+
     /// A snapshot.
     pub fn values(&self) -> ServerCounterValues {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
@@ -130,6 +177,13 @@ impl ServerCounters {
             publish_budget_waits: get(&self.budget_waits),
             subscribe_requests: get(&self.subscribes),
             unsubscribe_requests: get(&self.unsubscribes),
+            connections_throttled: self.throttled.each_ref().map(get),
+            publish_discarded_too_large: get(&self.discarded_too_large),
+            malformed_packets: get(&self.malformed),
+            wills_held: get(&self.wills_held),
+            wills_held_bytes: get(&self.wills_held_bytes),
+            wills_not_held: get(&self.wills_not_held),
+            wills_dropped: get(&self.wills_dropped),
         }
     }
 }
@@ -159,6 +213,28 @@ pub struct ServerCounterValues {
     pub subscribe_requests: u64,
     /// UNSUBSCRIBE packets answered.
     pub unsubscribe_requests: u64,
+    /// Sockets closed at accept by a per-address bound: [per address, rate].
+    #[serde(default)]
+    pub connections_throttled: [u64; 2],
+    /// Messages not sent to a subscriber because they exceed its Maximum Packet Size.
+    #[serde(default)]
+    pub publish_discarded_too_large: u64,
+    /// Connections closed for a malformed packet or a protocol error.
+    #[serde(default)]
+    pub malformed_packets: u64,
+    /// Delayed wills held now.
+    #[serde(default)]
+    pub wills_held: u64,
+    /// Their bytes (topic + payload).
+    #[serde(default)]
+    pub wills_held_bytes: u64,
+    /// Delayed wills not held because the bound of wills held was reached (published at
+    /// once, or dropped: see `wills_dropped`).
+    #[serde(default)]
+    pub wills_not_held: u64,
+    /// Of those, the ones dropped: the store budget had no room for them at once.
+    #[serde(default)]
+    pub wills_dropped: u64,
 }
 
 const QOS_LABELS: [&str; 3] = ["0", "1", "2"];
@@ -233,6 +309,46 @@ impl ServerCounterValues {
             "unsubscribe_requests",
             "UNSUBSCRIBE packets answered",
             self.unsubscribe_requests,
+        )?;
+        encode::counter_family(
+            e,
+            "connections_throttled",
+            "Client sockets closed at accept by a per-address bound",
+            &[
+                ([("reason", "per_address")], self.connections_throttled[0]),
+                ([("reason", "rate")], self.connections_throttled[1]),
+            ],
+        )?;
+        encode::counter(
+            e,
+            "publish_discarded_too_large",
+            "Messages not sent to a subscriber because they exceed its Maximum Packet Size",
+            self.publish_discarded_too_large,
+        )?;
+        encode::counter(
+            e,
+            "malformed_packets",
+            "Connections closed for a malformed packet or a protocol error",
+            self.malformed_packets,
+        )?;
+        encode::gauge(e, "wills_held", "Delayed wills held now", self.wills_held)?;
+        encode::gauge(
+            e,
+            "wills_held_bytes",
+            "Bytes (topic + payload) of the delayed wills held now",
+            self.wills_held_bytes,
+        )?;
+        encode::counter(
+            e,
+            "wills_not_held",
+            "Delayed wills not held because the bound of wills held was reached (published at once or dropped)",
+            self.wills_not_held,
+        )?;
+        encode::counter(
+            e,
+            "wills_dropped",
+            "Delayed wills dropped: not held, and no room in the store budget to publish them at once",
+            self.wills_dropped,
         )
     }
 }
