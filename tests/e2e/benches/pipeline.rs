@@ -217,6 +217,28 @@ fn live_latency(agent: &Agent, first: &str, secs: u64) -> Vec<i64> {
         .spawn()
         .expect("rocketmq.sh tool consume");
     std::thread::sleep(Duration::from_secs(3));
+    publish_send_times(
+        agent,
+        "live-dev",
+        "line/live",
+        secs * 100,
+        Duration::from_millis(10),
+        0,
+    );
+    store_latencies(consumer)
+}
+
+/// A device on the agent (`mosquitto_pub -l`, MQTT 5, QoS 1) publishes its send time (ms
+/// since the epoch) `count` times, one every `every`; the first `warmup` are tagged `w`
+/// so that they are not counted.
+fn publish_send_times(
+    agent: &Agent,
+    client_id: &str,
+    topic: &str,
+    count: u64,
+    every: Duration,
+    warmup: u64,
+) {
     let mut publisher = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -226,22 +248,28 @@ fn live_latency(agent: &Agent, first: &str, secs: u64) -> Vec<i64> {
             "-V",
             "mqttv5",
         ])
-        .args(["-i", "live-dev", "-t", "line/live", "-q", "1", "-l"])
+        .args(["-i", client_id, "-t", topic, "-q", "1", "-l"])
         .stdin(Stdio::piped())
         .spawn()
         .unwrap();
     {
         let mut stdin = publisher.stdin.take().unwrap();
         let start = Instant::now();
-        for i in 0..secs * 100 {
-            let due = start + Duration::from_millis(i * 10);
+        for i in 0..count {
+            let due = start + every * u32::try_from(i).unwrap();
             if let Some(wait) = due.checked_duration_since(Instant::now()) {
                 std::thread::sleep(wait);
             }
-            writeln!(stdin, "{}", unix_ms()).unwrap();
+            let tag = if i < warmup { "w" } else { "" };
+            writeln!(stdin, "{tag}{}", unix_ms()).unwrap();
         }
     }
     publisher.wait().unwrap();
+}
+
+/// Each counted message's latency (ms) from the consumer's output: RocketMQ's store
+/// timestamp minus the send time in its body.
+fn store_latencies(consumer: std::process::Child) -> Vec<i64> {
     let out = consumer.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stdout)
         .lines()
@@ -368,41 +396,15 @@ fn main() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_secs(3));
-    let mut publisher = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &agent.port.to_string(),
-            "-V",
-            "mqttv5",
-        ])
-        .args(["-i", "lat-dev", "-t", "line/latency", "-q", "1", "-l"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    {
-        let mut stdin = publisher.stdin.take().unwrap();
-        let start = Instant::now();
-        for i in 0..count {
-            let due = start + Duration::from_millis(i as u64);
-            if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                std::thread::sleep(wait);
-            }
-            let tag = if i < warmup { "w" } else { "" };
-            writeln!(stdin, "{tag}{}", unix_ms()).unwrap();
-        }
-    }
-    publisher.wait().unwrap();
-    let out = consumer.wait_with_output().unwrap();
-    let mut lat: Vec<i64> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .filter_map(|m| {
-            let sent: i64 = m["body_utf8"].as_str()?.parse().ok()?;
-            Some(m["storeTimestamp"].as_i64()? - sent)
-        })
-        .collect();
+    publish_send_times(
+        &agent,
+        "lat-dev",
+        "line/latency",
+        count as u64,
+        Duration::from_millis(1),
+        warmup as u64,
+    );
+    let mut lat = store_latencies(consumer);
     lat.sort_unstable();
     if lat.is_empty() {
         println!("latency: no messages read back");
