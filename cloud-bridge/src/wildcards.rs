@@ -12,6 +12,7 @@
 //! - **Only a bridge's own registrations are ever pruned.** When a SUBSCRIBE makes a bridge
 //!   add a filter to the list, the bridge first writes a lease for it to the wildcard
 //!   table (`[topics] wildcard_topic`, a compaction topic like the other state tables).
+//!   (If that write fails, the filter is registered without one.)
 //!   A filter without a lease is pinned: listed by `cloud-bridge init` from the
 //!   configuration, by `cloud-bridge wildcard add` (which also turns a leased filter into a
 //!   pinned one), by `mqadmin updateKvConfig` as rocketmq-mqtt's documentation says, or
@@ -250,7 +251,12 @@ impl Wildcards {
                     crate::state_table::Quota::Entries,
                 ));
             }
-            write_lease(&this.leases, filter, session_store::now_ms()).await?;
+            // Without its lease the filter is pinned: never pruned, which is safe. A
+            // subscription is not refused for that (e.g. `init` not re-run after an upgrade
+            // that added the lease table).
+            if let Err(e) = write_lease(&this.leases, filter, session_store::now_ms()).await {
+                warn!(filter, error = %e, "wildcard lease not written; the filter stays registered for good");
+            }
             list.push(filter.to_owned());
             // A name server that is down gets it by read repair when it is back.
             let _ = ns
