@@ -28,10 +28,16 @@
 //!   their skew must stay well below that period.
 //! - **A rocketmq-mqtt subscriber that needs a filter** must have it pinned, which
 //!   rocketmq-mqtt requires anyway: its servers never register wildcards.
-//! - **Races heal.** kvconfig has no compare-and-set, so a bridge pruning while another
-//!   registers can drop the new registration. Every bridge therefore checks, every
-//!   [`renew_period`], that each filter its live subscriptions read is still listed, and
-//!   registers it again if not: the gap is bounded by that period plus one meta refresh.
+//! - **Races heal.** kvconfig has no compare-and-set, so two writers of one list that read
+//!   it at the same moment can each drop the other's change. Within a bridge, every change
+//!   of a list is serialized, and a registration reads the list back after writing it and
+//!   writes again if its filter is missing. Between bridges (or with `mqadmin`), every bridge
+//!   checks, every [`renew_period`], that each filter its live subscriptions read and each
+//!   filter an unexpired stored session reads is still listed, and registers it again if
+//!   not: the gap is bounded by that period plus one meta refresh.
+//! - **A busy bridge is given slack:** a lease is due only once unused for
+//!   `prune_wildcards_after_secs` plus two [`renew_period`]s, so that a renewal delayed by
+//!   a loaded machine never costs a subscriber its filter.
 //!
 //! Pruning a filter that was in use is the failure to avoid (a subscriber silently stops
 //! receiving); keeping one too long only costs a dispatch. Every choice above errs that way.
@@ -53,6 +59,10 @@ use crate::meta::{self, Meta};
 use crate::rocketmq::{KvMerge, NameServer, Written};
 use crate::session_store::{self, StoredSession};
 use crate::state_table::Table;
+
+/// How many times a registration writes its list again when reading it back shows that a
+/// concurrent writer dropped it.
+const REGISTER_ATTEMPTS: usize = 3;
 
 /// How long a prune pass waits for the wildcard and session tables to be read to their end.
 const SYNC_WAIT: Duration = Duration::from_secs(5);
@@ -154,15 +164,16 @@ fn stored_filters(sessions: &Table, now_ms: u64) -> HashSet<String> {
 }
 
 /// The leases that are due for pruning at `now_ms`: unused for longer than `prune_after`
-/// and read by no subscriber known here (`in_use`: this bridge's live subscriptions and
-/// every stored session).
+/// plus two [`renew_period`]s of slack, and read by no subscriber known here (`in_use`:
+/// this bridge's live subscriptions and every stored session).
 pub fn due(
     leases: &[(String, Lease)],
     in_use: &HashSet<String>,
     now_ms: u64,
     prune_after: Duration,
 ) -> Vec<String> {
-    let after = u64::try_from(prune_after.as_millis()).unwrap_or(u64::MAX);
+    let slack = renew_period(prune_after) * 2;
+    let after = u64::try_from((prune_after + slack).as_millis()).unwrap_or(u64::MAX);
     leases
         .iter()
         .filter(|(f, l)| !in_use.contains(f) && now_ms.saturating_sub(l.last_used_ms) > after)
@@ -190,6 +201,9 @@ struct Inner {
     /// `[subscriptions] prune_wildcards_after_secs`.
     prune_after: Duration,
     pruned: AtomicU64,
+    /// Held over every read-modify-write of a kvconfig list, so that this bridge's own
+    /// registrations and prunes never drop each other.
+    list_lock: tokio::sync::Mutex<()>,
 }
 
 impl Wildcards {
@@ -213,6 +227,7 @@ impl Wildcards {
                 register: config.subscriptions.unregistered == UnregisteredWildcards::Register,
                 prune_after: Duration::from_secs(config.subscriptions.prune_wildcards_after_secs),
                 pruned: AtomicU64::new(0),
+                list_lock: tokio::sync::Mutex::new(()),
             }),
         }
     }
@@ -234,37 +249,54 @@ impl Wildcards {
         let this = &self.inner;
         let first = crate::lmq::first_topic(filter);
         lmq::check_wildcard(filter, &[first.to_owned()]).map_err(Error::Invalid)?;
-        let ns = &this.namesrv;
-        let mut list = match ns
-            .get_kv_config(meta::NAMESPACE, first, KvMerge::Lists)
-            .await?
-        {
-            Some(v) => meta::split_list(&v),
-            None => Vec::new(),
-        };
-        let added = !list.iter().any(|f| f == filter);
-        if added {
-            let max = this.max_per_first_level;
-            if max != 0 && list.len() >= max {
-                return Err(Error::QuotaExceeded(
-                    "wildcards",
-                    crate::state_table::Quota::Entries,
-                ));
+        let _serialized = this.list_lock.lock().await;
+        let mut added = false;
+        for _ in 0..REGISTER_ATTEMPTS {
+            let mut list = self.list(first).await?;
+            if list.iter().any(|f| f == filter) {
+                break;
             }
-            // Without its lease the filter is pinned: never pruned, which is safe. A
-            // subscription is not refused for that (e.g. `init` not re-run after an upgrade
-            // that added the lease table).
-            if let Err(e) = write_lease(&this.leases, filter, session_store::now_ms()).await {
-                warn!(filter, error = %e, "wildcard lease not written; the filter stays registered for good");
+            if !added {
+                let max = this.max_per_first_level;
+                if max != 0 && list.len() >= max {
+                    return Err(Error::QuotaExceeded(
+                        "wildcards",
+                        crate::state_table::Quota::Entries,
+                    ));
+                }
+                // Without its lease the filter is pinned: never pruned, which is safe. A
+                // subscription is not refused for that (e.g. `init` not re-run after an
+                // upgrade that added the lease table).
+                if let Err(e) = write_lease(&this.leases, filter, session_store::now_ms()).await {
+                    warn!(filter, error = %e, "wildcard lease not written; the filter stays registered for good");
+                }
             }
+            added = true;
             list.push(filter.to_owned());
             // A name server that is down gets it by read repair when it is back.
-            let _ = ns
+            let _ = this
+                .namesrv
                 .put_kv_config(meta::NAMESPACE, first, &list.join(","))
                 .await?;
         }
         this.meta.add_wildcard(filter);
         Ok(added)
+    }
+
+    /// The kvconfig list of wildcards of first-level topic `first`, merged over every
+    /// name server.
+    async fn list(&self, first: &str) -> Result<Vec<String>, Error> {
+        Ok(
+            match self
+                .inner
+                .namesrv
+                .get_kv_config(meta::NAMESPACE, first, KvMerge::Lists)
+                .await?
+            {
+                Some(v) => meta::split_list(&v),
+                None => Vec::new(),
+            },
+        )
     }
 
     /// Takes `filter` out of its first-level topic's kvconfig list (if listed), then
@@ -273,11 +305,9 @@ impl Wildcards {
         let this = &self.inner;
         let ns = &this.namesrv;
         let first = crate::lmq::first_topic(filter);
-        if let Some(value) = ns
-            .get_kv_config(meta::NAMESPACE, first, KvMerge::Lists)
-            .await?
+        let _serialized = this.list_lock.lock().await;
         {
-            let mut list = meta::split_list(&value);
+            let mut list = self.list(first).await?;
             let before = list.len();
             list.retain(|f| f != filter);
             if list.len() != before
@@ -322,14 +352,35 @@ impl Wildcards {
                 write_lease(&this.leases, filter, now).await?;
             }
         }
-        if this.prune_after.is_zero() {
-            return Ok(Vec::new());
-        }
         // Read what every bridge wrote before judging: a lease renewed elsewhere a moment
         // ago, or a session stored there, keeps its filter.
         this.leases.sync(SYNC_WAIT).await?;
         this.sessions.sync(SYNC_WAIT).await?;
         let mut in_use = stored_filters(&this.sessions, now);
+        if this.register {
+            // A stored session's LMQ must keep filling while its client is away: a
+            // registration another writer dropped is made again.
+            for filter in in_use.difference(&live) {
+                let first = crate::lmq::first_topic(filter);
+                if this.meta.wildcards(first).iter().any(|w| w == filter) {
+                    continue;
+                }
+                match self.register(filter).await {
+                    Ok(true) => warn!(
+                        filter,
+                        "a wildcard read by a stored session was not listed; registered it again"
+                    ),
+                    Ok(false) => {}
+                    // E.g. its first-level topic left the configuration: the others go on.
+                    Err(e) => {
+                        warn!(filter, error = %e, "a stored session's wildcard not registered")
+                    }
+                }
+            }
+        }
+        if this.prune_after.is_zero() {
+            return Ok(Vec::new());
+        }
         in_use.extend(live);
         let leases: Vec<(String, Lease)> = this
             .leases

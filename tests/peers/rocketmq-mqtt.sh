@@ -107,6 +107,15 @@ running_pid() {
   echo "$pid"
 }
 
+# A process just launched: alive is enough. Its command line is still the launching shell's
+# until the subshell execs java, so running_pid (which checks the main class to reject a
+# reused pid) can miss it for a moment on a loaded machine.
+launched_alive() {
+  local f
+  f="$(pidfile "$1")"
+  [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null
+}
+
 port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
 
 namesrv() {
@@ -205,14 +214,14 @@ cmd_start() {
   launch meta "-Xms64m -Xmx192m" "$META_MAIN"
   local deadline=$((SECONDS + START_TIMEOUT))
   while ! port_open "$META_PORT"; do
-    running_pid meta >/dev/null || { log "meta service exited"; tail_logs meta; cmd_stop; exit 1; }
+    launched_alive meta || { log "meta service exited"; tail_logs meta; cmd_stop; exit 1; }
     ((SECONDS < deadline)) || { log "meta service not listening after $START_TIMEOUT s"; tail_logs meta; cmd_stop; exit 1; }
     sleep 0.5
   done
   log "starting MQTT process on $HOST:$PORT (name server $ns)"
   launch mqtt "-Xms128m -Xmx384m" "$MQTT_MAIN"
   while ! port_open "$PORT"; do
-    running_pid mqtt >/dev/null || { log "MQTT process exited"; tail_logs mqtt; cmd_stop; exit 1; }
+    launched_alive mqtt || { log "MQTT process exited"; tail_logs mqtt; cmd_stop; exit 1; }
     # A failed Spring start leaves the JVM running without the port.
     grep -q "Error creating bean" "$RUN/logs/mqtt.out" 2>/dev/null &&
       { log "MQTT process failed to start"; tail_logs mqtt; cmd_stop; exit 1; }

@@ -283,6 +283,15 @@ start_one() { # name
   fi
 }
 
+# A process this call just launched: alive is enough. Until its subshell execs java, its
+# command line is this script's, and running_pid (which checks the main class to reject a
+# reused pid) would call it gone on a loaded machine.
+launched_alive() {
+  local f
+  f="$(pidfile "$1")"
+  { [[ -f $f ]] && kill -0 "$(cat "$f")" 2>/dev/null; } || running_pid "$1" >/dev/null
+}
+
 # what this call launched is stopped again: no half-started RocketMQ is left behind
 LAUNCHED=()
 start_failed() {
@@ -296,7 +305,7 @@ wait_ready() { # names...
   local deadline=$((SECONDS + START_TIMEOUT)) name n
   for name in "$@"; do
     while :; do
-      running_pid "$name" >/dev/null || { log "ERROR: $name exited during start-up"; tail_logs "$name"; start_failed; }
+      launched_alive "$name" || { log "ERROR: $name exited during start-up"; tail_logs "$name"; start_failed; }
       port_open "${PORT[$name]}" && break
       ((SECONDS < deadline)) || { log "ERROR: $name not listening after $START_TIMEOUT s"; tail_logs "$name"; start_failed; }
       sleep 0.3
