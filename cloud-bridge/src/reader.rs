@@ -277,6 +277,7 @@ impl Reader {
             tag,
             expires_ms: None,
             share: None,
+            subscription_ids: Vec::new(),
         };
         tokio::select! {
             r = shared.tx.send(delivery) => r.is_ok(),

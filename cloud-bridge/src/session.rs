@@ -766,6 +766,7 @@ async fn send_retained_messages(inner: Arc<Inner>, filters: Vec<(String, QoS)>) 
             tag: 0,
             expires_ms: None,
             share: None,
+            subscription_ids: Vec::new(),
         };
         if inner.reader.tx.send(d).await.is_err() {
             return;

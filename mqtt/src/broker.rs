@@ -73,6 +73,9 @@ pub struct Delivery {
     /// The message's bytes in its subscriber's queue budget, if the backend keeps one:
     /// given back when the connection has written the message (the delivery is dropped).
     pub share: Option<crate::budget::BudgetShare>,
+    /// MQTT 5 Subscription Identifiers of the client's subscriptions this message
+    /// matched (3.3.4-3/4); empty when none had one.
+    pub subscription_ids: Vec<u32>,
 }
 
 /// Now, in Unix milliseconds (the clock of [`Delivery::expires_ms`]).

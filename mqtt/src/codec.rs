@@ -232,6 +232,7 @@ fn from_v4(p: v4::Packet) -> Result<Inbound, Error> {
                     no_local: false,
                     retain_as_published: false,
                     retain_handling: 0,
+                    subscription_id: None,
                 })
                 .collect(),
         },
@@ -346,24 +347,32 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, Error> {
         v5::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
         v5::Packet::PubRel(a) => Inbound::PubRel(a.pkid),
         v5::Packet::PubComp(a) => Inbound::PubComp(a.pkid),
-        v5::Packet::Subscribe(s) => Inbound::Subscribe {
-            pkid: s.pkid,
-            subscriptions: s
-                .filters
-                .into_iter()
-                .map(|f| SubscriptionRequest {
-                    filter: f.path,
-                    qos: qos_from_v5(f.qos),
-                    no_local: f.nolocal,
-                    retain_as_published: f.preserve_retain,
-                    retain_handling: match f.retain_forward_rule {
-                        v5::RetainForwardRule::OnEverySubscribe => 0,
-                        v5::RetainForwardRule::OnNewSubscribe => 1,
-                        v5::RetainForwardRule::Never => 2,
-                    },
-                })
-                .collect(),
-        },
+        v5::Packet::Subscribe(s) => {
+            let subscription_id = s
+                .properties
+                .as_ref()
+                .and_then(|p| p.id)
+                .and_then(|id| u32::try_from(id).ok());
+            Inbound::Subscribe {
+                pkid: s.pkid,
+                subscriptions: s
+                    .filters
+                    .into_iter()
+                    .map(|f| SubscriptionRequest {
+                        filter: f.path,
+                        qos: qos_from_v5(f.qos),
+                        no_local: f.nolocal,
+                        retain_as_published: f.preserve_retain,
+                        retain_handling: match f.retain_forward_rule {
+                            v5::RetainForwardRule::OnEverySubscribe => 0,
+                            v5::RetainForwardRule::OnNewSubscribe => 1,
+                            v5::RetainForwardRule::Never => 2,
+                        },
+                        subscription_id,
+                    })
+                    .collect(),
+            }
+        }
         v5::Packet::Unsubscribe(u) => Inbound::Unsubscribe {
             pkid: u.pkid,
             filters: u.filters,
@@ -429,7 +438,9 @@ fn to_v4(item: Outbound) -> Option<v4::Packet> {
             v4_connect_code(reason),
             session_present && reason == Reason::Success,
         )),
-        Outbound::Publish { pkid, dup, message } => v4::Packet::Publish(v4::Publish {
+        Outbound::Publish {
+            pkid, dup, message, ..
+        } => v4::Packet::Publish(v4::Publish {
             dup,
             qos: qos_to_v4(message.qos),
             retain: message.retain,
@@ -494,9 +505,14 @@ fn to_v5(item: Outbound) -> v5::Packet {
                 properties: Some(properties),
             })
         }
-        Outbound::Publish { pkid, dup, message } => {
+        Outbound::Publish {
+            pkid,
+            dup,
+            message,
+            subscription_ids,
+        } => {
             let p = message.properties;
-            let has_props = p != MessageProperties::default();
+            let has_props = p != MessageProperties::default() || !subscription_ids.is_empty();
             v5::Packet::Publish(v5::Publish {
                 dup,
                 qos: qos_to_v5(message.qos),
@@ -511,7 +527,10 @@ fn to_v5(item: Outbound) -> v5::Packet {
                     response_topic: p.response_topic,
                     correlation_data: p.correlation_data,
                     user_properties: p.user_properties,
-                    subscription_identifiers: Vec::new(),
+                    subscription_identifiers: subscription_ids
+                        .into_iter()
+                        .filter_map(|id| usize::try_from(id).ok())
+                        .collect(),
                     content_type: p.content_type,
                 }),
             })

@@ -853,6 +853,7 @@ impl<B: Broker> Conn<B> {
                 pkid,
                 dup: d.dup,
                 message: *d.message,
+                subscription_ids: d.subscription_ids,
             })
             .await;
         match fed {

@@ -113,6 +113,9 @@ pub struct SubscriptionRequest {
     pub retain_as_published: bool,
     /// MQTT 5 retain handling: 0 send on subscribe, 1 only if new, 2 never.
     pub retain_handling: u8,
+    /// MQTT 5 Subscription Identifier of the SUBSCRIBE this came in (1..=268,435,455):
+    /// every PUBLISH sent for this subscription carries it (3.8.2.1.2, 3.3.4-3).
+    pub subscription_id: Option<u32>,
 }
 
 /// A packet received from a client.
@@ -284,6 +287,8 @@ pub enum Outbound {
         dup: bool,
         /// The message (its qos is the delivery QoS).
         message: Message,
+        /// MQTT 5 Subscription Identifiers of the client's subscriptions it matched.
+        subscription_ids: Vec<u32>,
     },
     /// PUBACK.
     PubAck {

@@ -452,6 +452,7 @@ impl Router {
                         tag,
                         expires_ms,
                         share: Some(share),
+                        subscription_ids: Vec::new(),
                     });
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     return commit;
@@ -534,6 +535,7 @@ impl Router {
                     tag: q.id,
                     expires_ms: q.expires_ms,
                     share: Some(share),
+                    subscription_ids: Vec::new(),
                 });
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 true
