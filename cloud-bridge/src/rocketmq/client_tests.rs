@@ -1,5 +1,7 @@
 //! Unit tests of the client and its connections against a fake server on 127.0.0.1:0.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -188,9 +190,76 @@ async fn refused_connection_is_a_connect_error() -> TestResult {
     Ok(())
 }
 
+/// A server that answers its oldest request every few milliseconds and records the most
+/// requests it ever held unanswered.
+async fn serve_slowly(most_unanswered: Arc<AtomicUsize>) -> Result<String, std::io::Error> {
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?.to_string();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let most = most_unanswered.clone();
+            tokio::spawn(async move {
+                let mut codec = RemotingCodec::default();
+                let mut buf = BytesMut::new();
+                let mut unanswered = std::collections::VecDeque::new();
+                loop {
+                    // Wait for a request, then give a client without a limit the time
+                    // to send everything it has, and read that too.
+                    if unanswered.is_empty()
+                        && !read_requests(&mut socket, &mut buf, &mut unanswered, 5_000).await
+                    {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    if !read_requests(&mut socket, &mut buf, &mut unanswered, 1).await {
+                        return;
+                    }
+                    most.fetch_max(unanswered.len(), Ordering::SeqCst);
+                    let Some(request) = unanswered.pop_front() else {
+                        continue;
+                    };
+                    let mut response = RemotingCommand::request(request.code);
+                    response.flag = FLAG_RESPONSE;
+                    response.opaque = request.opaque;
+                    if let Some(n) = request.ext("n") {
+                        response = response.field("n", n.to_owned());
+                    }
+                    let mut out = BytesMut::new();
+                    if codec.encode(&response, &mut out).is_err()
+                        || socket.write_all(&out).await.is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// Reads what arrives within `wait_ms` and decodes every whole request in it; `false` once
+/// the peer closed.
+async fn read_requests(
+    socket: &mut TcpStream,
+    buf: &mut BytesMut,
+    requests: &mut std::collections::VecDeque<RemotingCommand>,
+    wait_ms: u64,
+) -> bool {
+    buf.reserve(64 * 1024);
+    let read = tokio::time::timeout(Duration::from_millis(wait_ms), socket.read_buf(buf)).await;
+    if matches!(read, Ok(Ok(0) | Err(_))) {
+        return false;
+    }
+    while let Ok(Some(request)) = RemotingCodec::default().decode(buf) {
+        requests.push_back(request);
+    }
+    true
+}
+
 #[tokio::test]
 async fn in_flight_limit_queues_callers_without_failing_them() -> TestResult {
-    let addr = serve(Behaviour::ReverseBatches(1)).await?;
+    let most_unanswered = Arc::new(AtomicUsize::new(0));
+    let addr = serve_slowly(most_unanswered.clone()).await?;
     let client = Client::new(ClientConfig {
         max_in_flight: 2,
         ..ClientConfig::default()
@@ -201,12 +270,15 @@ async fn in_flight_limit_queues_callers_without_failing_them() -> TestResult {
         let addr = addr.clone();
         tasks.push(tokio::spawn(async move {
             let request = RemotingCommand::request(1).field("n", i.to_string());
-            client.invoke(&addr, request, Duration::from_secs(5)).await
+            client.invoke(&addr, request, Duration::from_secs(10)).await
         }));
     }
     for (i, task) in tasks.into_iter().enumerate() {
         assert_eq!(task.await??.ext("n"), Some(i.to_string().as_str()));
     }
+    // The server never held more than the limit unanswered, and did hold that many: the
+    // limit is what kept the other callers queued (without it the server saw ~50).
+    assert_eq!(most_unanswered.load(Ordering::SeqCst), 2);
     client.close().await;
     Ok(())
 }
