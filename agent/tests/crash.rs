@@ -12,6 +12,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use rand::Rng;
 use support::process;
 
 const ROUNDS: u64 = 20;
@@ -23,6 +24,7 @@ const STREAMER: &str = include_str!("support/streamer.py");
 fn kill_9_never_loses_or_duplicates_an_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<u64> = Vec::new();
+    let mut rng = support::crash_rng("kill_9_never_loses_or_duplicates_an_acknowledged_message");
     for round in 0..ROUNDS {
         let (mut agent, addr) = process::spawn(dir.path(), "");
         let mut streamer = Command::new("python3")
@@ -55,7 +57,7 @@ fn kill_9_never_loses_or_duplicates_an_acknowledged_message() {
         first_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the streamer got its first PUBACK");
-        let wait = rand::random::<u64>() % 700;
+        let wait = rng.random_range(0..700);
         std::thread::sleep(Duration::from_millis(wait));
         agent.kill().unwrap(); // SIGKILL
         agent.wait().unwrap();

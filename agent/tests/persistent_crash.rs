@@ -14,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use rand::Rng;
 use support::process;
 
 const ROUNDS: u64 = 5;
@@ -110,6 +111,9 @@ fn kill_9_loses_no_acknowledged_message_for_a_connected_persistent_subscriber() 
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<u64> = Vec::new();
     let mut got: Vec<(u64, bool)> = Vec::new();
+    let mut rng = support::crash_rng(
+        "kill_9_loses_no_acknowledged_message_for_a_connected_persistent_subscriber",
+    );
     for round in 0..ROUNDS {
         let (mut agent, addr) = process::spawn(dir.path(), "");
         let (mut sub, sub_reader) = subscriber(addr.port(), "live");
@@ -127,7 +131,7 @@ fn kill_9_loses_no_acknowledged_message_for_a_connected_persistent_subscriber() 
         first
             .recv_timeout(Duration::from_secs(30))
             .expect("the streamer got its first PUBACK");
-        std::thread::sleep(Duration::from_millis(200 + rand::random::<u64>() % 800));
+        std::thread::sleep(Duration::from_millis(rng.random_range(200..1000)));
         agent.kill().unwrap(); // SIGKILL
         agent.wait().unwrap();
         // Both clients see the connection drop and exit (bounded by their own loops).

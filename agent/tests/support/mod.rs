@@ -25,6 +25,19 @@ pub fn config() -> Config {
     c
 }
 
+/// The random source of a test that kills processes at random points: seeded from
+/// `CRASH_SEED` when set (to replay a failure), else at random. The seed is printed, so a
+/// failing run's output says how to replay it.
+pub fn crash_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("{test}: kill points from seed {seed} (replay: CRASH_SEED={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
 pub async fn start(config: Config, dir: &Path) -> (Agent, SocketAddr) {
     let agent = Agent::start(config, dir).await.expect("agent starts");
     let addr = agent.local_addr("tcp").expect("tcp listener");

@@ -69,6 +69,19 @@ pub fn unique(prefix: &str) -> String {
 
 /// A free loopback port (bound and released: a tiny race other tests never hit, as
 /// every test picks its own).
+/// The random source of a test that kills processes at random points: seeded from
+/// `CRASH_SEED` when set (to replay a failure), else at random. The seed is printed, so a
+/// failing run's output says how to replay it.
+pub fn crash_rng(test: &str) -> rand::rngs::StdRng {
+    use rand::SeedableRng;
+    let seed = std::env::var("CRASH_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random::<u64>);
+    println!("{test}: kill points from seed {seed} (replay: CRASH_SEED={seed})");
+    rand::rngs::StdRng::seed_from_u64(seed)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())

@@ -6,9 +6,10 @@
 use std::time::Duration;
 
 use e2e::{
-    Agent, Bridge, check_delivery, consume_all, device_publish, numbered, plain_uplink, unique,
-    wait_log,
+    Agent, Bridge, check_delivery, consume_all, crash_rng, device_publish, numbered, plain_uplink,
+    unique, wait_log,
 };
+use rand::Rng;
 
 const WINDOW: usize = 64;
 const ROUNDS: usize = 6;
@@ -32,12 +33,11 @@ fn kill_9_during_a_drain_loses_nothing() {
     bridge.process.start();
     bridge.wait();
 
-    let mut rng_state: u64 = rand::random();
+    let mut rng = crash_rng("kill_9_during_a_drain_loses_nothing");
     let mut depths = Vec::new();
     for _ in 0..ROUNDS {
         // Kill at a random point 300..1100 ms into the drain.
-        rng_state = rng_state.wrapping_mul(6364136223846793005).wrapping_add(1);
-        let ms = 300 + (rng_state >> 33) % 800;
+        let ms = rng.random_range(300..1100);
         std::thread::sleep(Duration::from_millis(ms));
         agent.process.kill9();
         depths.push(agent.journal_depth());
