@@ -184,6 +184,22 @@ async fn send_dispatches_to_the_listed_lmqs_and_pull_reads_it_back() -> TestResu
         before_plus + 1
     );
     assert_eq!(broker.max_offset(&lmq_b, 0).await?, before_b);
+    // By store time: the message is found from a moment before it, and nothing after it.
+    let before_send = std::time::SystemTime::now() - Duration::from_secs(60);
+    let ms = |t: std::time::SystemTime| {
+        t.duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        broker.offset_at_time(&lmq_a, 0, ms(before_send)).await?,
+        before_a
+    );
+    let later = std::time::SystemTime::now() + Duration::from_secs(60);
+    assert_eq!(
+        broker.offset_at_time(&lmq_a, 0, ms(later)).await?,
+        before_a + 1
+    );
 
     let pulled = broker
         .pull(&PullRequest::lmq(&lmq_a, before_a, 32).long_poll(Duration::from_secs(2)))

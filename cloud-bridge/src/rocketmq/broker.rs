@@ -343,6 +343,26 @@ impl Broker<'_> {
             .await
     }
 
+    /// The offset of the first message of a queue stored at or after `timestamp_ms` (Unix
+    /// milliseconds, the broker's store time), or the queue's end when none is
+    /// (SEARCH_OFFSET_BY_TIMESTAMP; works on an LMQ, queue 0). A reader that lost its place
+    /// starts there: e.g. a broker that lost a committed offset in a crash.
+    pub async fn offset_at_time(
+        &self,
+        topic: &str,
+        queue_id: i32,
+        timestamp_ms: u64,
+    ) -> Result<i64, Error> {
+        let request = RemotingCommand::request(request_code::SEARCH_OFFSET_BY_TIMESTAMP)
+            .field("topic", topic.to_owned())
+            .field("queueId", queue_id.to_string())
+            .field("timestamp", timestamp_ms.to_string());
+        self.invoke(request)
+            .await?
+            .into_success()?
+            .parse_ext("offset")
+    }
+
     /// The committed offset of `group` in a queue, `None` when it never committed one
     /// (QUERY_CONSUMER_OFFSET; `setZeroIfNotFound=false`, without which 5.x brokers
     /// answer 0 for an empty queue).

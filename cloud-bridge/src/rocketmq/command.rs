@@ -63,6 +63,8 @@ pub mod request_code {
     pub const DELETE_TOPIC_IN_BROKER: i32 = 215;
     /// The offset of the first message still stored in a queue.
     pub const GET_MIN_OFFSET: i32 = 31;
+    /// The offset of the first message of a queue stored at or after a time.
+    pub const SEARCH_OFFSET_BY_TIMESTAMP: i32 = 29;
     /// Name server: store a kvconfig entry.
     pub const PUT_KV_CONFIG: i32 = 100;
     /// Name server: read a kvconfig entry.
