@@ -162,7 +162,7 @@ pub enum Error {
     #[error("sensor fault ({kind}): {message}")]
     Sensor {
         /// What kind of fault (the `kind` label of the error counter).
-        kind: crate::sensors::FaultKind,
+        kind: crate::fault_kind::FaultKind,
         /// What the driver or the OS said, with the device.
         message: String,
     },

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod broker;
 pub mod config;
 pub mod error;
+pub mod fault_kind;
 pub mod journal;
 pub mod metrics;
 pub mod sensors;

@@ -27,10 +27,10 @@ use bme280::{Configuration, IIRFilter, Oversampling};
 use embedded_hal::delay::DelayNs;
 use embedded_hal::i2c::I2c;
 
-use super::fault::FaultKind;
 use super::reading::{Value, round};
 use super::sampler::Sampler;
 use crate::error::{Error, Result};
+use crate::fault_kind::FaultKind;
 
 /// Chip-id register.
 const CHIP_ID_REG: u8 = 0xD0;

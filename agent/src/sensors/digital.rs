@@ -19,10 +19,10 @@ use std::time::Instant;
 
 use embedded_hal::digital::InputPin;
 
-use super::fault::FaultKind;
 use super::reading::Value;
 use super::sampler::Sampler;
 use crate::error::{Error, Result};
+use crate::fault_kind::FaultKind;
 
 /// A source of monotonic milliseconds.
 pub trait Clock: Send + 'static {

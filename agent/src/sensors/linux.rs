@@ -15,11 +15,11 @@ use linux_embedded_hal::{CdevPin, Delay, I2cdev, SpidevDevice};
 use super::bme280::Bme280Sensor;
 use super::config::{SensorConfig, SensorKind, SimQuantity};
 use super::digital::{DigitalInput, MonotonicClock};
-use super::fault::FaultKind;
 use super::mcp3008::Mcp3008;
 use super::sampler::{Opener, Sampler};
 use super::simulated::Simulated;
 use crate::error::{Error, Result};
+use crate::fault_kind::FaultKind;
 
 fn open_fault(path: &str, e: &io::Error) -> Error {
     Error::Sensor {

@@ -17,10 +17,10 @@
 
 use embedded_hal::spi::SpiDevice;
 
-use super::fault::FaultKind;
 use super::reading::{Value, round};
 use super::sampler::Sampler;
 use crate::error::{Error, Result};
+use crate::fault_kind::FaultKind;
 
 /// Full scale of the 10-bit converter.
 pub const FULL_SCALE: u16 = 1023;

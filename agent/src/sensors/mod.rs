@@ -71,7 +71,6 @@ pub mod backoff;
 pub mod bme280;
 pub mod config;
 pub mod digital;
-pub mod fault;
 pub mod linux;
 pub mod mcp3008;
 pub mod reading;
@@ -86,8 +85,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::info;
 
+pub use crate::fault_kind::FaultKind;
 pub use config::{SensorConfig, SensorKind};
-pub use fault::FaultKind;
 pub use stats::{SensorState, SensorStats};
 
 use crate::broker::LocalBroker;

@@ -6,7 +6,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
 use super::config::SensorKind;
-use super::fault::FaultKind;
+use crate::fault_kind::FaultKind;
 
 /// Where a sensor is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -15,12 +15,12 @@ use tracing::{info, warn};
 
 use super::backoff::Backoff;
 use super::config::SensorConfig;
-use super::fault::FaultKind;
 use super::reading::{Reading, Status, Value};
 use super::sampler::{Opener, Sampler};
 use super::stats::{Counters, SensorState};
 use crate::broker::{LocalBroker, now_ms};
 use crate::error::Error;
+use crate::fault_kind::FaultKind;
 
 /// One running sensor.
 pub(crate) struct SensorTask {

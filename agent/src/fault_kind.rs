@@ -4,6 +4,9 @@
 //! The embedded-hal 1.0 error kinds of I2C, SPI and digital pins map onto these; so do
 //! the errors of opening a Linux device file (`ENOENT` is a missing device, `EACCES` a
 //! permission problem: the service user is not in the i2c/spi/gpio group).
+//!
+//! A leaf module at the crate root, not under `sensors`: the crate's error type names
+//! the kind of a sensor fault, and `error` must not depend on a module above it.
 
 use std::io;
 
