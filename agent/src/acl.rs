@@ -116,6 +116,13 @@ impl Grants {
         }
     }
 
+    /// Whether a message on `topic` may be delivered to the client (no `deny` matches).
+    pub fn receives(&self, topic: &str) -> bool {
+        self.rule
+            .as_ref()
+            .is_none_or(|r| !r.deny.iter().any(|f| mqtt::topic::matches(f, topic)))
+    }
+
     /// Topics never delivered to the client.
     pub fn deny(&self) -> Vec<String> {
         self.rule
@@ -222,5 +229,7 @@ mod tests {
         assert!(g.allows(Access::Subscribe, "#"));
         assert!(g.allows(Access::Publish, "test/other"));
         assert_eq!(g.deny(), ["test/nosubscribe"]);
+        assert!(!g.receives("test/nosubscribe"));
+        assert!(g.receives("test/other"));
     }
 }

@@ -94,6 +94,17 @@ for v5 in (True, False):
     w.wait_msgs(1)
     time.sleep(0.5)
     assert [m[1] for m in w.got] == ["after"], ("deny is checked per message", w.got)
+    # Nor as a retained message on subscribe.
+    assert a.publish("pub/secret/r", "kept", 1, retain=True) == 0
+    w2 = C("watch2-" + str(v5), v5=v5)
+    w2.connect()
+    assert w2.subscribe("#", 1) == [1]
+    p.publish("pub/open", "after2", 1)
+    w2.wait_msgs(1)
+    time.sleep(0.5)
+    assert [m[1] for m in w2.got] == ["after2"], ("no denied retained message", w2.got)
+    a.publish("pub/secret/r", "", 1, retain=True)
+    w2.disconnect()
     l = C("locked", v5=v5)
     l.connect()
     assert l.subscribe("pub/open", 1) == [bad], "a rule with nothing allows nothing"

@@ -290,6 +290,9 @@ impl Session for LocalSession {
                 // to the Session when it establishes a new Shared Subscription").
                 if !shared && (r.retain_handling == 0 || (r.retain_handling == 1 && !existed)) {
                     for (mut m, expires_ms) in core.router.retained_matching(&r.filter, now_ms()) {
+                        if !grants.receives(&m.topic) {
+                            continue; // an `[[acl]] deny` topic
+                        }
                         m.qos = m.qos.min(r.qos);
                         m.retain = true;
                         retained.push((m, expires_ms, r.subscription_id));
