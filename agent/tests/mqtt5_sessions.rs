@@ -344,3 +344,80 @@ async fn subscribe_options_rumqttc() {
         .unwrap();
     stop(agent).await;
 }
+
+/// A `broker.db` written by the version before subscription identifiers (no
+/// `subscriptions.sub_id`, no `queue.sub_ids`) opens: its session resumes with its
+/// queued message and its subscription, and new subscriptions get identifiers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_older_broker_db_keeps_working() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let c = rusqlite::Connection::open(dir.path().join("broker.db")).unwrap();
+        c.execute_batch(
+            "CREATE TABLE sessions (client_id TEXT PRIMARY KEY, expiry_secs INTEGER NOT NULL,
+                disconnected_ms INTEGER);
+             CREATE TABLE subscriptions (client_id TEXT NOT NULL, filter TEXT NOT NULL,
+                qos INTEGER NOT NULL, no_local INTEGER NOT NULL,
+                retain_as_published INTEGER NOT NULL, PRIMARY KEY (client_id, filter));
+             CREATE TABLE queue (id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL,
+                topic TEXT NOT NULL, payload BLOB NOT NULL, qos INTEGER NOT NULL,
+                retain INTEGER NOT NULL, props TEXT, expires_ms INTEGER,
+                sent INTEGER NOT NULL DEFAULT 0);
+             CREATE INDEX queue_client ON queue (client_id, id);
+             CREATE TABLE retained (topic TEXT PRIMARY KEY, payload BLOB NOT NULL,
+                qos INTEGER NOT NULL, props TEXT, expires_ms INTEGER);
+             INSERT INTO sessions VALUES ('old-c', 600, NULL);
+             INSERT INTO subscriptions VALUES ('old-c', 'old/#', 1, 0, 0);
+             INSERT INTO queue VALUES (1, 'old-c', 'old/x', X'71', 1, 0, NULL, NULL, 0);",
+        )
+        .unwrap();
+    }
+    let (agent, addr) = start(config(), dir.path()).await;
+    let mut o = v5::options(addr, "old-c");
+    o.set_clean_start(false);
+    o.set_connect_properties(ConnectProperties {
+        session_expiry_interval: Some(600),
+        ..ConnectProperties::new()
+    });
+    let (mut s, connack) = v5::Client::connect(o).await;
+    let v5::Packet::ConnAck(ack) = connack else {
+        panic!("{connack:?}")
+    };
+    assert!(ack.session_present);
+    let m = s.publish(support::WAIT).await.expect("the stored message");
+    assert_eq!((&m.topic[..], &m.payload[..]), (&b"old/x"[..], &b"q"[..]));
+    s.client
+        .subscribe_with_properties(
+            "new/#",
+            v5::QoS::AtLeastOnce,
+            SubscribeProperties {
+                id: Some(8),
+                user_properties: Vec::new(),
+            },
+        )
+        .await
+        .unwrap();
+    s.wait_for(|p| matches!(p, v5::Packet::SubAck(_))).await;
+    let (p, _) = v5::Client::connect(v5::options(addr, "old-p")).await;
+    for t in ["old/y", "new/y"] {
+        p.client
+            .publish(t, v5::QoS::AtLeastOnce, false, "x")
+            .await
+            .unwrap();
+    }
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let m = s.publish(support::WAIT).await.expect("live message");
+        let ids = m
+            .properties
+            .map(|p| p.subscription_identifiers)
+            .unwrap_or_default();
+        got.push((String::from_utf8_lossy(&m.topic).into_owned(), ids));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        [("new/y".to_owned(), vec![8]), ("old/y".to_owned(), vec![])]
+    );
+    stop(agent).await;
+}
