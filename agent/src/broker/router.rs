@@ -645,7 +645,23 @@ impl Router {
                 Err(false) => {
                     tracing::debug!(client = %client.id, "subscriber queue full; message stored");
                 }
-                // The connection is gone and its session not yet closed: queue offline.
+                // The connection is gone and its session not yet closed: a shared copy
+                // for a session ending with it waits in `inflight` for another member
+                // (the session's close hands it on); else queue offline.
+                Err(true) if !keep && qos != QoS::AtMostOnce => {
+                    if let Some(key) = shared {
+                        let tag = self.tag();
+                        client.inflight().insert(
+                            tag,
+                            SharedCopy {
+                                key,
+                                message,
+                                expires_ms,
+                            },
+                        );
+                    }
+                    return None;
+                }
                 Err(true) => {}
             }
         }
