@@ -37,6 +37,10 @@ pub struct Config {
     /// Who may connect.
     #[serde(default)]
     pub auth: AuthConfig,
+    /// What clients may publish and subscribe to (`[[acl]]`, `crate::acl`); none:
+    /// everything.
+    #[serde(default)]
+    pub acl: Vec<AclRule>,
     /// Connection and memory limits.
     #[serde(default)]
     pub limits: Limits,
@@ -64,6 +68,28 @@ pub struct Config {
 pub use mqtt::listener::ListenerConfig;
 /// TLS files of a listener (`mqtt::tls::TlsFiles`).
 pub use mqtt::tls::TlsFiles as TlsConfig;
+
+/// One `[[acl]]` rule (see `crate::acl`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Client identifiers this rule applies to; a trailing `*` matches any suffix.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// User names (or certificate identities) this rule applies to; a trailing `*`
+    /// matches any suffix.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Filters the client may publish to (`{client}`, `{username}` substituted).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Filters the client may subscribe to (a subscription must be within one).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Filters the client may neither publish to, subscribe within, nor receive.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
 
 /// Authentication: a verified client certificate, a user with a password, or anonymous.
 #[derive(Debug, Clone, Deserialize)]
@@ -278,6 +304,25 @@ impl Config {
             }
             crate::auth::parse_hash(&u.password_hash)
                 .map_err(|e| bad(format!("auth.users[{i}].password_hash"), e))?;
+        }
+        for (i, rule) in self.acl.iter().enumerate() {
+            if rule.clients.is_empty() && rule.users.is_empty() {
+                return Err(bad(
+                    format!("acl[{i}]"),
+                    "needs `clients` or `users` (\"*\" for everybody)",
+                ));
+            }
+            for (key, filters) in [
+                ("publish", &rule.publish),
+                ("subscribe", &rule.subscribe),
+                ("deny", &rule.deny),
+            ] {
+                for f in filters {
+                    let sample = f.replace("{client}", "x").replace("{username}", "x");
+                    mqtt::topic::validate_filter(&sample)
+                        .map_err(|e| bad(format!("acl[{i}].{key}"), format!("{f:?}: {e}")))?;
+                }
+            }
         }
         let l = &self.limits;
         if l.max_packet_size < mqtt::codec::MIN_PACKET_SIZE {

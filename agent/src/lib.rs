@@ -2,6 +2,7 @@
 //! on the shared `mqtt` crate), appends every uplink-bound message to the durable journal
 //! ([`journal`]) before acknowledging it, and (next) sends the journal to the cloud.
 
+pub mod acl;
 pub mod auth;
 pub mod broker;
 pub mod config;

@@ -44,7 +44,25 @@
 //! are in `broker.db` (`store.rs`), committed before the publish is acknowledged and
 //! deleted when the client acknowledges them, so they survive a restart and a kill -9.
 //! An MQTT 5 DISCONNECT may change the session expiry (0 ends the session at once).
-//! Expired sessions are deleted by a sweep every minute.
+//! A session resumed (Clean Start 0) by a CONNECT with expiry 0 gets its stored messages
+//! and ends when that connection closes. Expired sessions are deleted by a sweep every
+//! minute; one past its expiry is never resumed, even before the sweep (the deadline
+//! is also kept in memory).
+//!
+//! # Shared subscriptions (`$share/{group}/{filter}`, 4.8.2)
+//! Each message matching a shared subscription goes to one member of its group: the
+//! next connected member in turn (round robin by client id); when none is connected, the
+//! next member in turn, whose persistent session queues it (as mosquitto queues to
+//! offline persistent sessions). A QoS 1/2 copy sent to a session that ends with its
+//! connection goes to another member if that connection closes unacknowledged; a
+//! persistent member keeps it for its next connection (4.8.2: "MAY wait for the Client
+//! to reconnect"). Retained messages are not sent on a shared subscription (3.8.4).
+//!
+//! # Subscription Identifiers (3.3.4-3/4)
+//! Kept with the subscription (memory and `broker.db`); a delivery carries the ids of
+//! every subscription of the client it matched (one copy per client, at the highest
+//! granted QoS), also from the offline queue and for retained messages sent on
+//! subscribe.
 
 mod router;
 mod session;
@@ -89,6 +107,8 @@ pub(crate) struct Core {
     /// See [`Core::is_uplink`].
     uplink_refused: AtomicU64,
     auth: Authenticator,
+    /// `[[acl]]` rules (`crate::acl`).
+    acl: Vec<crate::config::AclRule>,
     max_expiry: u32,
     max_sessions: usize,
     /// Subscription bounds: per client, filter bytes, filter levels.
@@ -168,11 +188,16 @@ impl LocalBroker {
         for (m, expires_ms) in &snapshot.retained {
             router.set_retained(m, *expires_ms);
         }
+        let now = now_ms();
         for s in snapshot.sessions {
             let c = router.client(&s.client_id);
             c.resync(s.queued, s.queued_bytes);
             if let Ok(mut st) = c.state.try_lock() {
                 st.persistent = true;
+                st.expiry_secs = s.expiry_secs;
+                let since = s.disconnected_ms.unwrap_or(now);
+                st.expires_at_ms =
+                    Some(since.saturating_add(i64::from(s.expiry_secs).saturating_mul(1000)));
             }
             if let Ok(mut subs) = c.subs.write() {
                 subs.extend(s.subscriptions);
@@ -186,6 +211,7 @@ impl LocalBroker {
                 map: crate::uplink::TopicMap::new(config.uplink.rules()),
                 uplink_refused: AtomicU64::new(0),
                 auth: Authenticator::new(&config.auth),
+                acl: config.acl.clone(),
                 max_expiry: config.sessions.max_session_expiry_secs,
                 max_sessions: config.sessions.max_sessions,
                 subscriptions: SubscriptionLimits {
@@ -269,6 +295,7 @@ impl LocalBroker {
                         if st.online.is_none() {
                             st.persistent = false;
                             c.resync(0, 0);
+                            c.clear_subscriptions();
                             self.core.router.remove(&c);
                             tracing::info!(client = %id, "session expired");
                         }
@@ -389,7 +416,8 @@ impl Core {
         let mut commits = Vec::new();
         let last = targets.len().saturating_sub(1);
         let mut message = Some(message);
-        for (i, (client, opts)) in targets.into_iter().enumerate() {
+        for (i, t) in targets.into_iter().enumerate() {
+            let (client, opts) = (t.client, t.opts);
             let retain = message.as_ref().is_some_and(|m| m.retain);
             // The last target takes the message itself: one clone fewer.
             let mut m = if i == last {
@@ -400,7 +428,11 @@ impl Core {
             .ok_or_else(|| Refusal::new(Reason::UnspecifiedError, "message routed twice"))?;
             m.qos = m.qos.min(opts.qos);
             m.retain = retain && opts.retain_as_published;
-            if let Some(c) = self.router.deliver(&client, m, expires_ms).await {
+            if let Some(c) = self
+                .router
+                .deliver(&client, m, expires_ms, t.ids, t.shared)
+                .await
+            {
                 commits.push(c);
             }
         }
@@ -416,12 +448,52 @@ impl Core {
         })
     }
 
+    /// Sends a shared-subscription copy its member left unacknowledged (its session
+    /// ended) to another member of the group (4.8.2); dropped if none is left or it
+    /// expired.
+    pub(crate) async fn reshare(&self, copy: router::SharedCopy, from: &str) {
+        if copy.expires_ms.is_some_and(|e| e <= now_ms()) {
+            return;
+        }
+        let Some((client, opts)) = self.router.shared_member(&copy.key, from) else {
+            tracing::debug!(key = %copy.key, "no other member for an unacknowledged shared message");
+            return;
+        };
+        let mut m = copy.message;
+        m.qos = m.qos.min(opts.qos);
+        let ids = opts.id.into_iter().collect();
+        if let Some(c) = self
+            .router
+            .deliver(&client, m, copy.expires_ms, ids, Some(copy.key))
+            .await
+            && let Err(e) = store::committed(c).await
+        {
+            tracing::warn!(client = %client.id, error = %e, "cannot store a shared message");
+        }
+    }
+
     async fn connect(
         self: Arc<Self>,
         connect: Connect,
         peer: Peer,
     ) -> Result<Accepted<LocalSession>, Refusal> {
         self.auth.authenticate(&connect, &peer).await?;
+        let grants = crate::acl::Grants::of(
+            &self.acl,
+            &crate::acl::Identity {
+                client_id: connect.client_id.clone(),
+                username: peer.tls_identity.clone().or(connect.username.clone()),
+            },
+        );
+        if let Some(will) = &connect.will
+            && !grants.allows(crate::acl::Access::Publish, &will.message.topic)
+        {
+            // As mosquitto: a will the client may not publish refuses the CONNECT.
+            return Err(Refusal::new(
+                Reason::NotAuthorized,
+                "the will's topic is not allowed by [[acl]]",
+            ));
+        }
         let id = connect.client_id.as_str();
         if self.router.existing(id).is_none() && self.router.len() >= self.max_sessions {
             self.router
@@ -442,6 +514,20 @@ impl Core {
                 break (client, st);
             }
         };
+        // An offline session past its expiry is gone, whether or not the sweep
+        // (`run_session_expiry`) deleted it yet.
+        let now = now_ms();
+        if st.online.is_none() && st.persistent && st.expires_at_ms.is_some_and(|t| t <= now) {
+            self.router
+                .store
+                .delete_session(id)
+                .await
+                .map_err(store_failed)?;
+            st.persistent = false;
+            client.clear_subscriptions();
+            client.resync(0, 0);
+            tracing::info!(client = %id, "session expired");
+        }
         let existed = st.persistent || st.online.is_some();
         let was_persistent = st.persistent;
         let expiry = connect.session_expiry_interval.min(self.max_expiry);
@@ -456,20 +542,19 @@ impl Core {
             client.clear_subscriptions();
             client.resync(0, 0);
         }
-        st.persistent = expiry > 0;
+        // A stored session resumed with expiry 0 still delivers what it holds; it ends
+        // when this connection closes (`LocalSession::closed`).
+        st.persistent = expiry > 0 || (was_persistent && !connect.clean_start);
+        st.expiry_secs = expiry;
+        st.expires_at_ms = None;
         if st.persistent {
             self.router
                 .store
                 .save_session(id, expiry)
                 .await
                 .map_err(store_failed)?;
-        } else if was_persistent && !connect.clean_start {
-            self.router
-                .store
-                .delete_session(id)
-                .await
-                .map_err(store_failed)?;
         }
+        client.set_deny(grants.deny());
         let generation = self.generation.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel(self.subscriber_queue);
         st.online = Some(Online {
@@ -477,6 +562,7 @@ impl Core {
             tx,
             bytes: StoreBudget::new(self.subscriber_queue_bytes),
         });
+        client.connected.store(true, Ordering::Relaxed);
         // The session's stored messages (unacknowledged ones of an earlier or taken-over
         // connection, then what was queued offline) go out before anything newer: the
         // task holds the client's lock until done. They stay stored until acknowledged.
@@ -525,7 +611,8 @@ impl Core {
             }
             drop(st);
         });
-        let session = LocalSession::start(self.clone(), client, generation);
+        let session =
+            LocalSession::start(self.clone(), client, generation, grants, connect.version);
         Ok(Accepted {
             session,
             session_present: existed && !connect.clean_start,

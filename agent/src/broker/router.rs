@@ -104,8 +104,15 @@ pub struct CounterValues {
 /// Where a client's messages go right now.
 #[derive(Debug, Default)]
 pub(crate) struct ClientState {
-    /// Kept across disconnects (session expiry > 0).
+    /// Kept in `broker.db` (session expiry > 0, or a stored session resumed by a
+    /// connection with expiry 0: it ends when that connection closes).
     pub persistent: bool,
+    /// The session expiry interval in force (seconds; capped), applied when the
+    /// connection closes.
+    pub expiry_secs: u32,
+    /// While offline: when the session expires (Unix ms). A session past it is not
+    /// resumed, even before the sweep deleted it.
+    pub expires_at_ms: Option<i64>,
     /// The connection's queue, its byte budget and its generation, while connected.
     pub online: Option<Online>,
 }
@@ -150,10 +157,51 @@ impl Online {
     }
 }
 
+/// A QoS 1/2 message sent on a shared subscription to a session that ends with its
+/// connection: given to another member of the group if the connection closes before
+/// the client acknowledged it (4.8.2).
+#[derive(Debug, Clone)]
+pub(crate) struct SharedCopy {
+    /// `$share/{group}/{filter}`.
+    pub key: Arc<str>,
+    pub message: Message,
+    pub expires_ms: Option<i64>,
+}
+
+/// Where a message goes: a client, with the options it is delivered with.
+#[derive(Debug)]
+pub(crate) struct Target {
+    pub client: Arc<Client>,
+    /// Granted QoS (the highest of the matching subscriptions), retain-as-published.
+    pub opts: SubOptions,
+    /// Subscription identifiers of every matching subscription.
+    pub ids: Vec<u32>,
+    /// The shared subscription (`$share/...`) it was chosen for, if any.
+    pub shared: Option<Arc<str>>,
+}
+
+/// `$share/{group}/{filter}` split into (group, filter); `None` for other filters or a
+/// malformed one (empty group, group with a wildcard, no filter).
+pub(crate) fn shared_parts(filter: &str) -> Option<(&str, &str)> {
+    let rest = filter.strip_prefix("$share/")?;
+    let (group, f) = rest.split_once('/')?;
+    if group.is_empty() || group.contains(['+', '#']) || f.is_empty() {
+        return None;
+    }
+    Some((group, f))
+}
+
 /// One client identifier's session.
 #[derive(Debug)]
 pub(crate) struct Client {
     pub id: Arc<str>,
+    /// A connection is attached (mirrors `state.online`, readable without its lock).
+    pub connected: std::sync::atomic::AtomicBool,
+    /// Shared-subscription copies sent and not yet acknowledged, by tag (only for a
+    /// session that ends with its connection; bounded by its queue and in-flight window).
+    pub shared_inflight: std::sync::Mutex<HashMap<u64, SharedCopy>>,
+    /// Topics this client may not receive (`[[acl]] deny`, substituted at CONNECT).
+    pub deny: RwLock<Arc<[String]>>,
     pub subs: RwLock<HashMap<String, SubOptions>>,
     pub state: Arc<tokio::sync::Mutex<ClientState>>,
     /// Its rows in `broker.db` (unacknowledged QoS 1/2 messages of a persistent session).
@@ -169,12 +217,27 @@ impl Client {
     pub fn new(id: &str) -> Arc<Self> {
         Arc::new(Self {
             id: Arc::from(id),
+            connected: std::sync::atomic::AtomicBool::new(false),
+            shared_inflight: std::sync::Mutex::default(),
+            deny: RwLock::new(Arc::from(Vec::new())),
             subs: RwLock::default(),
             state: Arc::default(),
             queued: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             sizes: std::sync::Mutex::default(),
         })
+    }
+
+    /// The shared copies not yet acknowledged.
+    pub fn inflight(&self) -> std::sync::MutexGuard<'_, HashMap<u64, SharedCopy>> {
+        self.shared_inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sets the topics it may not receive.
+    pub fn set_deny(&self, deny: Vec<String>) {
+        *write(&self.deny) = Arc::from(deny);
     }
 
     fn sizes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, usize>> {
@@ -242,6 +305,10 @@ pub(crate) struct Router {
     clients: RwLock<HashMap<Arc<str>, Arc<Client>>>,
     retained: RwLock<Retained>,
     next_tag: AtomicU64,
+    /// Round-robin position of each shared subscription (`$share/{group}/{filter}`);
+    /// an entry per shared subscription that ever had a message (bounded by the
+    /// subscriptions' bound).
+    turns: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     pub counters: Counters,
     pub store: BrokerStore,
     pub limits: RouterLimits,
@@ -274,6 +341,7 @@ impl Router {
             clients: RwLock::default(),
             retained: RwLock::default(),
             next_tag: AtomicU64::new(1),
+            turns: std::sync::Mutex::default(),
             counters: Counters::default(),
             store,
             limits,
@@ -387,23 +455,112 @@ impl Router {
             .collect()
     }
 
-    /// Every client with a subscription matching `topic`, with the subscription that
-    /// grants the highest QoS (one delivery per client, as MQTT allows).
-    pub fn matching(&self, topic: &str, publisher: &str) -> Vec<(Arc<Client>, SubOptions)> {
+    /// Where a message on `topic` from `publisher` goes:
+    /// - every client with a (non-shared) subscription matching it, once, at the highest
+    ///   QoS of its matching subscriptions, with the identifiers of all of them
+    ///   (3.3.4-2/3: one copy per client, as mosquitto with per-subscription copies is
+    ///   also allowed; we send one);
+    /// - for each shared subscription `$share/{group}/{filter}` matching it, one member:
+    ///   the next connected one in turn (round robin, by client id), or, when none is
+    ///   connected, the next member (a persistent session, which queues it).
+    ///
+    /// A client's `deny` topics are never delivered to it.
+    pub fn matching(&self, topic: &str, publisher: &str) -> Vec<Target> {
         let clients = read(&self.clients);
         let mut out = Vec::new();
+        let mut groups: HashMap<Arc<str>, Vec<(Arc<Client>, SubOptions)>> = HashMap::new();
         for c in clients.values() {
+            if read(&c.deny).iter().any(|d| topic::matches(d, topic)) {
+                continue;
+            }
             let subs = read(&c.subs);
-            let best = subs
-                .iter()
-                .filter(|(f, o)| topic::matches(f, topic) && !(o.no_local && &*c.id == publisher))
-                .map(|(_, o)| *o)
-                .max_by_key(|o| o.qos);
-            if let Some(o) = best {
-                out.push((c.clone(), o));
+            let mut best: Option<SubOptions> = None;
+            let mut ids = Vec::new();
+            for (f, o) in subs.iter() {
+                if let Some((_, filter)) = shared_parts(f) {
+                    if topic::matches(filter, topic) {
+                        groups
+                            .entry(Arc::from(f.as_str()))
+                            .or_default()
+                            .push((c.clone(), *o));
+                    }
+                    continue;
+                }
+                if !topic::matches(f, topic) || (o.no_local && &*c.id == publisher) {
+                    continue;
+                }
+                ids.extend(o.id);
+                best = Some(match best {
+                    Some(b) => SubOptions {
+                        qos: b.qos.max(o.qos),
+                        retain_as_published: b.retain_as_published || o.retain_as_published,
+                        ..b
+                    },
+                    None => *o,
+                });
+            }
+            if let Some(opts) = best {
+                ids.sort_unstable();
+                ids.dedup();
+                out.push(Target {
+                    client: c.clone(),
+                    opts,
+                    ids,
+                    shared: None,
+                });
             }
         }
+        drop(clients);
+        if groups.is_empty() {
+            return out;
+        }
+        let mut groups: Vec<_> = groups.into_iter().collect();
+        groups.sort_by(|a, b| a.0.cmp(&b.0));
+        for (key, members) in groups {
+            let Some((client, opts)) = self.pick(&key, members) else {
+                continue;
+            };
+            out.push(Target {
+                client,
+                opts,
+                ids: opts.id.into_iter().collect(),
+                shared: Some(key),
+            });
+        }
         out
+    }
+
+    /// The member of shared subscription `key` whose turn it is: the next connected one
+    /// (by client id, after the last one chosen), else the next one.
+    fn pick(
+        &self,
+        key: &Arc<str>,
+        mut members: Vec<(Arc<Client>, SubOptions)>,
+    ) -> Option<(Arc<Client>, SubOptions)> {
+        if members.is_empty() {
+            return None;
+        }
+        members.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+        let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
+        let turn = turns.entry(key.clone()).or_insert(0);
+        let n = members.len();
+        let start = *turn % n;
+        let pick = (0..n)
+            .map(|i| (start + i) % n)
+            .find(|&i| members[i].0.connected.load(Ordering::Relaxed))
+            .unwrap_or(start);
+        *turn = pick + 1;
+        Some(members.swap_remove(pick))
+    }
+
+    /// A member of shared subscription `key` other than `except`, in turn.
+    pub fn shared_member(&self, key: &Arc<str>, except: &str) -> Option<(Arc<Client>, SubOptions)> {
+        let members: Vec<_> = read(&self.clients)
+            .values()
+            .filter(|c| &*c.id != except)
+            .filter_map(|c| read(&c.subs).get(&**key).map(|o| (c.clone(), *o)))
+            .collect();
+        self.pick(key, members)
     }
 
     /// Hands `message` (QoS and retain flag already as delivered) to `client`: into its
@@ -415,18 +572,26 @@ impl Router {
         client: &Client,
         message: Message,
         expires_ms: Option<i64>,
+        ids: Vec<u32>,
+        shared: Option<Arc<str>>,
     ) -> Option<Committed<()>> {
         let mut st = client.state.lock().await;
-        self.deliver_locked(client, &mut st, message, expires_ms)
+        self.deliver_locked(client, &mut st, message, expires_ms, ids, shared)
             .await
     }
 
+    /// [`Router::deliver`] with the client's state already locked. `ids`: the
+    /// Subscription Identifiers it matched; `shared`: the shared subscription it was
+    /// chosen for (a copy to a session that ends with its connection is kept until
+    /// acknowledged, for another member if the connection closes first).
     pub async fn deliver_locked(
         &self,
         client: &Client,
         st: &mut ClientState,
         message: Message,
         expires_ms: Option<i64>,
+        ids: Vec<u32>,
+        shared: Option<Arc<str>>,
     ) -> Option<Committed<()>> {
         let qos = message.qos;
         let keep = st.persistent && qos != QoS::AtMostOnce;
@@ -436,15 +601,27 @@ impl Router {
                 Ok((p, share)) => {
                     // Without room in broker.db it goes out without a row.
                     let hold = keep.then(|| self.store.reserve(size(&message))).flatten();
-                    let (tag, commit) = match hold {
-                        Some(hold) => {
+                    let (tag, commit) = match (hold, shared) {
+                        (Some(hold), _) => {
                             let tag = self.tag();
                             let commit = self
-                                .queue(client, tag, &message, expires_ms, true, hold)
+                                .queue(client, tag, &message, expires_ms, true, &ids, hold)
                                 .await;
                             (tag, commit)
                         }
-                        None => (0, None),
+                        (None, Some(key)) if qos != QoS::AtMostOnce && !st.persistent => {
+                            let tag = self.tag();
+                            client.inflight().insert(
+                                tag,
+                                SharedCopy {
+                                    key,
+                                    message: message.clone(),
+                                    expires_ms,
+                                },
+                            );
+                            (tag, None)
+                        }
+                        (None, _) => (0, None),
                     };
                     p.send(Delivery {
                         message: Box::new(message),
@@ -452,7 +629,7 @@ impl Router {
                         tag,
                         expires_ms,
                         share: Some(share),
-                        subscription_ids: Vec::new(),
+                        subscription_ids: ids,
                     });
                     self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                     return commit;
@@ -468,7 +645,23 @@ impl Router {
                 Err(false) => {
                     tracing::debug!(client = %client.id, "subscriber queue full; message stored");
                 }
-                // The connection is gone and its session not yet closed: queue offline.
+                // The connection is gone and its session not yet closed: a shared copy
+                // for a session ending with it waits in `inflight` for another member
+                // (the session's close hands it on); else queue offline.
+                Err(true) if !keep && qos != QoS::AtMostOnce => {
+                    if let Some(key) = shared {
+                        let tag = self.tag();
+                        client.inflight().insert(
+                            tag,
+                            SharedCopy {
+                                key,
+                                message,
+                                expires_ms,
+                            },
+                        );
+                    }
+                    return None;
+                }
                 Err(true) => {}
             }
         }
@@ -491,11 +684,12 @@ impl Router {
             return None;
         };
         let tag = self.tag();
-        self.queue(client, tag, &message, expires_ms, false, hold)
+        self.queue(client, tag, &message, expires_ms, false, &ids, hold)
             .await
     }
 
     /// Queues row `tag` for `client`; its commit, or `None` if the database is closed.
+    #[allow(clippy::too_many_arguments)]
     async fn queue(
         &self,
         client: &Client,
@@ -503,11 +697,12 @@ impl Router {
         message: &Message,
         expires_ms: Option<i64>,
         sent: bool,
+        ids: &[u32],
         hold: super::store::Reserved,
     ) -> Option<Committed<()>> {
         match self
             .store
-            .enqueue(&client.id, tag, message, expires_ms, sent, hold)
+            .enqueue(&client.id, tag, message, expires_ms, sent, ids, hold)
             .await
         {
             Ok(commit) => {
@@ -535,7 +730,7 @@ impl Router {
                     tag: q.id,
                     expires_ms: q.expires_ms,
                     share: Some(share),
-                    subscription_ids: Vec::new(),
+                    subscription_ids: q.subscription_ids,
                 });
                 self.counters.delivered.fetch_add(1, Ordering::Relaxed);
                 true

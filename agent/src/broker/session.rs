@@ -22,12 +22,13 @@ use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use mqtt::broker::{Close, Refusal, Session};
-use mqtt::packet::{Message, Reason, SubscribeOutcome, SubscriptionRequest};
+use mqtt::packet::{Message, QoS, Reason, SubscribeOutcome, SubscriptionRequest, Version};
 use tokio::sync::{mpsc, oneshot};
 
-use super::router::Client;
+use super::router::{Client, SharedCopy, shared_parts};
 use super::store::SubOptions;
 use super::{Core, Routed, expiry_deadline, now_ms, refusal};
+use crate::acl::{Access, Grants};
 
 type Answer = oneshot::Sender<Result<Reason, Refusal>>;
 
@@ -37,6 +38,9 @@ pub struct LocalSession {
     core: Arc<Core>,
     client: Arc<Client>,
     generation: u64,
+    /// What `[[acl]]` allows this client.
+    grants: Grants,
+    version: Version,
     pipeline: Option<mpsc::Sender<(Message, Answer)>>,
 }
 
@@ -45,7 +49,13 @@ fn gone() -> Refusal {
 }
 
 impl LocalSession {
-    pub(crate) fn start(core: Arc<Core>, client: Arc<Client>, generation: u64) -> Self {
+    pub(crate) fn start(
+        core: Arc<Core>,
+        client: Arc<Client>,
+        generation: u64,
+        grants: Grants,
+        version: Version,
+    ) -> Self {
         // +2: the connection keeps at most `pipeline` stores in flight, plus its will.
         let (tx, rx) = mpsc::channel(core.pipeline + 2);
         core.tracker
@@ -54,6 +64,8 @@ impl LocalSession {
             core,
             client,
             generation,
+            grants,
+            version,
             pipeline: Some(tx),
         }
     }
@@ -173,6 +185,22 @@ enum Journaled {
 
 impl Session for LocalSession {
     fn publish(&self, message: Message) -> BoxFuture<'static, Result<Reason, Refusal>> {
+        if !self.grants.allows(Access::Publish, &message.topic) {
+            // MQTT 5: PUBACK/PUBREC 0x87. QoS 0 (no ack to carry it) and 3.1.1 (no
+            // reason codes): dropped, acknowledged as if delivered (3.3.5).
+            tracing::debug!(client = %self.client.id, topic = %message.topic, "publish refused by [[acl]]");
+            let refused = self.version == Version::V5 && message.qos != QoS::AtMostOnce;
+            return Box::pin(async move {
+                if refused {
+                    Err(Refusal::new(
+                        Reason::NotAuthorized,
+                        "not allowed by [[acl]]",
+                    ))
+                } else {
+                    Ok(Reason::Success)
+                }
+            });
+        }
         let (answer, result) = oneshot::channel();
         let Some(tx) = self.pipeline.clone() else {
             return Box::pin(async { Err(gone()) });
@@ -196,19 +224,29 @@ impl Session for LocalSession {
     ) -> BoxFuture<'static, Vec<SubscribeOutcome>> {
         let core = self.core.clone();
         let client = self.client.clone();
+        let grants = self.grants.clone();
         Box::pin(async move {
             let persistent = client.state.lock().await.persistent;
             let mut outcomes = Vec::with_capacity(requests.len());
             let mut retained = Vec::new();
             for r in requests {
-                if r.filter.starts_with("$share/") {
-                    outcomes.push(SubscribeOutcome::Refused(
-                        Reason::SharedSubscriptionsNotSupported,
-                    ));
+                // `$share/{group}/{filter}`: the ACL and the bounds judge `{filter}`.
+                let shared = r.filter.starts_with("$share/");
+                let filter = match shared_parts(&r.filter) {
+                    Some((_, f)) => f,
+                    None if shared => {
+                        outcomes.push(SubscribeOutcome::Refused(Reason::TopicFilterInvalid));
+                        continue;
+                    }
+                    None => r.filter.as_str(),
+                };
+                if mqtt::topic::validate_filter(filter).is_err() {
+                    outcomes.push(SubscribeOutcome::Refused(Reason::TopicFilterInvalid));
                     continue;
                 }
-                if mqtt::topic::validate_filter(&r.filter).is_err() {
-                    outcomes.push(SubscribeOutcome::Refused(Reason::TopicFilterInvalid));
+                if !grants.allows(Access::Subscribe, filter) {
+                    // 0x87; the 3.1.1 encoder sends it as 0x80.
+                    outcomes.push(SubscribeOutcome::Refused(Reason::NotAuthorized));
                     continue;
                 }
                 let limits = core.subscriptions;
@@ -233,6 +271,7 @@ impl Session for LocalSession {
                     qos: r.qos,
                     no_local: r.no_local,
                     retain_as_published: r.retain_as_published,
+                    id: r.subscription_id,
                 };
                 if persistent
                     && let Err(e) = core
@@ -247,11 +286,16 @@ impl Session for LocalSession {
                 }
                 let existed = client.subscribe(&r.filter, opts);
                 outcomes.push(SubscribeOutcome::Granted(r.qos));
-                if r.retain_handling == 0 || (r.retain_handling == 1 && !existed) {
+                // Not on a shared subscription (3.8.4: "retained messages are not sent
+                // to the Session when it establishes a new Shared Subscription").
+                if !shared && (r.retain_handling == 0 || (r.retain_handling == 1 && !existed)) {
                     for (mut m, expires_ms) in core.router.retained_matching(&r.filter, now_ms()) {
+                        if !grants.receives(&m.topic) {
+                            continue; // an `[[acl]] deny` topic
+                        }
                         m.qos = m.qos.min(r.qos);
                         m.retain = true;
-                        retained.push((m, expires_ms));
+                        retained.push((m, expires_ms, r.subscription_id));
                     }
                 }
             }
@@ -260,9 +304,10 @@ impl Session for LocalSession {
                 let c = client.clone();
                 let core2 = core.clone();
                 core.tracker.spawn(async move {
-                    for (m, expires_ms) in retained {
+                    for (m, expires_ms, id) in retained {
                         // Its row's commit is not awaited: no publisher waits for it.
-                        let _ = core2.router.deliver(&c, m, expires_ms).await;
+                        let ids = id.into_iter().collect();
+                        let _ = core2.router.deliver(&c, m, expires_ms, ids, None).await;
                     }
                 });
             }
@@ -293,6 +338,9 @@ impl Session for LocalSession {
     fn acked(&mut self, tag: u64) {
         // Tag 0: a delivery without a row (QoS 0, or not a persistent session).
         if tag != 0 {
+            if self.client.inflight().remove(&tag).is_some() {
+                return; // a shared copy without a row
+            }
             self.core.router.store.acked(tag);
             self.client.unqueued(tag);
         }
@@ -316,8 +364,10 @@ impl Session for LocalSession {
                 return; // taken over: the new connection owns the session now
             }
             st.online = None;
-            if st.persistent && update == Some(0) {
-                // The client ended its session in DISCONNECT.
+            client.connected.store(false, Ordering::Relaxed);
+            let expiry = update.unwrap_or(st.expiry_secs);
+            if st.persistent && expiry == 0 {
+                // Expiry 0 (the CONNECT's, or set by DISCONNECT): the session ends now.
                 st.persistent = false;
                 client.resync(0, 0);
                 if let Err(e) = core.router.store.delete_session(&client.id).await {
@@ -327,14 +377,23 @@ impl Session for LocalSession {
             if !st.persistent {
                 client.clear_subscriptions();
                 core.router.remove(client);
+                let unacked: Vec<SharedCopy> = client.inflight().drain().map(|(_, c)| c).collect();
+                drop(st);
+                // Its unacknowledged shared copies go to other members (4.8.2).
+                for copy in unacked {
+                    core.reshare(copy, &client.id).await;
+                }
                 return;
             }
-            if let Some(expiry) = update
+            let now = now_ms();
+            st.expiry_secs = expiry;
+            st.expires_at_ms = Some(now.saturating_add(i64::from(expiry).saturating_mul(1000)));
+            if update.is_some()
                 && let Err(e) = core.router.store.save_session(&client.id, expiry).await
             {
                 tracing::warn!(client = %client.id, error = %e, "cannot update the session expiry");
             }
-            if let Err(e) = core.router.store.disconnected(&client.id, now_ms()).await {
+            if let Err(e) = core.router.store.disconnected(&client.id, now).await {
                 tracing::warn!(client = %client.id, error = %e, "cannot record the disconnect");
             }
         })

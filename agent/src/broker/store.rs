@@ -12,9 +12,10 @@
 //!
 //! # Tables
 //! - `sessions(client_id PK, expiry_secs, disconnected_ms NULL while connected)`
-//! - `subscriptions(client_id, filter, qos, no_local, retain_as_published)`, PK
-//!   (client_id, filter)
-//! - `queue(id, client_id, topic, payload, qos, retain, props, expires_ms, sent)`: every
+//! - `subscriptions(client_id, filter, qos, no_local, retain_as_published, sub_id)`, PK
+//!   (client_id, filter); `sub_id` the MQTT 5 Subscription Identifier (NULL: none)
+//! - `queue(id, client_id, topic, payload, qos, retain, props, expires_ms, sent, sub_ids)`
+//!   (`sub_ids`: the Subscription Identifiers it matched, `1,7`, NULL when none): every
 //!   QoS 1/2 message for a persistent session not yet acknowledged by its client, whether
 //!   the session is connected or not, delivered in `id` order. `id` is the delivery's
 //!   tag (given by the router, larger than every id stored, see [`Snapshot::next_tag`]);
@@ -23,6 +24,10 @@
 //!   message may have reached the client (it was handed to a connection), so a resend
 //!   carries DUP.
 //! - `retained(topic PK, payload, qos, props, expires_ms)`
+//!
+//! A database of an older version gets the columns it lacks at open (`ADDED_COLUMNS`,
+//! NULL in its existing rows), so it keeps working. A session that was connected when
+//! the agent stopped counts as disconnected from the next start (its expiry runs).
 //!
 //! `props` is the MQTT 5 properties as JSON (NULL when empty); `expires_ms` the MQTT 5
 //! message expiry as Unix ms (NULL = never).
@@ -65,22 +70,24 @@ CREATE TABLE IF NOT EXISTS sessions (
     client_id TEXT PRIMARY KEY, expiry_secs INTEGER NOT NULL, disconnected_ms INTEGER);
 CREATE TABLE IF NOT EXISTS subscriptions (
     client_id TEXT NOT NULL, filter TEXT NOT NULL, qos INTEGER NOT NULL,
-    no_local INTEGER NOT NULL, retain_as_published INTEGER NOT NULL,
+    no_local INTEGER NOT NULL, retain_as_published INTEGER NOT NULL, sub_id INTEGER,
     PRIMARY KEY (client_id, filter));
 CREATE TABLE IF NOT EXISTS queue (
     id INTEGER PRIMARY KEY AUTOINCREMENT, client_id TEXT NOT NULL, topic TEXT NOT NULL,
     payload BLOB NOT NULL, qos INTEGER NOT NULL, retain INTEGER NOT NULL, props TEXT,
-    expires_ms INTEGER, sent INTEGER NOT NULL DEFAULT 0);
+    expires_ms INTEGER, sent INTEGER NOT NULL DEFAULT 0, sub_ids TEXT);
 CREATE INDEX IF NOT EXISTS queue_client ON queue (client_id, id);
 CREATE TABLE IF NOT EXISTS retained (
     topic TEXT PRIMARY KEY, payload BLOB NOT NULL, qos INTEGER NOT NULL, props TEXT,
     expires_ms INTEGER);
 ";
 /// Columns added after the first release: (table, column, definition).
-const ADDED_COLUMNS: [(&str, &str, &str); 3] = [
+const ADDED_COLUMNS: [(&str, &str, &str); 5] = [
     ("queue", "expires_ms", "INTEGER"),
     ("queue", "sent", "INTEGER NOT NULL DEFAULT 0"),
     ("retained", "expires_ms", "INTEGER"),
+    ("subscriptions", "sub_id", "INTEGER"),
+    ("queue", "sub_ids", "TEXT"),
 ];
 const UPSERT_SESSION: &str = "INSERT INTO sessions (client_id, expiry_secs, disconnected_ms) \
      VALUES (?1, ?2, NULL) ON CONFLICT (client_id) DO UPDATE SET expiry_secs = ?2, disconnected_ms = NULL";
@@ -89,13 +96,14 @@ const DELETE_SESSION: &str = "DELETE FROM sessions WHERE client_id = ?1";
 const DELETE_SUBS: &str = "DELETE FROM subscriptions WHERE client_id = ?1";
 const DELETE_QUEUE: &str = "DELETE FROM queue WHERE client_id = ?1";
 const UPSERT_SUB: &str = "INSERT OR REPLACE INTO subscriptions \
-     (client_id, filter, qos, no_local, retain_as_published) VALUES (?1, ?2, ?3, ?4, ?5)";
+     (client_id, filter, qos, no_local, retain_as_published, sub_id) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 const DELETE_SUB: &str = "DELETE FROM subscriptions WHERE client_id = ?1 AND filter = ?2";
 const ENQUEUE: &str = "INSERT OR REPLACE INTO queue \
-     (id, client_id, topic, payload, qos, retain, props, expires_ms, sent) \
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+     (id, client_id, topic, payload, qos, retain, props, expires_ms, sent, sub_ids) \
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 const SELECT_QUEUE_PAGE: &str = "SELECT topic, payload, qos, retain, props, expires_ms, id, \
-     sent FROM queue WHERE client_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
+     sent, sub_ids FROM queue WHERE client_id = ?1 AND id > ?2 ORDER BY id LIMIT ?3";
 const QUEUE_TOTALS: &str = "SELECT count(*), coalesce(sum(length(topic) + length(payload)), 0) \
      FROM queue WHERE client_id = ?1";
 const MARK_SENT: &str =
@@ -106,7 +114,7 @@ const UPSERT_RETAINED: &str = "INSERT OR REPLACE INTO retained (topic, payload, 
      expires_ms) VALUES (?1, ?2, ?3, ?4, ?5)";
 const DELETE_RETAINED: &str = "DELETE FROM retained WHERE topic = ?1";
 const SELECT_RETAINED: &str =
-    "SELECT topic, payload, qos, 0, props, expires_ms, 0, 0 FROM retained";
+    "SELECT topic, payload, qos, 0, props, expires_ms, 0, 0, NULL FROM retained";
 const SELECT_SESSIONS: &str = "SELECT client_id, expiry_secs, disconnected_ms, \
      (SELECT count(*) FROM queue q WHERE q.client_id = s.client_id), \
      (SELECT coalesce(sum(length(topic) + length(payload)), 0) FROM queue q \
@@ -121,8 +129,11 @@ pub const PAGE_ROWS: usize = 64;
 /// Bytes (topic + payload) read at most per page when a session resumes (at least one
 /// row is read, whatever its size).
 pub const PAGE_BYTES: usize = 256 * 1024;
-const SELECT_SUBS: &str =
-    "SELECT filter, qos, no_local, retain_as_published FROM subscriptions WHERE client_id = ?1";
+const SELECT_SUBS: &str = "SELECT filter, qos, no_local, retain_as_published, sub_id FROM subscriptions \
+     WHERE client_id = ?1";
+/// Sessions that were connected when the agent stopped count as disconnected from start.
+const DISCONNECTED_AT_START: &str =
+    "UPDATE sessions SET disconnected_ms = ?1 WHERE disconnected_ms IS NULL";
 const EXPIRED: &str = "SELECT client_id FROM sessions WHERE disconnected_ms IS NOT NULL \
      AND disconnected_ms + expiry_secs * 1000 <= ?1";
 
@@ -135,6 +146,8 @@ pub struct SubOptions {
     pub no_local: bool,
     /// MQTT 5 retain-as-published.
     pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier (1..=268435455), if the SUBSCRIBE had one.
+    pub id: Option<u32>,
 }
 
 /// A persistent session as stored.
@@ -176,6 +189,18 @@ pub struct Queued {
     pub expires_ms: Option<i64>,
     /// Whether it may have reached the client already (resend with DUP).
     pub sent: bool,
+    /// The Subscription Identifiers it matched (3.3.4-3).
+    pub subscription_ids: Vec<u32>,
+}
+
+/// Subscription identifiers as stored (`1,7`; NULL when none).
+fn ids_to_text(ids: &[u32]) -> Option<String> {
+    (!ids.is_empty()).then(|| ids.iter().map(u32::to_string).collect::<Vec<_>>().join(","))
+}
+
+fn ids_from_text(s: Option<String>) -> Vec<u32> {
+    s.map(|s| s.split(',').filter_map(|n| n.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -253,6 +278,7 @@ fn queued_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Queued> {
         expires_ms: r.get(5)?,
         id: r.get::<_, i64>(6)?.try_into().unwrap_or(0),
         sent: r.get(7)?,
+        subscription_ids: ids_from_text(r.get(8)?),
     })
 }
 
@@ -485,7 +511,14 @@ impl BrokerStore {
         self.call(move |c| {
             c.execute(
                 UPSERT_SUB,
-                params![id, f, o.qos.level(), o.no_local, o.retain_as_published],
+                params![
+                    id,
+                    f,
+                    o.qos.level(),
+                    o.no_local,
+                    o.retain_as_published,
+                    o.id
+                ],
             )
             .map(drop)
         })
@@ -499,9 +532,10 @@ impl BrokerStore {
             .await
     }
 
-    /// Queues `message` (as delivered) for a persistent session as row `tag`, in the
-    /// room `hold` reserved for it; returns once queued, with the commit to wait for
-    /// before the publish may be acknowledged.
+    /// Queues `message` (as delivered, matching the subscriptions `ids`) for a
+    /// persistent session as row `tag`, in the room `hold` reserved for it; returns once
+    /// queued, with the commit to wait for before the publish may be acknowledged.
+    #[allow(clippy::too_many_arguments)]
     pub async fn enqueue(
         &self,
         client_id: &Arc<str>,
@@ -509,8 +543,10 @@ impl BrokerStore {
         message: &Message,
         expires_ms: Option<i64>,
         sent: bool,
+        ids: &[u32],
         hold: Reserved,
     ) -> Result<Committed<()>> {
+        let ids = ids_to_text(ids);
         let id = client_id.clone();
         let (topic, payload, qos, retain) = (
             message.topic.clone(),
@@ -532,7 +568,8 @@ impl BrokerStore {
                         retain,
                         props,
                         expires_ms,
-                        sent
+                        sent,
+                        ids
                     ])
                     .map(drop)
             },
@@ -697,6 +734,7 @@ fn migrate(c: &Connection) -> rusqlite::Result<()> {
 }
 
 fn load(c: &Connection, now_ms: i64) -> rusqlite::Result<Snapshot> {
+    c.execute(DISCONNECTED_AT_START, params![now_ms])?;
     let mut sessions: Vec<StoredSession> = c
         .prepare(SELECT_SESSIONS)?
         .query_map([], |r| {
@@ -720,6 +758,7 @@ fn load(c: &Connection, now_ms: i64) -> rusqlite::Result<Snapshot> {
                         qos: qos_of(r.get(1)?),
                         no_local: r.get(2)?,
                         retain_as_published: r.get(3)?,
+                        id: r.get(4)?,
                     },
                 ))
             })?

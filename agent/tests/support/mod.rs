@@ -390,3 +390,27 @@ pub mod process {
             .expect("run edge-agent journal")
     }
 }
+
+/// Runs a Python paho-mqtt 2.x script (after `support/paho.py`) against `port`;
+/// panics with its output unless it exits 0 and prints `OK`.
+pub fn paho(script: &str, port: u16) {
+    let program = format!("{}\n{script}\nprint(\"OK\")\n", include_str!("paho.py"));
+    let out = std::process::Command::new("timeout")
+        .args(["90", "python3", "-c", &program, &port.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("python3 with paho-mqtt 2.x is needed (tests/setup.sh installs it)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.trim_end().ends_with("OK"),
+        "paho script failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// [`paho`] on the blocking pool (the agent runs on this runtime).
+pub async fn paho_async(script: &'static str, port: u16) {
+    tokio::task::spawn_blocking(move || paho(script, port))
+        .await
+        .expect("paho script task");
+}
