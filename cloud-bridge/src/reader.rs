@@ -358,9 +358,12 @@ impl Reader {
             return true;
         };
         let tag = lock(&shared.tracker).handed(&self.key, at, at + 1);
+        // DUP only on QoS 1/2 (2.1.2-4: a QoS 0 PUBLISH never has it).
+        let dup = message.qos != QoS::AtMostOnce
+            && matches!(self.start, Start::At { dup_below, .. } if at < dup_below);
         let delivery = Delivery {
             message: Box::new(message),
-            dup: matches!(self.start, Start::At { dup_below, .. } if at < dup_below),
+            dup,
             tag,
             expires_ms,
             share: None,
