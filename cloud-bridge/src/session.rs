@@ -141,10 +141,22 @@ impl BridgeSession {
         opening: Opening,
     ) -> Result<(Self, bool, mpsc::Receiver<Delivery>), Error> {
         let table = &bridge.tables().sessions;
-        let stored = if opening.persistent && !clean_start {
+        let stored = if clean_start {
+            None
+        } else if opening.persistent {
             session_store::load(table, &client_id).await?
         } else {
-            None
+            // MQTT 5: Clean Start 0 resumes the session that exists whatever this
+            // connection's Session Expiry Interval (3.1.2-4); with 0 it ends when this
+            // connection does (it is stored with expiry 0 then). Read from this bridge's
+            // copy of the table: connections without expiry do not wait for a sync.
+            session_store::load_local(table, &client_id)
+        };
+        // A resumed session reads from its committed offsets and commits, like any
+        // persistent one, until this connection ends.
+        let opening = Opening {
+            persistent: opening.persistent || stored.is_some(),
+            ..opening
         };
         // A clean start discards any stored session (its offsets are overwritten as
         // subscriptions start again at the latest message); most connections have none.

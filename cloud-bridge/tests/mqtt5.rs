@@ -311,6 +311,44 @@ async fn expired_messages_are_not_delivered_3_3_2_5() {
     server.stop(Duration::from_secs(5)).await;
 }
 
+/// Clean Start 0 resumes the stored session even when the new connection asks for no
+/// Session Expiry (3.1.2-4, the Paho suite's publication expiry test does this); the
+/// session then ends with that connection.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_start_0_resumes_the_session_whatever_the_new_expiry_3_1_2_4() {
+    let first = unique("res");
+    let (server, _) = start_bridge(&config(&[&first], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let topic = format!("{first}/q");
+    let spec = json!({
+        "clients": {"p": {"id": unique("p")}, "s": {"id": unique("s"), "clean": false, "expiry": 300}},
+        "steps": [
+            {"c": "s", "op": "subscribe", "subs": [{"filter": topic}]},
+            {"c": "s", "op": "disconnect"},
+            {"c": "p", "op": "publish", "topic": topic, "payload": "queued"},
+            {"op": "sleep", "secs": 1},
+            {"c": "s", "op": "connect", "expiry": 0},
+            {"op": "sleep", "secs": 3},
+            {"c": "s", "op": "disconnect"},
+            {"op": "sleep", "secs": 1},
+            {"c": "s", "op": "connect", "expiry": 0},
+        ],
+        "collect_secs": 1,
+    });
+    let out = paho_script::run(addr, SECRET, spec);
+    assert_eq!(
+        out["connack"]["s"],
+        json!([[0, false], [0, true], [0, false]]),
+        "resumed once, then gone: {out}"
+    );
+    assert_eq!(
+        payloads(&received(&out, "s", &first)),
+        vec!["queued"],
+        "{out}"
+    );
+    server.stop(Duration::from_secs(5)).await;
+}
+
 /// The same behaviours judged by rumqttc v5: properties, Subscription Identifiers of two
 /// overlapping subscriptions (one delivery), No Local.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

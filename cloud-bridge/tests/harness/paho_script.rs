@@ -7,7 +7,8 @@
 //! `steps`: [{c, op: subscribe, subs: [{filter, qos, no_local, rap, rh}], id} |
 //! {c, op: publish, topic, payload, qos, retain, props: {pfi, ct, rt, cd_hex, mei, up:
 //! [[k, v]]}} | {c, op: unsubscribe, filter} | {op: sleep, secs} | {c, op: disconnect} |
-//! {c, op: connect}], `collect_secs`.
+//! {c, op: connect, expiry, clean} (expiry and clean override the client's)],
+//! `collect_secs`.
 //! Output (JSON): {suback: {name: [[codes]]}, puback: {name: [codes]}, received: {name:
 //! [{topic, payload, qos, retain, pfi, ct, rt, cd_hex, mei, up, sid}]}}.
 
@@ -62,8 +63,8 @@ def make(name, c):
     cl.on_connect, cl.on_subscribe, cl.on_publish = on_connect, on_subscribe, on_publish
     cl.on_unsubscribe, cl.on_message = on_unsubscribe, on_message
     return cl
-def connect(name):
-    c = spec["clients"][name]
+def connect(name, st={}):
+    c = dict(spec["clients"][name]); c.update({k: st[k] for k in ("expiry", "clean") if k in st})
     cl = make(name, c); clients[name] = cl
     ev = events[name]; ev.clear()
     if c.get("proto", 5) == 5:
@@ -84,7 +85,7 @@ for st in spec["steps"]:
         time.sleep(st["secs"]); continue
     name = st.get("c")
     if op == "connect":
-        connect(name); continue
+        connect(name, st); continue
     cl, ev = clients[name], events[name]
     v5 = spec["clients"][name].get("proto", 5) == 5
     ev.clear()
