@@ -262,9 +262,10 @@ impl Bridge {
         &self.inner.wildcards
     }
 
-    /// Stores one MQTT message in RocketMQ on behalf of `identity`.
+    /// Stores one MQTT message in RocketMQ on behalf of `identity`, a client id (a will).
     pub async fn store(self, identity: Arc<str>, message: Message) -> Result<Reason, Refusal> {
-        self.store_queued(identity, message, OnQueued::default())
+        let publisher = identity.clone();
+        self.store_queued(identity, &publisher, message, OnQueued::default())
             .await
     }
 
@@ -273,15 +274,21 @@ impl Bridge {
     pub async fn store_queued(
         self,
         identity: Arc<str>,
+        publisher: &str,
         message: Message,
         on_queued: OnQueued,
     ) -> Result<Reason, Refusal> {
         let this = &self.inner;
         let first = lmq::first_topic(&message.topic);
         if !this.meta.is_first_topic(first) {
+            // 0x90 Topic Name invalid ("not malformed, but not accepted by this server"),
+            // not 0x87 Not authorized: no identity may publish there, the topic has no
+            // RocketMQ topic to go to.
             return Err(Refusal::new(
                 Reason::TopicNameInvalid,
-                format!("{first:?} is not a first-level topic of this service"),
+                format!(
+                    "{first:?} is not a first-level topic of this service (LMQ/ALL_FIRST_TOPICS)"
+                ),
             ));
         }
         if !auth::allowed(&this.config.acl, &identity, Access::Publish, &message.topic) {
@@ -312,7 +319,11 @@ impl Bridge {
         } else {
             None
         };
-        let (properties, body) = lmq_message::encode(&message, &queues);
+        let origin = lmq_message::Origin {
+            publisher: Some(publisher),
+            now_ms: mqtt::broker::now_ms(),
+        };
+        let (properties, body) = lmq_message::encode(&message, &queues, origin);
         let properties: Vec<(&str, &str)> =
             properties.iter().map(|(k, v)| (*k, v.as_str())).collect();
         let started = Instant::now();

@@ -194,6 +194,54 @@ pub fn check_wildcard(filter: &str, first_levels: &[String]) -> Result<(), Strin
     Ok(())
 }
 
+/// Whether a filter spans first-level topics: its first level (after one leading `/`, as
+/// [`first_topic`] reads it) is a wildcard (`#`, `+/C`, `/#`, `/+/x`). rocketmq-mqtt
+/// cannot serve such a filter: its wildcard queues live under one first-level topic.
+pub fn spans_first_topics(filter: &str) -> bool {
+    mqtt::topic::is_wildcard(first_topic(filter))
+}
+
+/// The filters under first-level topic `first` whose union is what `filter` (one that
+/// [`spans_first_topics`]) matches among the topics of `first`: the topics `first/...`
+/// and `/first/...` (both belong to `first`, see [`first_topic`]). Each part is an exact
+/// topic (read from its own LMQ) or a wildcard filter under `first` (read from its
+/// registered LMQ). Empty when `filter` matches nothing there, or `first` starts with `$`
+/// (a filter starting with a wildcard never matches such topics, 4.7.2-1).
+pub fn parts_under(filter: &str, first: &str) -> Vec<String> {
+    if first.is_empty() || first.starts_with('$') || mqtt::topic::is_wildcard(first) {
+        return Vec::new();
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    let join = |head: &[&str], rest: &[&str]| -> String {
+        head.iter()
+            .chain(rest)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    let mut parts = Vec::new();
+    // Topics `first/...`: level 0 is `first`.
+    match levels[0] {
+        "#" => parts.push(format!("{first}/#")),
+        "+" => parts.push(join(&[first], &levels[1..])),
+        _ => {}
+    }
+    // Topics `/first/...`: level 0 is empty, level 1 is `first`.
+    if matches!(levels[0], "#") {
+        parts.push(format!("/{first}/#"));
+    } else if matches!(levels[0], "+" | "") {
+        match levels.get(1) {
+            Some(&"#") => parts.push(format!("/{first}/#")),
+            Some(&l) if l == "+" || l == first => {
+                parts.push(join(&["", first], levels.get(2..).unwrap_or(&[])));
+            }
+            _ => {}
+        }
+    }
+    parts.dedup();
+    parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,5 +373,48 @@ mod tests {
             "rocketmq-mqtt cannot serve it"
         );
         assert!(check_wildcard("/t1/+", &f).is_ok(), "first-level topic t1");
+    }
+
+    /// A filter spanning first-level topics is the union of its parts under each one;
+    /// every topic it matches belongs to exactly the parts that match it.
+    #[test]
+    fn parts_of_filters_across_first_level_topics() {
+        assert!(spans_first_topics("#"));
+        assert!(spans_first_topics("+/C"));
+        assert!(spans_first_topics("/#"));
+        assert!(spans_first_topics("/+"));
+        assert!(!spans_first_topics("/TopicA"));
+        assert!(!spans_first_topics("t1/#"));
+        assert_eq!(parts_under("#", "t1"), vec!["t1/#", "/t1/#"]);
+        assert_eq!(parts_under("+", "t1"), vec!["t1"]);
+        assert_eq!(parts_under("+/C", "t1"), vec!["t1/C"]);
+        assert_eq!(parts_under("+/+", "t1"), vec!["t1/+", "/t1"]);
+        assert_eq!(parts_under("+/#", "t1"), vec!["t1/#", "/t1/#"]);
+        assert_eq!(parts_under("+/t1/x", "t1"), vec!["t1/t1/x", "/t1/x"]);
+        assert_eq!(parts_under("+/t2/x", "t1"), vec!["t1/t2/x"]);
+        assert!(parts_under("/t2/#", "t1").is_empty());
+        assert_eq!(parts_under("/#", "t1"), vec!["/t1/#"]);
+        assert_eq!(parts_under("/+", "t1"), vec!["/t1"]);
+        assert_eq!(parts_under("/+/+", "t1"), vec!["/t1/+"]);
+        assert!(parts_under("#", "$SYS").is_empty());
+        // Exhaustive check on sample topics: a topic of `t1` is matched by the filter iff
+        // one of its parts matches it.
+        let filters = [
+            "#", "+", "+/C", "+/+", "+/#", "/#", "/+", "/+/C", "+/+/C", "+/t1/#",
+        ];
+        let topics = [
+            "t1", "t1/C", "t1/a", "t1/a/C", "/t1", "/t1/C", "/t1/a/C", "t1/", "/t1/", "t1//C",
+        ];
+        for f in filters {
+            let parts = parts_under(f, "t1");
+            for t in topics {
+                assert_eq!(first_topic(t), "t1");
+                assert_eq!(
+                    mqtt::topic::matches(f, t),
+                    parts.iter().any(|p| mqtt::topic::matches(p, t)),
+                    "{f:?} on {t:?} (parts {parts:?})"
+                );
+            }
+        }
     }
 }

@@ -93,6 +93,11 @@ impl Meta {
         self.current().first_topics.contains(first)
     }
 
+    /// Every first-level topic (configured and `ALL_FIRST_TOPICS`).
+    pub fn first_topics(&self) -> Vec<String> {
+        self.current().first_topics.iter().cloned().collect()
+    }
+
     /// The wildcard filters of a first-level topic.
     pub fn wildcards(&self, first: &str) -> Arc<Vec<String>> {
         self.current()

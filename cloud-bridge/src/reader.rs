@@ -10,15 +10,21 @@
 //!   else the broker's offset message id), never by queue offset alone.
 //! - An LMQ that never received a message answers "no new message" (or code 17 on some
 //!   brokers): that is an empty queue, not an error.
-//! - Topic match: a subscription's reader hands over only messages whose topic its filter
-//!   matches by the MQTT rules: rocketmq-mqtt's naming puts `t1/a` and `t1/a/` in one
-//!   queue, and dispatches `t1/a/` to the queue of `t1/+` (`lmq.rs`).
+//! - Routing: a subscription queue's reader hands a message over only when one of the
+//!   session's subscriptions ([`SubTable`]) matches its topic by the MQTT rules
+//!   (rocketmq-mqtt's naming puts `t1/a` and `t1/a/` in one queue, and dispatches `t1/a/`
+//!   to the queue of `t1/+`, `lmq.rs`), leaving out No Local subscriptions when the
+//!   session published it. One LMQ is read once per session however many subscriptions
+//!   read it, and a message held by several LMQs (`t1/+` and `#`'s part `t1/#`) is one
+//!   delivery: at the highest QoS granted to a matching subscription, with the
+//!   identifiers of all of them (3.3.4-3/4), RETAIN as published when one of them asks
+//!   for it, and dropped when it has expired (`mqtt5ExpiresAt`).
 //! - Start: the offset committed for the session's group (`%LMQ%{clientId}`), by this
 //!   bridge or by rocketmq-mqtt, is where a session that did not start clean reads from,
 //!   whether or not the bridge has a session record; only without one does it start at
 //!   the latest message.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -63,9 +69,72 @@ impl SeenIds {
     }
 }
 
+/// One subscription as the session's readers route by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SubEntry {
+    /// Granted QoS.
+    pub qos: QoS,
+    /// MQTT 5 No Local: never the session's own publishes.
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published.
+    pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier.
+    pub id: Option<u32>,
+}
+
+/// A session's subscriptions by filter.
+pub type SubTable = HashMap<String, SubEntry>;
+
+/// How one message goes to a session: the subscriptions of `subs` that take it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Routing {
+    /// The highest QoS granted by a matching subscription.
+    pub qos: QoS,
+    /// Whether RETAIN stays set (the message had it and a matching subscription has
+    /// Retain As Published).
+    pub retain: bool,
+    /// The identifiers of the matching subscriptions, ascending, each once.
+    pub ids: Vec<u32>,
+}
+
+/// Routes a message published by `publisher` with RETAIN `retain` on `topic` to the
+/// session `client_id` with subscriptions `subs`; `None` when none takes it.
+pub fn route(
+    subs: &SubTable,
+    client_id: &str,
+    topic: &str,
+    retain: bool,
+    publisher: Option<&str>,
+) -> Option<Routing> {
+    let own = publisher == Some(client_id);
+    let mut routing: Option<Routing> = None;
+    for (filter, e) in subs {
+        if (e.no_local && own) || !mqtt::topic::matches(filter, topic) {
+            continue;
+        }
+        let r = routing.get_or_insert(Routing {
+            qos: QoS::AtMostOnce,
+            retain: false,
+            ids: Vec::new(),
+        });
+        r.qos = r.qos.max(e.qos);
+        r.retain |= retain && e.retain_as_published;
+        r.ids.extend(e.id);
+    }
+    if let Some(r) = &mut routing {
+        r.ids.sort_unstable();
+        r.ids.dedup();
+    }
+    routing
+}
+
 /// What a reader shares with its session.
 #[derive(Debug, Clone)]
 pub struct Shared {
+    /// The session's client id (No Local).
+    pub client_id: Arc<str>,
+    /// The session's subscriptions.
+    pub subs: Arc<Mutex<SubTable>>,
     /// RocketMQ client.
     pub client: Client,
     /// Delivery bookkeeping.
@@ -110,11 +179,9 @@ pub struct Reader {
     pub key: QueueKey,
     /// Where to start.
     pub start: Start,
-    /// Granted QoS of the subscription (deliveries are downgraded to it).
-    pub granted: QoS,
-    /// The subscription's filter: only messages whose topic it matches are handed over
-    /// (`None`: the implicit p2p and retry queues, which take everything).
-    pub filter: Option<Arc<str>>,
+    /// The implicit p2p and retry queues take every message (at most at QoS 2, never
+    /// retained); the others are routed by the session's subscriptions ([`route`]).
+    pub implicit: bool,
     /// Stops the reader.
     pub cancel: CancellationToken,
 }
@@ -257,27 +324,50 @@ impl Reader {
 
     /// Hands one message to the session; false when the session is gone.
     async fn hand_over(&self, shared: &Shared, m: &crate::rocketmq::Message, at: i64) -> bool {
+        let now = mqtt::broker::now_ms();
+        let routed = lmq_message::decode(m).and_then(|d| {
+            if d.expires_ms.is_some_and(|e| e <= now) {
+                return None;
+            }
+            let mut message = d.message;
+            let routing = if self.implicit {
+                Routing {
+                    qos: QoS::ExactlyOnce,
+                    retain: false,
+                    ids: Vec::new(),
+                }
+            } else {
+                route(
+                    &lock(&shared.subs),
+                    &shared.client_id,
+                    &message.topic,
+                    message.retain,
+                    d.publisher.as_deref(),
+                )?
+            };
+            message.qos = message.qos.min(routing.qos);
+            message.retain = routing.retain;
+            Some((message, d.expires_ms, routing.ids))
+        });
+        // The same message read from another LMQ of the session was delivered already.
         let id = m.msg_id().map_or_else(|| m.offset_msg_id(), str::to_owned);
-        let fresh = lock(&shared.seen).insert(&id);
-        let decoded = lmq_message::decode(m);
-        let wanted = |m: &mqtt::packet::Message| {
-            self.filter
-                .as_deref()
-                .is_none_or(|f| mqtt::topic::matches(f, &m.topic))
-        };
-        let (Some(mut message), true) = (decoded.filter(wanted), fresh) else {
+        let Some((message, expires_ms, subscription_ids)) =
+            routed.filter(|_| lock(&shared.seen).insert(&id))
+        else {
             lock(&shared.tracker).skipped(&self.key, at + 1);
             return true;
         };
-        message.qos = message.qos.min(self.granted);
         let tag = lock(&shared.tracker).handed(&self.key, at, at + 1);
+        // DUP only on QoS 1/2 (2.1.2-4: a QoS 0 PUBLISH never has it).
+        let dup = message.qos != QoS::AtMostOnce
+            && matches!(self.start, Start::At { dup_below, .. } if at < dup_below);
         let delivery = Delivery {
             message: Box::new(message),
-            dup: matches!(self.start, Start::At { dup_below, .. } if at < dup_below),
+            dup,
             tag,
-            expires_ms: None,
+            expires_ms,
             share: None,
-            subscription_ids: Vec::new(),
+            subscription_ids,
         };
         tokio::select! {
             r = shared.tx.send(delivery) => r.is_ok(),
@@ -289,6 +379,34 @@ impl Reader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn routing_takes_every_matching_subscription() {
+        let e = |qos, no_local, retain_as_published, id| SubEntry {
+            qos,
+            no_local,
+            retain_as_published,
+            id,
+        };
+        let subs: SubTable = [
+            ("t1/+".to_owned(), e(QoS::AtMostOnce, false, false, Some(7))),
+            ("#".to_owned(), e(QoS::ExactlyOnce, false, true, Some(3))),
+            ("t1/a".to_owned(), e(QoS::AtLeastOnce, true, false, None)),
+        ]
+        .into();
+        let r = route(&subs, "me", "t1/a", true, Some("other")).expect("routed");
+        assert_eq!(r.qos, QoS::ExactlyOnce);
+        assert!(r.retain);
+        assert_eq!(r.ids, vec![3, 7]);
+        // No Local drops only the subscription that asked for it.
+        let only_no_local: SubTable =
+            [("t1/a".to_owned(), e(QoS::AtLeastOnce, true, false, None))].into();
+        assert_eq!(route(&only_no_local, "me", "t1/a", false, Some("me")), None);
+        assert!(route(&only_no_local, "me", "t1/a", false, Some("you")).is_some());
+        assert!(route(&subs, "me", "$SYS/x", false, None).is_none());
+        let r = route(&subs, "me", "t1/b", true, None).expect("routed");
+        assert_eq!((r.qos, r.retain), (QoS::ExactlyOnce, true));
+    }
 
     #[test]
     fn seen_ids_are_bounded() {

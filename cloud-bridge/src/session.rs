@@ -13,6 +13,13 @@
 //!   the broker's offset is the truth. Only a queue without one (or a clean start) starts
 //!   at the latest message.
 //! - Offsets are committed after acknowledgements, continuously (`offsets.rs`).
+//! - A filter whose first level is a wildcard (`#`, `+/C`, `/#`) spans first-level topics,
+//!   which rocketmq-mqtt cannot serve: it reads the union of its parts under every
+//!   first-level topic (`lmq::parts_under`: exact topics, or wildcard filters registered
+//!   like any other, each registration held while the subscription lives), and a task
+//!   adds the parts of first-level topics that appear while it lives. Each LMQ is read
+//!   once per session, however many subscriptions read it, and each message is delivered
+//!   once (`reader.rs`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -30,7 +37,7 @@ use crate::config::UnregisteredWildcards;
 use crate::error::Error;
 use crate::lmq;
 use crate::offsets::{QueueKey, Tracker};
-use crate::reader::{self, Reader, SeenIds, Start};
+use crate::reader::{self, Reader, SeenIds, Start, SubEntry};
 use crate::retained;
 use crate::retry;
 use crate::session_store::{self, Handed, Stall, StoredSession, StoredSubscription};
@@ -54,10 +61,29 @@ struct Subscribed {
 
 #[derive(Debug)]
 struct Subscription {
-    qos: QoS,
+    options: SubEntry,
+    /// The filters it reads: itself, or its parts under first-level topics (their LMQs
+    /// are counted in [`Inner::lmqs`]).
+    parts: Vec<String>,
+    /// Its wildcard parts' uses, which keep their registrations from being pruned.
+    _held: Vec<Held>,
+    /// Stops the task that adds parts as first-level topics appear.
+    expander: Option<CancellationToken>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        if let Some(e) = &self.expander {
+            e.cancel();
+        }
+    }
+}
+
+/// The readers of one LMQ and how many subscriptions read it.
+#[derive(Debug, Default)]
+struct LmqUse {
+    users: usize,
     queues: Vec<(QueueKey, CancellationToken)>,
-    /// A wildcard filter's use, which keeps its registration from being pruned.
-    _held: Option<Held>,
 }
 
 #[derive(Debug)]
@@ -72,6 +98,10 @@ struct Inner {
     window: i64,
     has_will: bool,
     subs: Mutex<HashMap<String, Subscription>>,
+    /// The implicit p2p and retry queues' readers, by LMQ.
+    implicit: Mutex<HashMap<String, Vec<(QueueKey, CancellationToken)>>>,
+    /// The LMQs that subscriptions read.
+    lmqs: Mutex<HashMap<String, LmqUse>>,
     stalls: Mutex<Vec<Stall>>,
     handed: Vec<Handed>,
     owner: String,
@@ -111,10 +141,22 @@ impl BridgeSession {
         opening: Opening,
     ) -> Result<(Self, bool, mpsc::Receiver<Delivery>), Error> {
         let table = &bridge.tables().sessions;
-        let stored = if opening.persistent && !clean_start {
+        let stored = if clean_start {
+            None
+        } else if opening.persistent {
             session_store::load(table, &client_id).await?
         } else {
-            None
+            // MQTT 5: Clean Start 0 resumes the session that exists whatever this
+            // connection's Session Expiry Interval (3.1.2-4); with 0 it ends when this
+            // connection does (it is stored with expiry 0 then). Read from this bridge's
+            // copy of the table: connections without expiry do not wait for a sync.
+            session_store::load_local(table, &client_id)
+        };
+        // A resumed session reads from its committed offsets and commits, like any
+        // persistent one, until this connection ends.
+        let opening = Opening {
+            persistent: opening.persistent || stored.is_some(),
+            ..opening
         };
         // A clean start discards any stored session (its offsets are overwritten as
         // subscriptions start again at the latest message); most connections have none.
@@ -130,6 +172,8 @@ impl BridgeSession {
         let inner = Arc::new(Inner {
             group: session_store::offset_group(&client_id),
             reader: reader::Shared {
+                client_id: Arc::from(client_id.as_str()),
+                subs: Arc::new(Mutex::new(HashMap::new())),
                 client: bridge.client().clone(),
                 tracker: Arc::new(Mutex::new(Tracker::default())),
                 seen: Arc::new(Mutex::new(SeenIds::default())),
@@ -144,6 +188,8 @@ impl BridgeSession {
             window: i64::from(opening.window),
             has_will: opening.has_will,
             subs: Mutex::new(HashMap::new()),
+            implicit: Mutex::new(HashMap::new()),
+            lmqs: Mutex::new(HashMap::new()),
             stalls: Mutex::new(
                 stored
                     .as_ref()
@@ -166,9 +212,10 @@ impl BridgeSession {
                 subs.insert(
                     s.filter.clone(),
                     Subscription {
-                        qos: qos_of(s.qos),
-                        queues: Vec::new(),
-                        _held: None,
+                        options: stored_options(s),
+                        parts: Vec::new(),
+                        _held: Vec::new(),
+                        expander: None,
                     },
                 );
             }
@@ -204,6 +251,28 @@ fn qos_of(level: u8) -> QoS {
     }
 }
 
+fn stored_options(s: &StoredSubscription) -> SubEntry {
+    SubEntry {
+        qos: qos_of(s.qos),
+        no_local: s.no_local,
+        retain_as_published: s.retain_as_published,
+        id: s.subscription_id,
+    }
+}
+
+fn request_options(r: &SubscriptionRequest) -> SubEntry {
+    SubEntry {
+        qos: r.qos,
+        no_local: r.no_local,
+        retain_as_published: r.retain_as_published,
+        id: r.subscription_id,
+    }
+}
+
+/// How often a subscription spanning first-level topics looks for new ones (in the meta,
+/// which is refreshed every `meta_refresh_secs`).
+const EXPAND_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Inner {
     /// Starts one reader per broker for an LMQ (`filter`: the subscription's, `None` for
     /// the implicit queues); returns their keys and stop tokens. With `lazy`, the readers
@@ -213,9 +282,8 @@ impl Inner {
     async fn start_queues(
         &self,
         lmq_name: &str,
-        filter: Option<&str>,
+        implicit: bool,
         brokers: &[String],
-        granted: QoS,
         lazy: bool,
     ) -> Result<Vec<(QueueKey, CancellationToken)>, Error> {
         let group = self.persistent.then(|| self.group.clone());
@@ -259,8 +327,7 @@ impl Inner {
             readers.push(Reader {
                 key,
                 start,
-                granted,
-                filter: filter.map(Arc::from),
+                implicit,
                 cancel: self.cancel.child_token(),
             });
         }
@@ -291,7 +358,7 @@ impl Inner {
         }
         for s in stored.map(|s| s.subscriptions).unwrap_or_default() {
             if let Err(refusal) = self
-                .subscribe_one(&s.filter, qos_of(s.qos), true, true)
+                .subscribe_one(&s.filter, stored_options(&s), true, true)
                 .await
             {
                 warn!(client = %self.client_id, filter = %s.filter, %refusal, "stored subscription not resumed");
@@ -323,22 +390,12 @@ impl Inner {
             implicit.push(lmq::retry_lmq(&self.client_id));
         }
         for lmq_name in implicit {
-            if lock(&self.subs).contains_key(&lmq_name) {
+            if lock(&self.implicit).contains_key(&lmq_name) {
                 continue;
             }
-            match self
-                .start_queues(&lmq_name, None, &brokers, QoS::ExactlyOnce, lazy)
-                .await
-            {
+            match self.start_queues(&lmq_name, true, &brokers, lazy).await {
                 Ok(keys) => {
-                    lock(&self.subs).insert(
-                        lmq_name,
-                        Subscription {
-                            qos: QoS::ExactlyOnce,
-                            queues: keys,
-                            _held: None,
-                        },
-                    );
+                    lock(&self.implicit).insert(lmq_name, keys);
                 }
                 Err(_) => return false,
             }
@@ -346,11 +403,174 @@ impl Inner {
         true
     }
 
+    /// Reads the LMQ of `part` (a topic or filter under first-level topic `first`) for
+    /// one more subscription: its readers start unless it is read already.
+    async fn acquire(&self, part: &str, first: &str, lazy: bool) -> Result<(), Error> {
+        let name = lmq::lmq_name(part);
+        {
+            let mut lmqs = lock(&self.lmqs);
+            if let Some(u) = lmqs.get_mut(&name) {
+                u.users += 1;
+                return Ok(());
+            }
+            // Claimed before the awaits below, so that a concurrent acquire counts itself
+            // in rather than starting a second set of readers.
+            lmqs.insert(
+                name.clone(),
+                LmqUse {
+                    users: 1,
+                    queues: Vec::new(),
+                },
+            );
+        }
+        let started = match self.bridge.route_brokers(first).await {
+            Ok(brokers) => self.start_queues(&name, false, &brokers, lazy).await,
+            Err(e) => Err(e),
+        };
+        match started {
+            Ok(keys) => {
+                let mut lmqs = lock(&self.lmqs);
+                match lmqs.get_mut(&name) {
+                    Some(u) => u.queues = keys,
+                    None => stop_queues(&self.reader, keys),
+                }
+                Ok(())
+            }
+            Err(e) => {
+                self.release(part);
+                Err(e)
+            }
+        }
+    }
+
+    /// Reads the LMQ of `part` for one subscription fewer: its readers stop with the last.
+    fn release(&self, part: &str) {
+        let name = lmq::lmq_name(part);
+        let mut lmqs = lock(&self.lmqs);
+        let Some(u) = lmqs.get_mut(&name) else {
+            return;
+        };
+        u.users = u.users.saturating_sub(1);
+        if u.users == 0
+            && let Some(u) = lmqs.remove(&name)
+        {
+            drop(lmqs);
+            stop_queues(&self.reader, u.queues);
+        }
+    }
+
+    /// Makes `part`, a wildcard filter under its first-level topic, listed in kvconfig
+    /// (`subscriptions.unregistered`); true when this registered it.
+    async fn ensure_registered(&self, part: &str) -> Result<bool, Refusal> {
+        let first = lmq::first_topic(part);
+        if !mqtt::topic::is_wildcard(part)
+            || self
+                .bridge
+                .meta()
+                .wildcards(first)
+                .iter()
+                .any(|w| w == part)
+        {
+            return Ok(false);
+        }
+        match self.bridge.config().subscriptions.unregistered {
+            UnregisteredWildcards::Refuse => Err(Refusal::new(
+                Reason::ImplementationSpecificError,
+                format!("wildcard {part:?} is not registered (cloud-bridge wildcard add)"),
+            )),
+            UnregisteredWildcards::Register => {
+                let registered =
+                    self.bridge
+                        .wildcards()
+                        .register(part)
+                        .await
+                        .map_err(|e| match e {
+                            Error::QuotaExceeded(table, q) => {
+                                self.bridge.quota_refusal(table, q.name())
+                            }
+                            e => Refusal::new(
+                                Reason::UnspecifiedError,
+                                format!("registering {part:?}: {e}"),
+                            ),
+                        })?;
+                info!(
+                    filter = part,
+                    "wildcard registered in kvconfig on subscribe"
+                );
+                Ok(registered)
+            }
+        }
+    }
+
+    /// The parts of a filter spanning first-level topics under the first-level topics
+    /// known now, with their first-level topic.
+    fn parts_now(&self, filter: &str) -> Vec<(String, String)> {
+        let mut firsts = self.bridge.meta().first_topics();
+        firsts.sort_unstable();
+        firsts
+            .into_iter()
+            .flat_map(|f| {
+                lmq::parts_under(filter, &f)
+                    .into_iter()
+                    .map(move |p| (f.clone(), p))
+            })
+            .collect()
+    }
+
+    /// Adds to the subscription `filter` (while it is the one `token` belongs to) the
+    /// parts of first-level topics that appear, every [`EXPAND_PERIOD`].
+    async fn expand(self: Arc<Self>, filter: String, token: CancellationToken) {
+        let mut warned = std::collections::HashSet::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(EXPAND_PERIOD) => {}
+                _ = token.cancelled() => return,
+            }
+            let have: Vec<String> = match lock(&self.subs).get(&filter) {
+                Some(s) => s.parts.clone(),
+                None => return,
+            };
+            for (first, part) in self.parts_now(&filter) {
+                if have.contains(&part) {
+                    continue;
+                }
+                if let Err(refusal) = self.ensure_registered(&part).await {
+                    if warned.insert(part.clone()) {
+                        warn!(client = %self.client_id, %filter, %part, %refusal, "part of a subscription across first-level topics not read yet");
+                    }
+                    continue;
+                }
+                if let Err(e) = self.acquire(&part, &first, true).await {
+                    if warned.insert(part.clone()) {
+                        warn!(client = %self.client_id, %filter, %part, error = %e, "part of a subscription across first-level topics not read yet");
+                    }
+                    continue;
+                }
+                let held =
+                    mqtt::topic::is_wildcard(&part).then(|| self.bridge.wildcards().hold(&part));
+                let mut subs = lock(&self.subs);
+                match subs.get_mut(&filter) {
+                    Some(s) if !token.is_cancelled() => {
+                        info!(client = %self.client_id, %filter, %part, "new first-level topic joins a subscription");
+                        s.parts.push(part);
+                        s._held.extend(held);
+                    }
+                    _ => {
+                        drop(subs);
+                        self.release(&part);
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Checks and applies one subscription.
     /// Checks and applies one subscription.
     async fn subscribe_one(
-        &self,
+        self: &Arc<Self>,
         filter: &str,
-        qos: QoS,
+        options: SubEntry,
         resume: bool,
         lazy: bool,
     ) -> Result<Subscribed, Refusal> {
@@ -377,7 +597,8 @@ impl Inner {
             return Err(invalid(why));
         }
         let first = lmq::first_topic(filter);
-        if mqtt::topic::is_wildcard(first) || !self.bridge.meta().is_first_topic(first) {
+        let spans = lmq::spans_first_topics(filter);
+        if !spans && !self.bridge.meta().is_first_topic(first) {
             return Err(invalid(format!(
                 "{first:?} is not a first-level topic of this service"
             )));
@@ -399,68 +620,80 @@ impl Inner {
         if self.persistent && !resume && !existing && record_limit != 0 {
             // The stored session grows by the filter (and its JSON around it).
             let now = session_store::encode(&self.stored(None)).map_or(usize::MAX, |b| b.len());
-            if now.saturating_add(filter.len() + 32) > record_limit {
+            if now.saturating_add(filter.len() + 96) > record_limit {
                 return Err(self
                     .bridge
                     .quota_refusal("sessions", crate::state_table::Quota::EntryBytes.name()));
             }
         }
+        let parts = if spans {
+            self.parts_now(filter)
+        } else {
+            vec![(first.to_owned(), filter.to_owned())]
+        };
+        // A spanning filter is refused only when no first-level topic can serve it (e.g.
+        // `unregistered = "refuse"` and no part listed); otherwise it goes on without the
+        // parts that cannot be read yet, and its expander tries them again.
         let mut registered = false;
-        if mqtt::topic::is_wildcard(filter)
-            && !self
-                .bridge
-                .meta()
-                .wildcards(first)
-                .iter()
-                .any(|w| w == filter)
-        {
-            match limits.unregistered {
-                UnregisteredWildcards::Refuse => {
-                    return Err(Refusal::new(
-                        Reason::ImplementationSpecificError,
-                        format!(
-                            "wildcard {filter:?} is not registered (cloud-bridge wildcard add)"
-                        ),
-                    ));
+        let mut usable = Vec::with_capacity(parts.len());
+        let mut refused = None;
+        for (first, part) in parts {
+            match self.ensure_registered(&part).await {
+                Ok(r) => {
+                    registered |= r;
+                    usable.push((first, part));
                 }
-                UnregisteredWildcards::Register => {
-                    registered =
-                        self.bridge
-                            .wildcards()
-                            .register(filter)
-                            .await
-                            .map_err(|e| match e {
-                                Error::QuotaExceeded(table, q) => {
-                                    self.bridge.quota_refusal(table, q.name())
-                                }
-                                e => Refusal::new(
-                                    Reason::UnspecifiedError,
-                                    format!("registering {filter:?}: {e}"),
-                                ),
-                            })?;
-                    info!(filter, "wildcard registered in kvconfig on subscribe");
+                Err(refusal) if spans => {
+                    warn!(client = %self.client_id, %filter, %part, %refusal, "part of a subscription across first-level topics not read yet");
+                    refused.get_or_insert(refusal);
+                }
+                Err(refusal) => return Err(refusal),
+            }
+        }
+        if let (true, Some(refusal)) = (usable.is_empty(), refused) {
+            return Err(refusal);
+        }
+        // The new readers start before the old subscription's stop: an LMQ both read is
+        // read on, without a gap.
+        let mut acquired = Vec::new();
+        for (first, part) in usable {
+            match self.acquire(&part, &first, lazy).await {
+                Ok(()) => acquired.push(part),
+                // A spanning filter goes on without that first-level topic for now: its
+                // expander tries it again.
+                Err(e) if spans => {
+                    warn!(client = %self.client_id, %filter, %part, error = %e, "part of a subscription across first-level topics not read yet");
+                }
+                Err(e) => {
+                    for p in &acquired {
+                        self.release(p);
+                    }
+                    return Err(Refusal::new(Reason::UnspecifiedError, e.to_string()));
                 }
             }
         }
-        self.unsubscribe_one(filter);
-        let brokers = self
-            .bridge
-            .route_brokers(first)
-            .await
-            .map_err(|e| Refusal::new(Reason::UnspecifiedError, e.to_string()))?;
-        let keys = self
-            .start_queues(&lmq::lmq_name(filter), Some(filter), &brokers, qos, lazy)
-            .await
-            .map_err(|e| Refusal::new(Reason::UnspecifiedError, e.to_string()))?;
-        let held = mqtt::topic::is_wildcard(filter).then(|| self.bridge.wildcards().hold(filter));
-        lock(&self.subs).insert(
+        let held = acquired
+            .iter()
+            .filter(|p| mqtt::topic::is_wildcard(p))
+            .map(|p| self.bridge.wildcards().hold(p))
+            .collect();
+        let expander = spans.then(|| self.cancel.child_token());
+        if let Some(token) = &expander {
+            tokio::spawn(self.clone().expand(filter.to_owned(), token.clone()));
+        }
+        let old = lock(&self.subs).insert(
             filter.to_owned(),
             Subscription {
-                qos,
-                queues: keys,
+                options,
+                parts: acquired,
                 _held: held,
+                expander,
             },
         );
+        lock(&self.reader.subs).insert(filter.to_owned(), options);
+        if let Some(old) = old {
+            self.release_all(old);
+        }
         Ok(Subscribed {
             existed: existing,
             registered,
@@ -468,33 +701,38 @@ impl Inner {
     }
 
     fn explicit_count(&self) -> usize {
-        lock(&self.subs)
-            .keys()
-            .filter(|k| !k.starts_with(lmq::LMQ_PREFIX))
-            .count()
+        lock(&self.subs).len()
+    }
+
+    /// Stops reading what a subscription read (its parts' LMQs, unless others read them).
+    fn release_all(&self, mut sub: Subscription) {
+        for part in std::mem::take(&mut sub.parts) {
+            self.release(&part);
+        }
     }
 
     fn unsubscribe_one(&self, filter: &str) -> bool {
         let Some(sub) = lock(&self.subs).remove(filter) else {
             return false;
         };
-        let mut tracker = lock(&self.reader.tracker);
-        for (key, cancel) in sub.queues {
-            cancel.cancel();
-            tracker.stop(&key);
-        }
+        lock(&self.reader.subs).remove(filter);
+        self.release_all(sub);
         true
     }
 
     fn stored(&self, disconnected_at_ms: Option<u64>) -> StoredSession {
-        let subscriptions = lock(&self.subs)
+        let mut subscriptions: Vec<StoredSubscription> = lock(&self.subs)
             .iter()
-            .filter(|(f, _)| !f.starts_with(lmq::LMQ_PREFIX))
             .map(|(f, s)| StoredSubscription {
                 filter: f.clone(),
-                qos: s.qos.level(),
+                qos: s.options.qos.level(),
+                no_local: s.options.no_local,
+                retain_as_published: s.options.retain_as_published,
+                subscription_id: s.options.id,
             })
             .collect();
+        // A stable order, so that an unchanged session is not written again.
+        subscriptions.sort_by(|a, b| a.filter.cmp(&b.filter));
         // Marks are only exact when the connection ended here: a bridge that died leaves
         // the marks of the last clean end, and the window estimate covers the rest.
         let handed = if disconnected_at_ms.is_some() {
@@ -612,6 +850,7 @@ impl Session for BridgeSession {
         let mut turn = self.order.turn(&message.topic);
         let bridge = self.inner.bridge.clone();
         let identity = self.inner.identity.clone();
+        let publisher = self.inner.client_id.clone();
         Box::pin(async move {
             if !turn.ready().await {
                 return Err(Refusal::new(
@@ -620,7 +859,9 @@ impl Session for BridgeSession {
                 ));
             }
             let on_queued = turn.on_queued();
-            let result = bridge.store_queued(identity, message, on_queued).await;
+            let result = bridge
+                .store_queued(identity, &publisher, message, on_queued)
+                .await;
             turn.finish(result).await
         })
     }
@@ -633,11 +874,14 @@ impl Session for BridgeSession {
         Box::pin(async move {
             let mut outcomes = Vec::with_capacity(requests.len());
             // Filters whose retained messages are sent: read once for the whole packet.
-            let mut retained_for: Vec<(String, QoS)> = Vec::new();
+            let mut retained_for: Vec<(String, SubEntry)> = Vec::new();
             let mut registered = false;
             for r in &requests {
                 let qos = r.qos;
-                match inner.subscribe_one(&r.filter, qos, false, false).await {
+                match inner
+                    .subscribe_one(&r.filter, request_options(r), false, false)
+                    .await
+                {
                     Ok(Subscribed {
                         existed,
                         registered: new_filter,
@@ -648,7 +892,7 @@ impl Session for BridgeSession {
                             r.retain_handling == 0 || (r.retain_handling == 1 && !existed);
                         if send_retained {
                             retained_for.retain(|(f, _)| *f != r.filter);
-                            retained_for.push((r.filter.clone(), qos));
+                            retained_for.push((r.filter.clone(), request_options(r)));
                         }
                     }
                     Err(refusal) => {
@@ -742,31 +986,45 @@ impl Session for BridgeSession {
     }
 }
 
+/// Stops the readers of one LMQ.
+fn stop_queues(shared: &reader::Shared, queues: Vec<(QueueKey, CancellationToken)>) {
+    let mut tracker = lock(&shared.tracker);
+    for (key, cancel) in queues {
+        cancel.cancel();
+        tracker.stop(&key);
+    }
+}
+
 /// Sends the retained messages matching the new subscriptions of one SUBSCRIBE (after its
-/// SUBACK): the table is read once, each message sent once, at the highest QoS granted to
-/// a filter that matches it.
-async fn send_retained_messages(inner: Arc<Inner>, filters: Vec<(String, QoS)>) {
+/// SUBACK): the table is read once, each message sent once (RETAIN set, 3.3.1-9), at the
+/// highest QoS granted to a filter of the SUBSCRIBE that matches it, with the identifiers
+/// of those filters; an expired one is not sent.
+async fn send_retained_messages(inner: Arc<Inner>, filters: Vec<(String, SubEntry)>) {
     let table = &inner.bridge.tables().retained;
     if let Err(e) = table.sync(session_store::SYNC_WAIT).await {
         debug!(error = %e, "retained table not read to its end; sending what this bridge has");
     }
     let names: Vec<&str> = filters.iter().map(|(f, _)| f.as_str()).collect();
     let messages = retained::matching(table, &names);
-    for mut message in messages {
-        let granted = filters
-            .iter()
-            .filter(|(f, _)| mqtt::topic::matches(f, &message.topic))
-            .map(|(_, q)| *q)
-            .max()
-            .unwrap_or(QoS::AtMostOnce);
-        message.qos = message.qos.min(granted);
+    let subs: reader::SubTable = filters.into_iter().collect();
+    let now = mqtt::broker::now_ms();
+    for (mut message, expires_ms) in messages {
+        if expires_ms.is_some_and(|e| e <= now) {
+            continue;
+        }
+        let Some(routing) = reader::route(&subs, &inner.client_id, &message.topic, true, None)
+        else {
+            continue;
+        };
+        message.qos = message.qos.min(routing.qos);
+        message.retain = true;
         let d = Delivery {
             message: Box::new(message),
             dup: false,
             tag: 0,
-            expires_ms: None,
+            expires_ms,
             share: None,
-            subscription_ids: Vec::new(),
+            subscription_ids: routing.ids,
         };
         if inner.reader.tx.send(d).await.is_err() {
             return;

@@ -22,6 +22,15 @@ pub struct StoredSubscription {
     pub filter: String,
     /// Granted QoS.
     pub qos: u8,
+    /// MQTT 5 No Local.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub no_local: bool,
+    /// MQTT 5 Retain As Published.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retain_as_published: bool,
+    /// MQTT 5 Subscription Identifier.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_id: Option<u32>,
 }
 
 /// A message at the head of a queue that the client left unacknowledged when its

@@ -151,14 +151,26 @@ impl Drop for Held {
     }
 }
 
-/// The filters that the unexpired stored sessions subscribe to.
-fn stored_filters(sessions: &Table, now_ms: u64) -> HashSet<String> {
+/// The wildcard filters that the unexpired stored sessions read: their wildcard
+/// subscriptions, and the wildcard parts of those spanning first-level topics (under
+/// every first-level topic in `firsts`).
+fn stored_filters(sessions: &Table, now_ms: u64, firsts: &[String]) -> HashSet<String> {
     sessions
         .select(|_| true)
         .into_iter()
         .filter_map(|(_, e)| serde_json::from_slice::<StoredSession>(&e.value).ok())
         .filter(|s| !s.expired(now_ms))
         .flat_map(|s| s.subscriptions.into_iter().map(|sub| sub.filter))
+        .flat_map(|f| {
+            if crate::lmq::spans_first_topics(&f) {
+                firsts
+                    .iter()
+                    .flat_map(|first| crate::lmq::parts_under(&f, first))
+                    .collect()
+            } else {
+                vec![f]
+            }
+        })
         .filter(|f| mqtt::topic::is_wildcard(f))
         .collect()
 }
@@ -356,7 +368,7 @@ impl Wildcards {
         // ago, or a session stored there, keeps its filter.
         this.leases.sync(SYNC_WAIT).await?;
         this.sessions.sync(SYNC_WAIT).await?;
-        let mut in_use = stored_filters(&this.sessions, now);
+        let mut in_use = stored_filters(&this.sessions, now, &this.meta.first_topics());
         if this.register {
             // A stored session's LMQ must keep filling while its client is away: a
             // registration another writer dropped is made again.

@@ -426,3 +426,42 @@ async fn a_session_taken_over_on_another_bridge_is_closed_on_the_first() {
     a.stop(Duration::from_secs(5)).await;
     b.stop(Duration::from_secs(5)).await;
 }
+
+/// A resumed session re-reads the messages behind an unacknowledged one: the QoS 1 one
+/// comes again with DUP, the QoS 0 one never has DUP (2.1.2-4; the Paho suite's
+/// redelivery test rejects such a packet).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_qos_0_message_read_again_never_carries_dup_2_1_2_4() {
+    let first = unique("dup0");
+    let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let topic = format!("{first}/d");
+    let client_id = unique("s");
+    let publish = async {
+        let id = unique("p");
+        let m = |qos, payload: &str| Msg {
+            topic: topic.clone(),
+            qos,
+            payload: payload.as_bytes().to_vec(),
+            user: Vec::new(),
+        };
+        rumqttc_publish(
+            addr,
+            Proto::V311,
+            None,
+            &id,
+            &password(&id),
+            &[m(1, "q1"), m(0, "q0")],
+        )
+        .await;
+    };
+    let got = session_round(addr, &client_id, Some(&topic), publish, |_| false).await;
+    assert_eq!(got, vec![("q1".into(), false), ("q0".into(), false)]);
+    let got = session_round(addr, &client_id, None, async {}, |_| true).await;
+    assert_eq!(
+        got,
+        vec![("q1".into(), true), ("q0".into(), false)],
+        "DUP on QoS 1 only"
+    );
+    server.stop(Duration::from_secs(5)).await;
+}

@@ -7,6 +7,7 @@
 #[allow(unused_imports)] // not every test binary uses it
 pub use e2e::certs;
 pub mod clients;
+pub mod paho_script;
 pub mod paho_sessions;
 pub mod peer;
 pub mod raw;
