@@ -30,8 +30,8 @@
 //!   are not sent), then the will is published when the connection ended without a
 //!   normal DISCONNECT;
 //! - an MQTT 5 client asking for a keepalive above `max_keepalive` (or 0, when there is
-//!   a cap) is granted `max_keepalive` in CONNACK's Server Keep Alive; a 3.1.1 one is
-//!   refused (CONNACK "identifier rejected"), as mosquitto does;
+//!   a cap) is granted `max_keepalive` in CONNACK's Server Keep Alive; a 3.1.1 one asking
+//!   for more is refused (CONNACK "identifier rejected"), as mosquitto does;
 //! - every packet sent fits the client's Maximum Packet Size: a reason string is left
 //!   out when it would not fit (3.1.2-24/25);
 //! - the keepalive (1.5 × the granted interval without a packet) counts only time

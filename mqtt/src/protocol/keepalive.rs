@@ -6,8 +6,10 @@
 //!   (MQTT 5 3.1.2-22; 0 turns it off);
 //! - with a `max_keepalive` below 65535, an MQTT 5 client asking for more, or for 0, is
 //!   granted `max_keepalive` and told so in CONNACK's Server Keep Alive (3.2.2-21); a
-//!   3.1.1 client, which cannot be told, is refused with "identifier rejected", as
-//!   mosquitto does. 65535 (the default, as in mosquitto) and 0 (mosquitto's "allow
+//!   3.1.1 client asking for more, which cannot be told, is refused with "identifier
+//!   rejected", as mosquitto's documentation says; a 3.1.1 client asking for 0 keeps 0
+//!   (it cannot be told either, and refusing it would shut out the keepalive-0 clients
+//!   of 3.1.1, the Paho 3.1.1 suite's among them, from any server with a cap). 65535 (the default, as in mosquitto) and 0 (mosquitto's "allow
 //!   keepalive 0") are no cap at all, so keepalive 0 ("never time out", which sleepy
 //!   devices and the existing clients use) stays available by default.
 
@@ -42,6 +44,10 @@ pub fn grant(version: Version, requested: u16, max_keepalive: u16) -> Result<Gra
         Version::V5 => Ok(Grant {
             keep_alive: max_keepalive,
             server_keep_alive: Some(max_keepalive),
+        }),
+        Version::V311 if requested == 0 => Ok(Grant {
+            keep_alive: 0,
+            server_keep_alive: None,
         }),
         Version::V311 => Err(Reason::ClientIdentifierNotValid),
     }
@@ -123,10 +129,7 @@ mod tests {
             grant(Version::V311, 600, 60),
             Err(Reason::ClientIdentifierNotValid)
         );
-        assert_eq!(
-            grant(Version::V311, 0, 60),
-            Err(Reason::ClientIdentifierNotValid)
-        );
+        assert_eq!(grant(Version::V311, 0, 60).map(|g| g.keep_alive), Ok(0));
         assert!(grant(Version::V311, 60, 60).is_ok());
     }
 
