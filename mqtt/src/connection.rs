@@ -544,6 +544,7 @@ impl<B: Broker> Conn<B> {
                             self.counters.malformed();
                         }
                         self.disconnect(framed, reason, Some(e.to_string())).await;
+                        linger(framed).await;
                         return End::Abnormal(Err(e));
                     }
                     Some(Ok(p)) => {
@@ -585,6 +586,7 @@ impl<B: Broker> Conn<B> {
                 Ok(Step::Violation { reason, why }) => {
                     self.counters.malformed();
                     self.disconnect(framed, reason, Some(why.to_owned())).await;
+                    linger(framed).await;
                     return End::Abnormal(Err(Error::Protocol(why)));
                 }
                 Err(e) => return End::Abnormal(Err(e)),
@@ -889,6 +891,29 @@ enum Step {
         reason: Reason,
         why: &'static str,
     },
+}
+
+/// How long a connection closed for the client's error reads what the client still sends.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// After a DISCONNECT for the client's error: half-closes and reads (and drops) what the
+/// client still sends, for at most [`LINGER`], so the connection ends with a FIN after
+/// the DISCONNECT. Closing with unread bytes makes the kernel send a reset instead, which
+/// can discard the DISCONNECT before the client reads it (seen with Paho's
+/// `test_flow_control2`: "connection reset by peer" instead of reason 0x93).
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(framed: &mut Framed<IO, Codec>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = framed.get_mut();
+    let _ = io.shutdown().await;
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Waits for the parked publish's share of the budget (never completes without one).
