@@ -171,6 +171,11 @@ pub struct Limits {
     pub max_filter_length: usize,
     /// Most levels of a topic filter (SUBACK 0x8F beyond).
     pub max_filter_depth: usize,
+    /// Longest keepalive granted, seconds (MQTT 5: Server Keep Alive; 3.1.1: refused
+    /// above it); 0 or 65535: no cap.
+    pub max_keepalive: u16,
+    /// Topic aliases an MQTT 5 client may use (Topic Alias Maximum; 0: none).
+    pub topic_alias_maximum: u16,
 }
 
 impl Default for Limits {
@@ -190,6 +195,8 @@ impl Default for Limits {
             max_subscriptions: 100,
             max_filter_length: 512,
             max_filter_depth: 16,
+            max_keepalive: 65535,
+            topic_alias_maximum: 10,
         }
     }
 }

@@ -109,6 +109,8 @@ impl Agent {
                 connect_timeout: config.connect_timeout(),
                 receive_maximum: config.limits.receive_maximum,
                 publish_pipeline: config.limits.publish_pipeline,
+                max_keepalive: config.limits.max_keepalive,
+                topic_alias_maximum: config.limits.topic_alias_maximum,
                 retain_available: true,
                 max_will_delay_secs: config.sessions.max_session_expiry_secs,
                 wills: mqtt::registry::WillLimits {

@@ -150,6 +150,7 @@ mod tests {
             session_expiry_interval: 0,
             receive_maximum: 10,
             maximum_packet_size: None,
+            topic_alias_maximum: 0,
         }
     }
 

@@ -258,6 +258,11 @@ pub struct Limits {
     /// Longest client identifier, bytes (at most `mqtt::cloud_topic::MAX_CLIENT_ID_BYTES`:
     /// client ids name queues, offset groups and kvconfig keys).
     pub max_client_id_length: usize,
+    /// Longest keepalive granted, seconds (MQTT 5: Server Keep Alive; 3.1.1: refused
+    /// above it); 0 or 65535: no cap.
+    pub max_keepalive: u16,
+    /// Topic aliases an MQTT 5 client may use (Topic Alias Maximum; 0: none).
+    pub topic_alias_maximum: u16,
 }
 
 impl Default for Limits {
@@ -272,6 +277,8 @@ impl Default for Limits {
             max_inflight: 32,
             max_retained_bytes: 64 * 1024,
             max_client_id_length: 128,
+            max_keepalive: 65535,
+            topic_alias_maximum: 10,
         }
     }
 }

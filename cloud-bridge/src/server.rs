@@ -103,6 +103,8 @@ impl Server {
                 publish_pipeline: config.limits.publish_pipeline,
                 retain_available: true,
                 max_inflight_deliveries: config.limits.max_inflight,
+                max_keepalive: config.limits.max_keepalive,
+                topic_alias_maximum: config.limits.topic_alias_maximum,
                 ..ConnectionConfig::default()
             },
             registry: Default::default(),

@@ -205,6 +205,7 @@ fn from_v4(p: v4::Packet) -> Result<Inbound, Error> {
             }),
             receive_maximum: u16::MAX,
             maximum_packet_size: None,
+            topic_alias_maximum: 0,
         })),
         v4::Packet::Publish(p) => Inbound::Publish {
             pkid: p.pkid,
@@ -216,6 +217,7 @@ fn from_v4(p: v4::Packet) -> Result<Inbound, Error> {
                 retain: p.retain,
                 properties: MessageProperties::default(),
             },
+            topic_alias: None,
         },
         v4::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
         v4::Packet::PubRec(a) => Inbound::PubRec(a.pkid),
@@ -252,9 +254,11 @@ fn from_v4(p: v4::Packet) -> Result<Inbound, Error> {
     })
 }
 
-fn props_from_v5(p: Option<v5::PublishProperties>) -> Result<(MessageProperties, bool), Error> {
+fn props_from_v5(
+    p: Option<v5::PublishProperties>,
+) -> Result<(MessageProperties, Option<u16>), Error> {
     let Some(p) = p else {
-        return Ok((MessageProperties::default(), false));
+        return Ok((MessageProperties::default(), None));
     };
     Ok((
         MessageProperties {
@@ -265,21 +269,23 @@ fn props_from_v5(p: Option<v5::PublishProperties>) -> Result<(MessageProperties,
             correlation_data: p.correlation_data,
             user_properties: p.user_properties,
         },
-        p.topic_alias.is_some(),
+        p.topic_alias,
     ))
 }
 
 fn from_v5(p: v5::Packet) -> Result<Inbound, Error> {
     Ok(match p {
         v5::Packet::Connect(c, will, login) => {
-            let (session_expiry, receive_maximum, max_packet_size) = match &c.properties {
-                Some(p) => (
-                    p.session_expiry_interval,
-                    p.receive_maximum,
-                    p.max_packet_size,
-                ),
-                None => (None, None, None),
-            };
+            let (session_expiry, receive_maximum, max_packet_size, topic_alias_max) =
+                match &c.properties {
+                    Some(p) => (
+                        p.session_expiry_interval,
+                        p.receive_maximum,
+                        p.max_packet_size,
+                        p.topic_alias_max,
+                    ),
+                    None => (None, None, None, None),
+                };
             let will = match will {
                 Some(w) => {
                     let (properties, delay) = match w.properties {
@@ -323,14 +329,11 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, Error> {
                 session_expiry_interval: session_expiry.unwrap_or(0),
                 receive_maximum: receive_maximum.unwrap_or(u16::MAX),
                 maximum_packet_size: max_packet_size,
+                topic_alias_maximum: topic_alias_max.unwrap_or(0),
             }))
         }
         v5::Packet::Publish(p) => {
-            let (properties, has_alias) = props_from_v5(p.properties)?;
-            if has_alias {
-                // We advertise Topic Alias Maximum 0, so any alias is a protocol error.
-                return Err(Error::Protocol("topic alias not allowed"));
-            }
+            let (properties, topic_alias) = props_from_v5(p.properties)?;
             Inbound::Publish {
                 pkid: p.pkid,
                 dup: p.dup,
@@ -341,6 +344,7 @@ fn from_v5(p: v5::Packet) -> Result<Inbound, Error> {
                     retain: p.retain,
                     properties,
                 },
+                topic_alias,
             }
         }
         v5::Packet::PubAck(a) => Inbound::PubAck(a.pkid),
@@ -404,22 +408,44 @@ impl Encoder<Outbound> for Codec {
                     .map_err(|e| Error::Malformed(e.to_string()))?;
             }
             Version::V5 => {
+                let max = self.client_max_packet_size.map(|m| m as usize);
+                let start = dst.len();
                 if let Outbound::Disconnect {
                     reason,
                     reason_string,
                 } = item
                 {
                     write_v5_disconnect(reason, reason_string.as_deref(), dst);
+                    if max.is_some_and(|m| dst.len() - start > m) {
+                        // 3.1.2-25: the reason string may be left out to fit.
+                        dst.truncate(start);
+                        write_v5_disconnect(reason, None, dst);
+                    }
                     return Ok(());
                 }
                 let p = to_v5(item);
-                if let (v5::Packet::Publish(publish), Some(max)) = (&p, self.client_max_packet_size)
-                    && publish.size() > max as usize
+                if let (v5::Packet::Publish(publish), Some(max)) = (&p, max)
+                    && publish.size() > max
                 {
                     return Err(Error::TooLargeForClient(publish.size()));
                 }
-                p.write(dst, self.client_max_packet_size)
+                p.write(dst, None)
                     .map_err(|e| Error::Malformed(e.to_string()))?;
+                if let Some(max) = max
+                    && dst.len() - start > max
+                {
+                    // MQTT 5 3.1.2-24/25: never a packet over the client's maximum; the
+                    // reason string (the only optional part we send) is dropped to fit.
+                    dst.truncate(start);
+                    without_reason_string(p)
+                        .write(dst, None)
+                        .map_err(|e| Error::Malformed(e.to_string()))?;
+                    let size = dst.len() - start;
+                    if size > max {
+                        dst.truncate(start);
+                        return Err(Error::TooLargeForClient(size));
+                    }
+                }
             }
         }
         Ok(())
@@ -468,6 +494,31 @@ fn to_v4(item: Outbound) -> Option<v4::Packet> {
     })
 }
 
+/// The packet without its reason string (MQTT 5 3.1.2-25 allows leaving it out).
+fn without_reason_string(p: v5::Packet) -> v5::Packet {
+    match p {
+        v5::Packet::ConnAck(mut c) => {
+            if let Some(props) = &mut c.properties {
+                props.reason_string = None;
+            }
+            v5::Packet::ConnAck(c)
+        }
+        v5::Packet::PubAck(mut a) => {
+            a.properties = None;
+            v5::Packet::PubAck(a)
+        }
+        v5::Packet::PubRec(mut a) => {
+            a.properties = None;
+            v5::Packet::PubRec(a)
+        }
+        v5::Packet::SubAck(mut a) => {
+            a.properties = None;
+            v5::Packet::SubAck(a)
+        }
+        other => other,
+    }
+}
+
 fn reason_props<T>(s: Option<String>, f: impl FnOnce(String) -> T) -> Option<T> {
     s.map(f)
 }
@@ -487,11 +538,13 @@ fn to_v5(item: Outbound) -> v5::Packet {
                 retain_available: info.retain_available.map(u8::from),
                 max_packet_size: info.maximum_packet_size,
                 assigned_client_identifier: info.assigned_client_id,
-                topic_alias_max: None,
+                topic_alias_max: info.topic_alias_maximum,
                 reason_string: info.reason_string,
                 user_properties: Vec::new(),
                 wildcard_subscription_available: None,
-                subscription_identifiers_available: Some(0),
+                subscription_identifiers_available: Some(u8::from(
+                    info.subscription_identifiers_available.unwrap_or(false),
+                )),
                 shared_subscription_available: info.shared_subscription_available.map(u8::from),
                 server_keep_alive: info.server_keep_alive,
                 response_information: None,
@@ -510,9 +563,12 @@ fn to_v5(item: Outbound) -> v5::Packet {
             dup,
             message,
             subscription_ids,
+            topic_alias,
         } => {
             let p = message.properties;
-            let has_props = p != MessageProperties::default() || !subscription_ids.is_empty();
+            let has_props = p != MessageProperties::default()
+                || !subscription_ids.is_empty()
+                || topic_alias.is_some();
             v5::Packet::Publish(v5::Publish {
                 dup,
                 qos: qos_to_v5(message.qos),
@@ -523,7 +579,7 @@ fn to_v5(item: Outbound) -> v5::Packet {
                 properties: has_props.then_some(v5::PublishProperties {
                     payload_format_indicator: p.payload_format_indicator,
                     message_expiry_interval: p.message_expiry_interval,
-                    topic_alias: None,
+                    topic_alias,
                     response_topic: p.response_topic,
                     correlation_data: p.correlation_data,
                     user_properties: p.user_properties,
@@ -762,6 +818,110 @@ mod tests {
             &mut dst,
         )?;
         assert_eq!(&dst[..], &[0x40, 0x04, 0x00, 0x07, 0x97, 0x00]);
+        Ok(())
+    }
+
+    fn v5_codec(client_max: Option<u32>) -> Codec {
+        let mut codec = Codec::new(1024);
+        codec.version = Some(Version::V5);
+        codec.client_max_packet_size = client_max;
+        codec
+    }
+
+    fn message(topic: &str) -> Message {
+        Message {
+            topic: topic.into(),
+            payload: bytes::Bytes::from_static(b"p"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: MessageProperties::default(),
+        }
+    }
+
+    #[test]
+    fn publish_carries_subscription_ids_and_topic_alias_3_3_4_3() -> Result<(), Error> {
+        let mut dst = BytesMut::new();
+        v5_codec(None).encode(
+            Outbound::Publish {
+                pkid: 3,
+                dup: false,
+                message: message(""),
+                subscription_ids: vec![1, 268_435_455],
+                topic_alias: Some(7),
+            },
+            &mut dst,
+        )?;
+        let Ok(v5::Packet::Publish(p)) = v5::Packet::read(&mut dst, None) else {
+            return Err(Error::Protocol("not a PUBLISH"));
+        };
+        let props = p.properties.ok_or(Error::Protocol("no properties"))?;
+        assert_eq!(props.subscription_identifiers, [1, 268_435_455]);
+        assert_eq!(props.topic_alias, Some(7));
+        assert!(p.topic.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn reason_string_left_out_to_fit_client_maximum_3_1_2_25() -> Result<(), Error> {
+        let ack = || Outbound::PubAck {
+            pkid: 1,
+            reason: Reason::QuotaExceeded,
+            reason_string: Some("x".repeat(200)),
+        };
+        let mut dst = BytesMut::new();
+        v5_codec(Some(64)).encode(ack(), &mut dst)?;
+        assert!(dst.len() <= 64, "{} bytes", dst.len());
+        assert_eq!(&dst[..], &[0x40, 0x04, 0x00, 0x01, 0x97, 0x00]);
+        let mut dst = BytesMut::new();
+        v5_codec(None).encode(ack(), &mut dst)?;
+        assert!(dst.len() > 200, "kept when it fits");
+        let mut dst = BytesMut::new();
+        v5_codec(Some(8)).encode(
+            Outbound::Disconnect {
+                reason: Reason::ProtocolError,
+                reason_string: Some("y".repeat(100)),
+            },
+            &mut dst,
+        )?;
+        assert_eq!(&dst[..], &[0xE0, 0x02, 0x82, 0x00]);
+        Ok(())
+    }
+
+    #[test]
+    fn decodes_client_topic_alias_and_alias_maximum() -> Result<(), Error> {
+        let mut codec = Codec::new(1024);
+        let mut buf = BytesMut::new();
+        let connect = v5::Connect {
+            keep_alive: 0,
+            client_id: "c".into(),
+            clean_start: true,
+            properties: Some(v5::ConnectProperties {
+                topic_alias_max: Some(4),
+                ..v5::ConnectProperties::new()
+            }),
+        };
+        let _ = v5::Packet::Connect(connect, None, None).write(&mut buf, None);
+        let mut publish = v5::Publish::new("", rumqttc::v5::mqttbytes::QoS::AtMostOnce, "x", None);
+        publish.properties = Some(v5::PublishProperties {
+            topic_alias: Some(2),
+            ..Default::default()
+        });
+        let _ = v5::Packet::Publish(publish).write(&mut buf, None);
+        let got = decode_all(&mut codec, &buf)?;
+        let [
+            Inbound::Connect(c),
+            Inbound::Publish {
+                topic_alias,
+                message,
+                ..
+            },
+        ] = &got[..]
+        else {
+            return Err(Error::Protocol("unexpected packets"));
+        };
+        assert_eq!(c.topic_alias_maximum, 4);
+        assert_eq!(*topic_alias, Some(2));
+        assert!(message.topic.is_empty());
         Ok(())
     }
 }

@@ -1,5 +1,8 @@
-//! One client connection, from CONNECT to close: the MQTT session state machine shared by
-//! the edge agent and the cloud bridge.
+//! One client connection, from CONNECT to close, shared by the edge agent and the cloud
+//! bridge: the I/O driver of [`SessionCore`] (`crate::protocol`), which holds the protocol
+//! state (packet ids, the in-flight and QoS 2 tables, Receive Maximum, topic aliases, the
+//! keepalive deadline) without I/O. This module owns the socket, the backend's store
+//! futures, the store budget, wills and timers, and carries out the core's [`Action`]s.
 //!
 //! Invariants:
 //! - nothing but CONNECT is accepted first, and it must come within `connect_timeout`;
@@ -26,13 +29,17 @@
 //! - publishes read before the connection ended are stored before it closes (their acks
 //!   are not sent), then the will is published when the connection ended without a
 //!   normal DISCONNECT;
-//! - the keepalive (1.5 × the client's interval without a packet) counts only time
+//! - an MQTT 5 client asking for a keepalive above `max_keepalive` (or 0, when there is
+//!   a cap) is granted `max_keepalive` in CONNACK's Server Keep Alive; a 3.1.1 one asking
+//!   for more is refused (CONNACK "identifier rejected"), as mosquitto does;
+//! - every packet sent fits the client's Maximum Packet Size: a reason string is left
+//!   out when it would not fit (3.1.2-24/25);
+//! - the keepalive (1.5 × the granted interval without a packet) counts only time
 //!   during which the socket is read: back-pressure is not the client's silence;
 //! - an MQTT 5 DISCONNECT's session expiry interval reaches the backend
 //!   (`Close::Normal`); changing it from 0 (in CONNECT) to non-0 is a protocol error
 //!   (server DISCONNECT 0x82, the will is published).
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,6 +60,8 @@ use crate::codec::Codec;
 use crate::error::Error;
 use crate::metrics::ServerCounters;
 use crate::packet::{ConnAckInfo, Connect, Inbound, Message, Outbound, QoS, Reason, Version};
+use crate::protocol::keepalive;
+use crate::protocol::{Action, Delivering, Params, SessionCore};
 use crate::registry::{Registry, WillLimits};
 use crate::topic;
 
@@ -79,6 +88,13 @@ pub struct ConnectionConfig {
     /// Delayed wills held in memory at once, and their bytes (topic + payload); a will
     /// past either is published at once instead of being held.
     pub wills: WillLimits,
+    /// Longest keepalive granted, seconds; 65535 is no cap (see `protocol::keepalive`).
+    pub max_keepalive: u16,
+    /// Topic aliases a client may use (MQTT 5 Topic Alias Maximum in CONNACK; 0: none).
+    pub topic_alias_maximum: u16,
+    /// Whether CONNACK says Subscription Identifiers are available: set it only when the
+    /// backend fills `Delivery::subscription_ids`.
+    pub subscription_identifiers_available: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -96,6 +112,9 @@ impl Default for ConnectionConfig {
                 count: 10_000,
                 bytes: 64 * 1024 * 1024,
             },
+            max_keepalive: keepalive::NO_CAP,
+            topic_alias_maximum: 10,
+            subscription_identifiers_available: false,
         }
     }
 }
@@ -165,6 +184,16 @@ where
         Ok(c) => c,
         Err(refusal) => return refuse(&mut framed, refusal).await,
     };
+    let granted = match keepalive::grant(version, connect.keep_alive, shared.config.max_keepalive) {
+        Ok(g) => g,
+        Err(reason) => {
+            let why = format!(
+                "keepalive {} is above the server's maximum of {}",
+                connect.keep_alive, shared.config.max_keepalive
+            );
+            return refuse(&mut framed, Refusal::new(reason, why)).await;
+        }
+    };
     if let Some(will) = &connect.will {
         let check = topic::validate_name(&will.message.topic)
             .map_err(|e| Refusal::new(Reason::TopicNameInvalid, format!("will topic: {e}")))
@@ -193,6 +222,10 @@ where
         maximum_packet_size: u32::try_from(shared.config.max_packet_size).ok(),
         retain_available: Some(shared.config.retain_available),
         shared_subscription_available: Some(false),
+        server_keep_alive: granted.server_keep_alive,
+        topic_alias_maximum: (shared.config.topic_alias_maximum > 0)
+            .then_some(shared.config.topic_alias_maximum),
+        subscription_identifiers_available: Some(shared.config.subscription_identifiers_available),
         ..ConnAckInfo::default()
     };
     framed
@@ -205,23 +238,29 @@ where
     debug!(peer = %peer.addr, client = %client_id, ?version, "connected");
     let _connected = shared.counters.client_connected();
 
+    let client_receive_maximum = connect
+        .receive_maximum
+        .min(shared.config.max_inflight_deliveries.max(1));
+    let core = SessionCore::new(
+        Params {
+            version,
+            client_receive_maximum,
+            server_receive_maximum: shared.config.receive_maximum,
+            server_topic_alias_maximum: shared.config.topic_alias_maximum,
+            client_topic_alias_maximum: connect.topic_alias_maximum,
+            keep_alive: granted.keep_alive,
+            connect_expiry: connect.session_expiry_interval,
+        },
+        Instant::now().into_std(),
+    );
     let mut conn = Conn {
         version,
         session,
+        core,
         stores: FuturesOrdered::new(),
-        storing: HashSet::new(),
-        awaiting_rel: HashSet::new(),
-        outgoing: HashMap::new(),
-        next_pkid: 0,
-        client_receive_maximum: usize::from(
-            connect
-                .receive_maximum
-                .min(shared.config.max_inflight_deliveries.max(1)),
-        ),
         pipeline: shared.config.publish_pipeline.max(1),
         budget: shared.budget.clone(),
         parked: None,
-        connect_expiry: connect.session_expiry_interval,
         broker: shared.broker.clone(),
         counters: shared.counters.clone(),
     };
@@ -229,7 +268,6 @@ where
         .run(
             &mut framed,
             deliveries,
-            connect.keep_alive,
             &registration.kicked,
             &shared.shutdown,
         )
@@ -414,24 +452,17 @@ enum End {
     Abnormal(Result<(), Error>),
 }
 
+/// The I/O driver of one connection: the socket, the backend's futures and the timers
+/// around the [`SessionCore`], which holds the protocol state.
 struct Conn<B: Broker> {
     version: Version,
     session: B::Session,
+    core: SessionCore,
     stores: FuturesOrdered<Stored>,
-    /// Packet ids of QoS 1/2 publishes being stored.
-    storing: HashSet<u16>,
-    /// QoS 2 packet ids stored and acknowledged with PUBREC, waiting for PUBREL.
-    awaiting_rel: HashSet<u16>,
-    /// Deliveries in flight to the client: packet id -> (tag, waiting for PUBCOMP).
-    outgoing: HashMap<u16, (u64, bool)>,
-    next_pkid: u16,
-    client_receive_maximum: usize,
     pipeline: usize,
     budget: StoreBudget,
     /// A publish waiting for room in the budget; nothing is read until it has some.
     parked: Option<Parked>,
-    /// The CONNECT's session expiry interval (a DISCONNECT may not raise it from 0).
-    connect_expiry: u32,
     broker: Arc<B>,
     counters: Arc<ServerCounters>,
 }
@@ -441,17 +472,15 @@ impl<B: Broker> Conn<B> {
         &mut self,
         framed: &mut Framed<IO, Codec>,
         mut deliveries: Option<mpsc::Receiver<Delivery>>,
-        keep_alive: u16,
         kicked: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> End {
-        // MQTT: the server closes after 1.5 keepalive periods without a packet; 0 = off.
-        let grace = (keep_alive > 0).then(|| Duration::from_millis(u64::from(keep_alive) * 1500));
-        let mut deadline = grace.map(|g| Instant::now() + g);
         // Events that are ready at once are handled before one flush: a burst of acks
         // (and deliveries) leaves in one write instead of one write each.
         let mut streak = 0;
         loop {
+            // MQTT: the server closes after 1.5 keepalive periods without a packet.
+            let deadline = self.core.keepalive_deadline().map(Instant::from_std);
             let ready = if streak < MAX_UNFLUSHED {
                 self.next_event(framed, &mut deliveries, deadline, kicked, shutdown)
                     .now_or_never()
@@ -503,25 +532,29 @@ impl<B: Broker> Conn<B> {
                     self.unpark(share);
                     Ok(Step::Continue)
                 }
-                Event::Packet(packet) => {
-                    deadline = grace.map(|g| Instant::now() + g);
-                    match packet {
-                        None => return End::Abnormal(Ok(())),
-                        Some(Err(e)) => {
-                            let reason = match &e {
-                                Error::PacketTooLarge(_) => Reason::PacketTooLarge,
-                                Error::Protocol(_) => Reason::ProtocolError,
-                                _ => Reason::MalformedPacket,
-                            };
-                            if reason != Reason::PacketTooLarge {
-                                self.counters.malformed();
-                            }
-                            self.disconnect(framed, reason, Some(e.to_string())).await;
-                            return End::Abnormal(Err(e));
+                Event::Packet(packet) => match packet {
+                    None => return End::Abnormal(Ok(())),
+                    Some(Err(e)) => {
+                        let reason = match &e {
+                            Error::PacketTooLarge(_) => Reason::PacketTooLarge,
+                            Error::Protocol(_) => Reason::ProtocolError,
+                            _ => Reason::MalformedPacket,
+                        };
+                        if reason != Reason::PacketTooLarge {
+                            self.counters.malformed();
                         }
-                        Some(Ok(p)) => self.handle(framed, p).await,
+                        self.disconnect(framed, reason, Some(e.to_string())).await;
+                        linger(framed).await;
+                        return End::Abnormal(Err(e));
                     }
-                }
+                    Some(Ok(p)) => {
+                        if let Inbound::Publish { message, .. } = &p {
+                            self.counters.publish_received(message.qos);
+                        }
+                        let action = self.core.packet(p, Instant::now().into_std());
+                        self.perform(framed, action).await
+                    }
+                },
                 Event::Delivery(Some(d)) => self.deliver(framed, d).await,
                 Event::Delivery(None) => {
                     deliveries = None;
@@ -539,12 +572,6 @@ impl<B: Broker> Conn<B> {
                     will,
                     session_expiry,
                 }) => {
-                    if self.connect_expiry == 0 && session_expiry.is_some_and(|e| e > 0) {
-                        let why = "session expiry changed from 0 in DISCONNECT";
-                        self.disconnect(framed, Reason::ProtocolError, Some(why.to_owned()))
-                            .await;
-                        return End::Abnormal(Err(Error::Protocol(why)));
-                    }
                     let _ = framed.flush().await;
                     return End::Normal {
                         will,
@@ -555,6 +582,12 @@ impl<B: Broker> Conn<B> {
                     self.disconnect(framed, refusal.reason, Some(refusal.message.clone()))
                         .await;
                     return End::Abnormal(Err(Error::Protocol("publish refused")));
+                }
+                Ok(Step::Violation { reason, why }) => {
+                    self.counters.malformed();
+                    self.disconnect(framed, reason, Some(why.to_owned())).await;
+                    linger(framed).await;
+                    return End::Abnormal(Err(Error::Protocol(why)));
                 }
                 Err(e) => return End::Abnormal(Err(e)),
             }
@@ -620,7 +653,7 @@ impl<B: Broker> Conn<B> {
         shutdown: &CancellationToken,
     ) -> Event {
         let can_read = self.stores.len() < self.pipeline && self.parked.is_none();
-        let can_deliver = deliveries.is_some() && self.outgoing.len() < self.client_receive_maximum;
+        let can_deliver = deliveries.is_some() && self.core.can_deliver();
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Event::Shutdown,
@@ -663,39 +696,26 @@ impl<B: Broker> Conn<B> {
         }
     }
 
-    async fn handle<IO: AsyncRead + AsyncWrite + Unpin>(
+    /// Carries out what the session core decided.
+    async fn perform<IO: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         framed: &mut Framed<IO, Codec>,
-        packet: Inbound,
+        action: Action,
     ) -> Result<Step, Error> {
-        match packet {
-            Inbound::Publish {
-                pkid,
-                dup: _,
-                message,
-            } => {
-                self.counters.publish_received(message.qos);
-                self.publish(pkid, message)
+        match action {
+            Action::Nothing => {}
+            Action::Send(packet) => framed.feed(packet).await?,
+            Action::Store { pkid, message } => return self.publish(pkid, message),
+            Action::AckAgain { pkid } => {
+                // Stored already: PUBREC again, in order with the stores in flight.
+                self.stores.push_back(Stored {
+                    pkid,
+                    qos: QoS::ExactlyOnce,
+                    store: Box::pin(std::future::ready(Ok(Reason::Success))),
+                    _share: None,
+                });
             }
-            Inbound::PubRel(pkid) => {
-                self.awaiting_rel.remove(&pkid);
-                framed.feed(Outbound::PubComp(pkid)).await?;
-                Ok(Step::Continue)
-            }
-            Inbound::PubAck(pkid) | Inbound::PubComp(pkid) => {
-                if let Some((tag, _)) = self.outgoing.remove(&pkid) {
-                    self.session.acked(tag);
-                }
-                Ok(Step::Continue)
-            }
-            Inbound::PubRec(pkid) => {
-                if let Some(entry) = self.outgoing.get_mut(&pkid) {
-                    entry.1 = true;
-                }
-                framed.feed(Outbound::PubRel(pkid)).await?;
-                Ok(Step::Continue)
-            }
-            Inbound::Subscribe {
+            Action::Subscribe {
                 pkid,
                 subscriptions,
             } => {
@@ -708,28 +728,26 @@ impl<B: Broker> Conn<B> {
                         reason_string: None,
                     })
                     .await?;
-                Ok(Step::Continue)
             }
-            Inbound::Unsubscribe { pkid, filters } => {
+            Action::Unsubscribe { pkid, filters } => {
                 let reasons = self.session.unsubscribe(filters).await;
                 self.counters.unsubscribed();
                 framed.feed(Outbound::UnsubAck { pkid, reasons }).await?;
-                Ok(Step::Continue)
             }
-            Inbound::PingReq => {
-                framed.feed(Outbound::PingResp).await?;
-                Ok(Step::Continue)
+            Action::Acked(tag) => self.session.acked(tag),
+            Action::Disconnected {
+                will,
+                session_expiry,
+            } => {
+                return Ok(Step::Disconnect {
+                    will,
+                    session_expiry,
+                });
             }
-            Inbound::Disconnect {
-                reason,
-                session_expiry_interval,
-            } => Ok(Step::Disconnect {
-                will: reason == 0x04,
-                session_expiry: session_expiry_interval,
-            }),
-            Inbound::Connect(_) => Err(Error::Protocol("second CONNECT")),
-            Inbound::Unexpected(what) => Err(Error::Protocol(what)),
+            Action::Refused(refusal) => return Ok(Step::Close(refusal)),
+            Action::Violation { reason, why } => return Ok(Step::Violation { reason, why }),
         }
+        Ok(Step::Continue)
     }
 
     fn publish(&mut self, pkid: u16, message: Message) -> Result<Step, Error> {
@@ -741,24 +759,6 @@ impl<B: Broker> Conn<B> {
             return Ok(Step::Close(refusal));
         }
         let qos = message.qos;
-        if qos != QoS::AtMostOnce {
-            if self.storing.contains(&pkid) {
-                // A retransmission of a publish still being stored: its ack will follow.
-                return Ok(Step::Continue);
-            }
-            if qos == QoS::ExactlyOnce && self.awaiting_rel.contains(&pkid) {
-                // Stored already; answer PUBREC again without storing twice.
-                self.stores.push_back(Stored {
-                    pkid,
-                    qos,
-                    store: Box::pin(std::future::ready(Ok(Reason::Success))),
-                    _share: None,
-                });
-                self.storing.insert(pkid);
-                return Ok(Step::Continue);
-            }
-            self.storing.insert(pkid);
-        }
         let bytes = message.topic.len() + message.payload.len();
         match self.budget.try_take(bytes) {
             Some(share) => {
@@ -790,72 +790,52 @@ impl<B: Broker> Conn<B> {
         qos: QoS,
         result: Result<Reason, Refusal>,
     ) -> Result<Step, Error> {
-        self.storing.remove(&pkid);
         if result.is_err() {
             self.counters.publish_refused();
         }
-        let packet = match (qos, result) {
-            (QoS::AtMostOnce, Ok(_)) => return Ok(Step::Continue),
-            (QoS::AtLeastOnce, Ok(reason)) => Outbound::PubAck {
-                pkid,
-                reason,
-                reason_string: None,
-            },
-            (QoS::ExactlyOnce, Ok(reason)) => {
-                self.awaiting_rel.insert(pkid);
-                Outbound::PubRec {
-                    pkid,
-                    reason,
-                    reason_string: None,
-                }
-            }
-            (QoS::AtMostOnce, Err(refusal)) => {
+        let action = self.core.stored(pkid, qos, result);
+        if let Action::Refused(refusal) = &action {
+            if qos == QoS::AtMostOnce {
                 warn!(%refusal, "QoS 0 publish refused; closing the connection");
-                return Ok(Step::Close(refusal));
-            }
-            (_, Err(refusal)) if self.version == Version::V311 => {
+            } else {
                 warn!(%refusal, "publish refused; closing the 3.1.1 connection unacknowledged");
-                return Ok(Step::Close(refusal));
             }
-            (QoS::AtLeastOnce, Err(refusal)) => Outbound::PubAck {
-                pkid,
-                reason: refusal.reason,
-                reason_string: Some(refusal.message),
-            },
-            (QoS::ExactlyOnce, Err(refusal)) => Outbound::PubRec {
-                pkid,
-                reason: refusal.reason,
-                reason_string: Some(refusal.message),
-            },
-        };
-        framed.feed(packet).await?;
-        Ok(Step::Continue)
+        }
+        self.perform(framed, action).await
     }
 
     async fn deliver<IO: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         framed: &mut Framed<IO, Codec>,
-        mut d: Delivery,
+        d: Delivery,
     ) -> Result<Step, Error> {
-        if !crate::broker::apply_expiry(&mut d.message, d.expires_ms, crate::broker::now_ms()) {
-            debug!(topic = %d.message.topic, "expired message not delivered");
-            self.session.acked(d.tag);
-            return Ok(Step::Continue);
-        }
-        let qos = d.message.qos;
-        let pkid = if qos == QoS::AtMostOnce {
-            0
-        } else {
-            self.free_pkid()
+        let Delivery {
+            message,
+            dup,
+            tag,
+            expires_ms,
+            share,
+            subscription_ids,
+        } = d;
+        let qos = message.qos;
+        let (packet, ticket) = match self.core.deliver(
+            *message,
+            dup,
+            tag,
+            expires_ms,
+            subscription_ids,
+            crate::broker::now_ms(),
+        ) {
+            Delivering::Expired(tag) => {
+                debug!("expired message not delivered");
+                self.session.acked(tag);
+                return Ok(Step::Continue);
+            }
+            Delivering::Send(packet, ticket) => (packet, ticket),
         };
-        let fed = framed
-            .feed(Outbound::Publish {
-                pkid,
-                dup: d.dup,
-                message: *d.message,
-                subscription_ids: d.subscription_ids,
-            })
-            .await;
+        let fed = framed.feed(packet).await;
+        // The message's bytes leave the subscriber's queue budget once written.
+        drop(share);
         match fed {
             Ok(()) => {}
             Err(Error::TooLargeForClient(size)) => {
@@ -866,27 +846,17 @@ impl<B: Broker> Conn<B> {
                     "message larger than the client's maximum packet size discarded"
                 );
                 self.counters.discarded_too_large();
-                self.session.acked(d.tag);
+                let tag = self.core.not_sent(ticket);
+                self.session.acked(tag);
                 return Ok(Step::Continue);
             }
             Err(e) => return Err(e),
         }
         self.counters.publish_sent(qos);
-        if qos == QoS::AtMostOnce {
-            self.session.acked(d.tag);
-        } else {
-            self.outgoing.insert(pkid, (d.tag, false));
+        if let Some(tag) = self.core.sent(ticket) {
+            self.session.acked(tag);
         }
         Ok(Step::Continue)
-    }
-
-    fn free_pkid(&mut self) -> u16 {
-        loop {
-            self.next_pkid = self.next_pkid.wrapping_add(1);
-            if self.next_pkid != 0 && !self.outgoing.contains_key(&self.next_pkid) {
-                return self.next_pkid;
-            }
-        }
     }
 }
 
@@ -916,6 +886,34 @@ enum Step {
         session_expiry: Option<u32>,
     },
     Close(Refusal),
+    /// The client broke the protocol: DISCONNECT with this reason.
+    Violation {
+        reason: Reason,
+        why: &'static str,
+    },
+}
+
+/// How long a connection closed for the client's error reads what the client still sends.
+const LINGER: Duration = Duration::from_millis(500);
+
+/// After a DISCONNECT for the client's error: half-closes and reads (and drops) what the
+/// client still sends, for at most [`LINGER`], so the connection ends with a FIN after
+/// the DISCONNECT. Closing with unread bytes makes the kernel send a reset instead, which
+/// can discard the DISCONNECT before the client reads it (seen with Paho's
+/// `test_flow_control2`: "connection reset by peer" instead of reason 0x93).
+async fn linger<IO: AsyncRead + AsyncWrite + Unpin>(framed: &mut Framed<IO, Codec>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = framed.get_mut();
+    let _ = io.shutdown().await;
+    let mut buf = [0u8; 1024];
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Ok(n) = io.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Waits for the parked publish's share of the budget (never completes without one).
@@ -951,6 +949,7 @@ mod tests {
             session_expiry_interval: 0,
             receive_maximum: 10,
             maximum_packet_size: None,
+            topic_alias_maximum: 0,
         };
         assert!(assign_client_id(c.clone()).is_err());
         let (c, assigned) = assign_client_id(Connect {

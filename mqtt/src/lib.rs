@@ -13,6 +13,7 @@ pub mod error;
 pub mod listener;
 pub mod metrics;
 pub mod packet;
+pub mod protocol;
 pub mod quickack;
 mod reason_codes;
 pub mod registry;

@@ -98,6 +98,9 @@ pub struct Connect {
     pub receive_maximum: u16,
     /// Largest packet the client accepts.
     pub maximum_packet_size: Option<u32>,
+    /// MQTT 5 Topic Alias Maximum: aliases the server may use towards the client (0
+    /// when absent, and under 3.1.1).
+    pub topic_alias_maximum: u16,
 }
 
 /// One filter of a SUBSCRIBE.
@@ -129,8 +132,10 @@ pub enum Inbound {
         pkid: u16,
         /// Duplicate flag.
         dup: bool,
-        /// The message.
+        /// The message (its topic is empty when the alias stands for it).
         message: Message,
+        /// MQTT 5 Topic Alias, resolved by the session core.
+        topic_alias: Option<u16>,
     },
     /// PUBACK for a QoS 1 delivery.
     PubAck(u16),
@@ -263,6 +268,10 @@ pub struct ConnAckInfo {
     pub retain_available: Option<bool>,
     /// Whether shared subscriptions are supported.
     pub shared_subscription_available: Option<bool>,
+    /// Topic Alias Maximum: aliases the client may use.
+    pub topic_alias_maximum: Option<u16>,
+    /// Whether Subscription Identifiers are supported (absent: sent as 0, not).
+    pub subscription_identifiers_available: Option<bool>,
     /// Human readable reason.
     pub reason_string: Option<String>,
 }
@@ -289,6 +298,8 @@ pub enum Outbound {
         message: Message,
         /// MQTT 5 Subscription Identifiers of the client's subscriptions it matched.
         subscription_ids: Vec<u32>,
+        /// MQTT 5 Topic Alias (with an empty topic once the client knows it).
+        topic_alias: Option<u16>,
     },
     /// PUBACK.
     PubAck {

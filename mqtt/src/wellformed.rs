@@ -9,6 +9,10 @@
 //!   a wait for more bytes); none but the user property may appear twice (protocol
 //!   error, 0x82; 2.2.2.2); a client's PUBLISH must not carry a subscription identifier
 //!   (3.3.4-6, protocol error), and a SUBSCRIBE's must not be 0 (3.8.2.1.2).
+//! - MQTT 5 property values: Receive Maximum 0 (3.1.2-?: "It is a Protocol Error to
+//!   include the Receive Maximum value of 0"), Maximum Packet Size 0, and a Payload
+//!   Format Indicator, Request Problem / Response Information other than 0 or 1 are
+//!   protocol errors (0x82);
 //! - SUBSCRIBE options: reserved bits 0 (malformed), retain handling not 3 (protocol
 //!   error).
 //!
@@ -245,9 +249,24 @@ fn properties(r: &mut Reader<'_>, allowed: &[u8]) -> Result<Seen, Error> {
         }
         seen.0 |= 1u128 << id;
         match kind {
-            Kind::Byte => drop(p.take(1)?),
-            Kind::Two => drop(p.take(2)?),
-            Kind::Four => drop(p.take(4)?),
+            Kind::Byte => {
+                let v = p.byte()?;
+                if matches!(id, PAYLOAD_FORMAT | REQUEST_PROBLEM | REQUEST_RESPONSE) && v > 1 {
+                    return Err(Error::Protocol("a 0/1 property with another value"));
+                }
+            }
+            Kind::Two => {
+                let v = p.take(2)?;
+                if id == RECEIVE_MAXIMUM && v == [0, 0] {
+                    return Err(Error::Protocol("receive maximum of 0"));
+                }
+            }
+            Kind::Four => {
+                let v = p.take(4)?;
+                if id == MAXIMUM_PACKET_SIZE && v == [0, 0, 0, 0] {
+                    return Err(Error::Protocol("maximum packet size of 0"));
+                }
+            }
             Kind::VarInt => {
                 if p.varint()? == 0 {
                     return Err(Error::Protocol("subscription identifier 0"));

@@ -1,5 +1,5 @@
 //! The packet decoder on random input (the CI-run cousin of the `packet_decoder` fuzz
-//! target in agent/fuzz): after no CONNECT, a 3.1.1 CONNECT or a 5 CONNECT, random bytes
+//! target in mqtt/fuzz): after no CONNECT, a 3.1.1 CONNECT or a 5 CONNECT, random bytes
 //! fed in random chunks end in packets, "need more", or an error; never a panic, and the
 //! decode loop always terminates.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]

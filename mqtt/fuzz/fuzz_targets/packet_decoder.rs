@@ -3,7 +3,7 @@
 //! (the input must start with CONNECT), or one that has seen a valid 3.1.1 or 5 CONNECT.
 //! The rest is fed in chunks whose sizes come from the input too. Every outcome is fine
 //! except a panic, an endless loop, or a frame larger than the maximum packet size.
-//! The proptest cousin that runs in CI is `agent/tests/decoder.rs`.
+//! The proptest cousin that runs in CI is `mqtt/tests/decoder.rs`.
 #![no_main]
 
 use bytes::BytesMut;
