@@ -112,6 +112,9 @@ impl Agent {
                 max_keepalive: config.limits.max_keepalive,
                 topic_alias_maximum: config.limits.topic_alias_maximum,
                 retain_available: true,
+                // The broker fills Delivery::subscription_ids and serves `$share/...`.
+                subscription_identifiers_available: true,
+                shared_subscriptions_available: true,
                 max_will_delay_secs: config.sessions.max_session_expiry_secs,
                 wills: mqtt::registry::WillLimits {
                     count: config.sessions.max_pending_wills,

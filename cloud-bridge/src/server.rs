@@ -105,6 +105,9 @@ impl Server {
                 max_inflight_deliveries: config.limits.max_inflight,
                 max_keepalive: config.limits.max_keepalive,
                 topic_alias_maximum: config.limits.topic_alias_maximum,
+                // Sessions fill Delivery::subscription_ids; `$share/...` is refused (0x9E).
+                subscription_identifiers_available: true,
+                shared_subscriptions_available: false,
                 ..ConnectionConfig::default()
             },
             registry: Default::default(),

@@ -68,6 +68,10 @@ pub struct Codec {
     max_packet_size: usize,
     /// Largest packet the client accepts (MQTT 5 CONNECT property).
     pub client_max_packet_size: Option<u32>,
+    /// MQTT 5 Request Problem Information (CONNECT property, default 1): with 0, no
+    /// reason string goes out on packets other than PUBLISH, CONNACK and DISCONNECT
+    /// (3.1.2-29).
+    problem_information: bool,
 }
 
 impl Codec {
@@ -77,6 +81,7 @@ impl Codec {
             version: None,
             max_packet_size: max_packet_size.max(MIN_PACKET_SIZE),
             client_max_packet_size: None,
+            problem_information: true,
         }
     }
 
@@ -163,7 +168,13 @@ impl Decoder for Codec {
                 Err(e) => Err(Error::Malformed(e.to_string())),
             },
             Version::V5 => match v5::Packet::read(src, Some(self.max_packet_size as u32)) {
-                Ok(p) => from_v5(p).map(Some),
+                Ok(p) => {
+                    if let v5::Packet::Connect(c, _, _) = &p {
+                        self.problem_information =
+                            c.properties.as_ref().and_then(|p| p.request_problem_info) != Some(0);
+                    }
+                    from_v5(p).map(Some)
+                }
                 Err(rumqttc::v5::mqttbytes::Error::InsufficientBytes(_)) => Ok(None),
                 Err(rumqttc::v5::mqttbytes::Error::PayloadSizeLimitExceeded {
                     pkt_size, ..
@@ -423,7 +434,12 @@ impl Encoder<Outbound> for Codec {
                     }
                     return Ok(());
                 }
-                let p = to_v5(item);
+                let mut p = to_v5(item);
+                if !self.problem_information
+                    && !matches!(p, v5::Packet::Publish(_) | v5::Packet::ConnAck(_))
+                {
+                    p = without_reason_string(p);
+                }
                 if let (v5::Packet::Publish(publish), Some(max)) = (&p, max)
                     && publish.size() > max
                 {
@@ -884,6 +900,49 @@ mod tests {
             &mut dst,
         )?;
         assert_eq!(&dst[..], &[0xE0, 0x02, 0x82, 0x00]);
+        Ok(())
+    }
+
+    #[test]
+    fn no_reason_strings_on_acks_without_problem_information_3_1_2_29() -> Result<(), Error> {
+        let ack = || Outbound::PubAck {
+            pkid: 1,
+            reason: Reason::NotAuthorized,
+            reason_string: Some("may not publish".into()),
+        };
+        for (request_problem_info, kept) in [(None, true), (Some(1), true), (Some(0), false)] {
+            let mut codec = Codec::new(1024);
+            let mut buf = BytesMut::new();
+            let connect = v5::Connect {
+                keep_alive: 0,
+                client_id: "c".into(),
+                clean_start: true,
+                properties: Some(v5::ConnectProperties {
+                    request_problem_info,
+                    ..v5::ConnectProperties::new()
+                }),
+            };
+            let _ = v5::Packet::Connect(connect, None, None).write(&mut buf, None);
+            decode_all(&mut codec, &buf)?;
+            let mut dst = BytesMut::new();
+            codec.encode(ack(), &mut dst)?;
+            assert_eq!(
+                dst.len() > 6,
+                kept,
+                "{request_problem_info:?}: {} bytes",
+                dst.len()
+            );
+            // DISCONNECT may still say why.
+            let mut dst = BytesMut::new();
+            codec.encode(
+                Outbound::Disconnect {
+                    reason: Reason::ProtocolError,
+                    reason_string: Some("why".into()),
+                },
+                &mut dst,
+            )?;
+            assert!(dst.len() > 4);
+        }
         Ok(())
     }
 

@@ -95,6 +95,9 @@ pub struct ConnectionConfig {
     /// Whether CONNACK says Subscription Identifiers are available: set it only when the
     /// backend fills `Delivery::subscription_ids`.
     pub subscription_identifiers_available: bool,
+    /// Whether CONNACK says shared subscriptions (`$share/...`) are available: set it only
+    /// when the backend serves them.
+    pub shared_subscriptions_available: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -114,7 +117,8 @@ impl Default for ConnectionConfig {
             },
             max_keepalive: keepalive::NO_CAP,
             topic_alias_maximum: 10,
-            subscription_identifiers_available: false,
+            subscription_identifiers_available: true,
+            shared_subscriptions_available: false,
         }
     }
 }
@@ -221,7 +225,7 @@ where
         receive_maximum: Some(shared.config.receive_maximum),
         maximum_packet_size: u32::try_from(shared.config.max_packet_size).ok(),
         retain_available: Some(shared.config.retain_available),
-        shared_subscription_available: Some(false),
+        shared_subscription_available: Some(shared.config.shared_subscriptions_available),
         server_keep_alive: granted.server_keep_alive,
         topic_alias_maximum: (shared.config.topic_alias_maximum > 0)
             .then_some(shared.config.topic_alias_maximum),

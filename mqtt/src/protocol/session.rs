@@ -211,10 +211,21 @@ impl SessionCore {
             Inbound::Subscribe {
                 pkid,
                 subscriptions,
-            } => Action::Subscribe {
-                pkid,
-                subscriptions,
-            },
+            } => {
+                if subscriptions
+                    .iter()
+                    .any(|s| s.no_local && s.filter.starts_with("$share/"))
+                {
+                    return Action::Violation {
+                        reason: Reason::ProtocolError,
+                        why: "No Local on a shared subscription (3.8.3-4)",
+                    };
+                }
+                Action::Subscribe {
+                    pkid,
+                    subscriptions,
+                }
+            }
             Inbound::Unsubscribe { pkid, filters } => Action::Unsubscribe { pkid, filters },
             Inbound::PingReq => Action::Send(Outbound::PingResp),
             Inbound::Disconnect {
@@ -418,6 +429,38 @@ mod tests {
                 reason: Reason::NotAuthorized,
                 ..
             })
+        ));
+    }
+
+    #[test]
+    fn no_local_on_a_shared_subscription_is_a_protocol_error_3_8_3_4() {
+        let now = Instant::now();
+        let mut c = SessionCore::new(params(Version::V5), now);
+        let request = |filter: &str, no_local| crate::packet::SubscriptionRequest {
+            filter: filter.to_owned(),
+            qos: QoS::AtLeastOnce,
+            no_local,
+            retain_as_published: false,
+            retain_handling: 0,
+            subscription_id: None,
+        };
+        let subscribe = |subscriptions| Inbound::Subscribe {
+            pkid: 1,
+            subscriptions,
+        };
+        assert!(matches!(
+            c.packet(
+                subscribe(vec![request("$share/g/t", false), request("t", true)]),
+                now
+            ),
+            Action::Subscribe { .. }
+        ));
+        assert!(matches!(
+            c.packet(subscribe(vec![request("$share/g/t", true)]), now),
+            Action::Violation {
+                reason: Reason::ProtocolError,
+                ..
+            }
         ));
     }
 
