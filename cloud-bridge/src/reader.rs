@@ -80,6 +80,11 @@ pub struct SubEntry {
     pub retain_as_published: bool,
     /// MQTT 5 Subscription Identifier.
     pub id: Option<u32>,
+    /// When the subscription was made, Unix ms (`None` for one stored before this was
+    /// kept). A resumed reader whose broker has no committed offset for it starts at the
+    /// first message stored since then, not at the latest: the broker may have lost the
+    /// offset in a crash (it flushes them every few seconds), or joined the cluster later.
+    pub since_ms: Option<u64>,
 }
 
 /// A session's subscriptions by filter.
@@ -169,6 +174,9 @@ pub enum Start {
         /// How far the last connection handed this queue out, when it ended cleanly:
         /// exact DUP marking instead of the window estimate.
         handed_to: Option<i64>,
+        /// When a resumed subscription reading this queue was made: without a committed
+        /// offset, the start is the first message stored since.
+        since_ms: Option<u64>,
     },
 }
 
@@ -188,8 +196,10 @@ pub struct Reader {
 
 /// Finds where a session reads `key` from: the offset committed for `group` whenever
 /// there is one (by this bridge or by rocketmq-mqtt, with or without a bridge session
-/// record) and `use_committed` (false after a clean start, which discards it); else the
-/// latest message. A persistent session's start is committed at once, so a crash before
+/// record) and `use_committed` (false after a clean start, which discards it); else, for
+/// a resumed subscription made at `since_ms`, the first message stored since then (the
+/// broker lost the offset, or is new to the route); else the latest message. A
+/// persistent session's start is committed at once, so a crash before
 /// the first acknowledgement resumes there. Returns the offset and whether it was a
 /// committed one.
 pub async fn resolve_start(
@@ -197,6 +207,7 @@ pub async fn resolve_start(
     key: &QueueKey,
     group: Option<&str>,
     use_committed: bool,
+    since_ms: Option<u64>,
 ) -> Result<(i64, bool), crate::Error> {
     let b = client.broker(&key.broker);
     let stored = match (group, use_committed) {
@@ -206,11 +217,14 @@ pub async fn resolve_start(
     if let Some(o) = stored {
         return Ok((o, true));
     }
-    let latest = b.max_offset(&key.lmq, 0).await?;
+    let start = match (use_committed, since_ms) {
+        (true, Some(since)) => b.offset_at_time(&key.lmq, 0, since).await?,
+        _ => b.max_offset(&key.lmq, 0).await?,
+    };
     if let Some(g) = group {
-        b.update_consumer_offset(g, &key.lmq, 0, latest).await?;
+        b.update_consumer_offset(g, &key.lmq, 0, start).await?;
     }
-    Ok((latest, false))
+    Ok((start, false))
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -229,9 +243,16 @@ impl Reader {
                     use_committed,
                     window,
                     handed_to,
+                    since_ms,
                 } => {
-                    match resolve_start(&shared.client, &self.key, group.as_deref(), *use_committed)
-                        .await
+                    match resolve_start(
+                        &shared.client,
+                        &self.key,
+                        group.as_deref(),
+                        *use_committed,
+                        *since_ms,
+                    )
+                    .await
                     {
                         Ok((o, stored)) => {
                             lock(&shared.tracker).start(self.key.clone(), o);
@@ -387,6 +408,7 @@ mod tests {
             no_local,
             retain_as_published,
             id,
+            since_ms: None,
         };
         let subs: SubTable = [
             ("t1/+".to_owned(), e(QoS::AtMostOnce, false, false, Some(7))),

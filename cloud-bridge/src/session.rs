@@ -257,6 +257,7 @@ fn stored_options(s: &StoredSubscription) -> SubEntry {
         no_local: s.no_local,
         retain_as_published: s.retain_as_published,
         id: s.subscription_id,
+        since_ms: s.since_ms,
     }
 }
 
@@ -266,6 +267,7 @@ fn request_options(r: &SubscriptionRequest) -> SubEntry {
         no_local: r.no_local,
         retain_as_published: r.retain_as_published,
         id: r.subscription_id,
+        since_ms: Some(session_store::now_ms()),
     }
 }
 
@@ -285,6 +287,7 @@ impl Inner {
         implicit: bool,
         brokers: &[String],
         lazy: bool,
+        since_ms: Option<u64>,
     ) -> Result<Vec<(QueueKey, CancellationToken)>, Error> {
         let group = self.persistent.then(|| self.group.clone());
         let use_committed = !self.clean_start;
@@ -305,6 +308,7 @@ impl Inner {
                     use_committed,
                     window: self.window,
                     handed_to,
+                    since_ms,
                 }
             } else {
                 let (offset, stored) = reader::resolve_start(
@@ -312,6 +316,7 @@ impl Inner {
                     &key,
                     group.as_deref(),
                     use_committed,
+                    since_ms,
                 )
                 .await?;
                 lock(&self.reader.tracker).start(key.clone(), offset);
@@ -356,7 +361,11 @@ impl Inner {
         if !eager {
             self.start_implicit(true).await;
         }
-        for s in stored.map(|s| s.subscriptions).unwrap_or_default() {
+        // Oldest first: an LMQ two subscriptions share starts from the earlier one's time
+        // when its broker has no committed offset.
+        let mut subscriptions = stored.map(|s| s.subscriptions).unwrap_or_default();
+        subscriptions.sort_by_key(|s| s.since_ms);
+        for s in subscriptions {
             if let Err(refusal) = self
                 .subscribe_one(&s.filter, stored_options(&s), true, true)
                 .await
@@ -393,7 +402,10 @@ impl Inner {
             if lock(&self.implicit).contains_key(&lmq_name) {
                 continue;
             }
-            match self.start_queues(&lmq_name, true, &brokers, lazy).await {
+            match self
+                .start_queues(&lmq_name, true, &brokers, lazy, None)
+                .await
+            {
                 Ok(keys) => {
                     lock(&self.implicit).insert(lmq_name, keys);
                 }
@@ -405,7 +417,14 @@ impl Inner {
 
     /// Reads the LMQ of `part` (a topic or filter under first-level topic `first`) for
     /// one more subscription: its readers start unless it is read already.
-    async fn acquire(&self, part: &str, first: &str, lazy: bool) -> Result<(), Error> {
+    /// `since_ms`: when the resumed subscription was made (see [`reader::SubEntry`]).
+    async fn acquire(
+        &self,
+        part: &str,
+        first: &str,
+        lazy: bool,
+        since_ms: Option<u64>,
+    ) -> Result<(), Error> {
         let name = lmq::lmq_name(part);
         {
             let mut lmqs = lock(&self.lmqs);
@@ -424,7 +443,10 @@ impl Inner {
             );
         }
         let started = match self.bridge.route_brokers(first).await {
-            Ok(brokers) => self.start_queues(&name, false, &brokers, lazy).await,
+            Ok(brokers) => {
+                self.start_queues(&name, false, &brokers, lazy, since_ms)
+                    .await
+            }
             Err(e) => Err(e),
         };
         match started {
@@ -540,7 +562,7 @@ impl Inner {
                     }
                     continue;
                 }
-                if let Err(e) = self.acquire(&part, &first, true).await {
+                if let Err(e) = self.acquire(&part, &first, true, None).await {
                     if warned.insert(part.clone()) {
                         warn!(client = %self.client_id, %filter, %part, error = %e, "part of a subscription across first-level topics not read yet");
                     }
@@ -570,7 +592,7 @@ impl Inner {
     async fn subscribe_one(
         self: &Arc<Self>,
         filter: &str,
-        options: SubEntry,
+        mut options: SubEntry,
         resume: bool,
         lazy: bool,
     ) -> Result<Subscribed, Refusal> {
@@ -610,6 +632,13 @@ impl Inner {
             ));
         }
         let existing = !resume && lock(&self.subs).contains_key(filter);
+        // A subscription replaced by a new SUBSCRIBE is the same one: it keeps its age.
+        if let Some(since) = lock(&self.subs)
+            .get(filter)
+            .and_then(|s| s.options.since_ms)
+        {
+            options.since_ms = Some(since);
+        }
         if !resume && !existing && self.explicit_count() >= limits.max_per_client {
             return Err(Refusal::new(
                 Reason::QuotaExceeded,
@@ -657,7 +686,15 @@ impl Inner {
         // read on, without a gap.
         let mut acquired = Vec::new();
         for (first, part) in usable {
-            match self.acquire(&part, &first, lazy).await {
+            match self
+                .acquire(
+                    &part,
+                    &first,
+                    lazy,
+                    resume.then_some(options.since_ms).flatten(),
+                )
+                .await
+            {
                 Ok(()) => acquired.push(part),
                 // A spanning filter goes on without that first-level topic for now: its
                 // expander tries it again.
@@ -729,6 +766,7 @@ impl Inner {
                 no_local: s.options.no_local,
                 retain_as_published: s.options.retain_as_published,
                 subscription_id: s.options.id,
+                since_ms: s.options.since_ms,
             })
             .collect();
         // A stable order, so that an unchanged session is not written again.

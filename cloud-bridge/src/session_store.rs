@@ -31,6 +31,9 @@ pub struct StoredSubscription {
     /// MQTT 5 Subscription Identifier.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription_id: Option<u32>,
+    /// When the subscription was made, Unix ms (absent in records of older bridges).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since_ms: Option<u64>,
 }
 
 /// A message at the head of a queue that the client left unacknowledged when its

@@ -506,3 +506,93 @@ async fn one_name_server_down_stops_nothing() {
         "namesrv-1 repaired after a merged read: {repaired}"
     );
 }
+
+/// Test 4: a persistent session (3.1.1, clean session false) that is away while broker-a
+/// is killed and comes back gets, once it resumes, every message acknowledged meanwhile:
+/// those stored on broker-b during the failure and those on broker-a before and after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_persistent_session_away_during_a_broker_kill_gets_everything_on_resume() {
+    let _one = CLUSTER.lock().await;
+    let env = cluster_up();
+    let first = unique("cp");
+    let config = config(&env, &first);
+    cloud_bridge::admin::init(&config).await.expect("init");
+    let b1 = bridge(&config).await;
+    let addr = b1.local_addr("mqtt").unwrap();
+    let wild = format!("{first}/#");
+    let pid = unique("away");
+    let sub = rumqttc_subscribe(
+        addr,
+        Proto::V311,
+        &pid,
+        &password(&pid),
+        false,
+        &[(&wild, 1)],
+    )
+    .await;
+    assert_eq!(sub.suback, vec![1]);
+    drop(sub);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    const COUNT: usize = 1500;
+    const RATE: f64 = 150.0;
+    let cid = unique("steady");
+    let publisher = Command::new("python3")
+        .args(["-c", STEADY_PUBLISHER])
+        .arg(addr.port().to_string())
+        .args([
+            &cid,
+            &password(&cid),
+            &first,
+            &COUNT.to_string(),
+            &RATE.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with paho-mqtt");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    rmq(&["stop", "broker-a", "--kill"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    rmq(&["start", "broker-a"]);
+    let out = tokio::task::spawn_blocking(move || publisher.wait_with_output())
+        .await
+        .unwrap()
+        .expect("publisher");
+    let acked: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|r| r["acked"] == true)
+        .map(|r| r["payload"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(acked.len() >= COUNT / 2, "most publishes acknowledged");
+
+    let mut back = rumqttc_subscribe(addr, Proto::V311, &pid, &password(&pid), false, &[]).await;
+    // Until every acknowledged message came (duplicates within the in-flight window are
+    // allowed at QoS 1, so a count alone would stop early), or nothing more comes.
+    let mut got = HashSet::new();
+    let mut received = 0;
+    let deadline = Instant::now() + WAIT;
+    while acked.iter().any(|p| !got.contains(p)) && Instant::now() < deadline {
+        let Some(m) = back.next(Duration::from_secs(10)).await else {
+            break;
+        };
+        received += 1;
+        got.insert(String::from_utf8_lossy(&m.payload).into_owned());
+    }
+    let missed: Vec<&String> = acked.iter().filter(|p| !got.contains(*p)).collect();
+    println!(
+        "persistent session back after a broker kill: {} of {} acknowledged received, {} duplicates",
+        acked.len() - missed.len(),
+        acked.len(),
+        received - got.len()
+    );
+    assert!(
+        missed.is_empty(),
+        "{} acknowledged messages missed, e.g. {:?}",
+        missed.len(),
+        &missed[..missed.len().min(10)]
+    );
+    drop(back);
+    b1.stop(Duration::from_secs(2)).await;
+}
