@@ -325,6 +325,8 @@ async fn pulling_an_lmq_that_never_had_a_message_is_empty() -> TestResult {
     );
     assert_eq!(broker.max_offset(&lmq, 0).await?, 0);
     assert_eq!(broker.min_offset(&lmq, 0).await?, 0);
+    // A resumed reader without a committed offset searches by time: an empty LMQ is 0.
+    assert_eq!(broker.offset_at_time(&lmq, 0, 1).await?, 0);
     env.client.close().await;
     Ok(())
 }
