@@ -110,8 +110,13 @@ impl Grants {
                     && !rule.deny.iter().any(|f| mqtt::topic::matches(f, topic))
             }
             Access::Subscribe => {
-                rule.subscribe.iter().any(|f| filter_within(topic, f))
-                    && !rule.deny.iter().any(|f| filter_within(topic, f))
+                rule.subscribe
+                    .iter()
+                    .any(|f| mqtt::topic::filter_within(topic, f))
+                    && !rule
+                        .deny
+                        .iter()
+                        .any(|f| mqtt::topic::filter_within(topic, f))
             }
         }
     }
@@ -147,23 +152,6 @@ fn substitute(filter: &str, client: &str, user: Option<&str>) -> Option<String> 
         f = f.replace("{username}", u);
     }
     Some(f)
-}
-
-/// Whether every topic matched by the filter `inner` is matched by `outer`.
-pub fn filter_within(inner: &str, outer: &str) -> bool {
-    let mut i = inner.split('/');
-    let mut o = outer.split('/');
-    loop {
-        match (i.next(), o.next()) {
-            (_, Some("#")) => return true,
-            (Some("#"), _) => return false,
-            (Some(_), Some("+")) => {}
-            (Some("+"), Some(_)) => return false,
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
 }
 
 #[cfg(test)]

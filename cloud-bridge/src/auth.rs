@@ -111,26 +111,9 @@ pub fn allowed(rules: &[AclRule], identity: &str, access: Access, topic: &str) -
             Access::Publish => mqtt::topic::matches(&f, topic),
             // A subscription is allowed when every topic it can match is allowed: the
             // filter is equal to, or narrower than, an allowed filter.
-            Access::Subscribe => filter_within(topic, &f),
+            Access::Subscribe => mqtt::topic::filter_within(topic, &f),
         }
     })
-}
-
-/// Whether every topic matched by `inner` is matched by `outer`.
-fn filter_within(inner: &str, outer: &str) -> bool {
-    let mut i = inner.split('/');
-    let mut o = outer.split('/');
-    loop {
-        match (i.next(), o.next()) {
-            (_, Some("#")) => return true,
-            (Some("#"), _) => return false,
-            (Some(_), Some("+")) => {}
-            (Some("+"), Some(_)) => return false,
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
 }
 
 #[cfg(test)]

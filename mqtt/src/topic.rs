@@ -69,6 +69,25 @@ pub fn is_wildcard(filter: &str) -> bool {
     filter.contains(['+', '#'])
 }
 
+/// Whether every topic the filter `inner` matches is matched by the filter `outer` too:
+/// `inner` is equal to or narrower than `outer` (an ACL allowing `outer` allows a
+/// SUBSCRIBE to `inner`). Both must be valid.
+pub fn filter_within(inner: &str, outer: &str) -> bool {
+    let mut i = inner.split('/');
+    let mut o = outer.split('/');
+    loop {
+        match (i.next(), o.next()) {
+            (_, Some("#")) => return true,
+            (Some("#"), _) => return false,
+            (Some(_), Some("+")) => {}
+            (Some("+"), Some(_)) => return false,
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
 /// Whether `filter` matches `topic`. Both must be valid. Wildcards at the first level do
 /// not match topics starting with `$` (§4.7.2).
 pub fn matches(filter: &str, topic: &str) -> bool {
@@ -123,6 +142,21 @@ mod tests {
                 Err(TopicError::MisplacedWildcard),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn filters_within_filters() {
+        for (inner, outer) in [("a/b", "a/b"), ("a/b", "a/+"), ("a/+", "a/#"), ("a", "a/#")] {
+            assert!(filter_within(inner, outer), "{inner} within {outer}");
+        }
+        for (inner, outer) in [
+            ("a/#", "a/+"),
+            ("a/+", "a/b"),
+            ("a/b/c", "a/+"),
+            ("b", "a/#"),
+        ] {
+            assert!(!filter_within(inner, outer), "{inner} not within {outer}");
         }
     }
 
