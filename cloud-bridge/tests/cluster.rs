@@ -314,6 +314,50 @@ for mid, payload in sent:
     print(json.dumps({"payload": payload, "acked": ok, "t": t}))
 "#;
 
+/// Starts [`STEADY_PUBLISHER`]: `count` QoS 1 publishes at `rate` per second to ten
+/// topics under `first`, through the bridge at `addr`.
+fn steady_publisher(
+    addr: std::net::SocketAddr,
+    first: &str,
+    count: usize,
+    rate: f64,
+) -> std::process::Child {
+    let cid = unique("steady");
+    Command::new("python3")
+        .args(["-c", STEADY_PUBLISHER])
+        .arg(addr.port().to_string())
+        .args([
+            &cid,
+            &password(&cid),
+            first,
+            &count.to_string(),
+            &rate.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with paho-mqtt")
+}
+
+/// What the steady publisher reports once done: per publish, its payload, whether it was
+/// acknowledged, and when.
+async fn publisher_results(publisher: std::process::Child) -> Vec<serde_json::Value> {
+    let out = tokio::task::spawn_blocking(move || publisher.wait_with_output())
+        .await
+        .unwrap()
+        .expect("publisher");
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    assert!(
+        !results.is_empty(),
+        "publisher: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    results
+}
+
 /// Test 2: broker-a is killed (-9) while a client publishes. Publishes go on being
 /// acknowledged after a bounded pause (printed); once broker-a is back, every
 /// acknowledged message is read by a plain consumer and a wildcard subscriber gets them
@@ -334,21 +378,7 @@ async fn a_broker_killed_mid_stream_loses_no_acknowledged_message() {
         rumqttc_subscribe(addr, Proto::V5, &id, &password(&id), true, &[(&wild, 1)]).await;
     const COUNT: usize = 4000;
     const RATE: f64 = 200.0;
-    let cid = unique("steady");
-    let publisher = Command::new("python3")
-        .args(["-c", STEADY_PUBLISHER])
-        .arg(addr.port().to_string())
-        .args([
-            &cid,
-            &password(&cid),
-            &first,
-            &COUNT.to_string(),
-            &RATE.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with paho-mqtt");
+    let publisher = steady_publisher(addr, &first, COUNT, RATE);
     tokio::time::sleep(Duration::from_secs(5)).await;
     let killed = std::time::SystemTime::now();
     rmq(&["stop", "broker-a", "--kill"]);
@@ -356,19 +386,7 @@ async fn a_broker_killed_mid_stream_loses_no_acknowledged_message() {
     let t = Instant::now();
     rmq(&["start", "broker-a"]);
     println!("broker-a back after {:?} of start-up", t.elapsed());
-    let out = tokio::task::spawn_blocking(move || publisher.wait_with_output())
-        .await
-        .unwrap()
-        .expect("publisher");
-    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    assert!(
-        !results.is_empty(),
-        "publisher: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let results = publisher_results(publisher).await;
     let acked: Vec<&str> = results
         .iter()
         .filter(|r| r["acked"] == true)
@@ -536,32 +554,14 @@ async fn a_persistent_session_away_during_a_broker_kill_gets_everything_on_resum
 
     const COUNT: usize = 1500;
     const RATE: f64 = 150.0;
-    let cid = unique("steady");
-    let publisher = Command::new("python3")
-        .args(["-c", STEADY_PUBLISHER])
-        .arg(addr.port().to_string())
-        .args([
-            &cid,
-            &password(&cid),
-            &first,
-            &COUNT.to_string(),
-            &RATE.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("python3 with paho-mqtt");
+    let publisher = steady_publisher(addr, &first, COUNT, RATE);
     tokio::time::sleep(Duration::from_secs(3)).await;
     rmq(&["stop", "broker-a", "--kill"]);
     tokio::time::sleep(Duration::from_secs(4)).await;
     rmq(&["start", "broker-a"]);
-    let out = tokio::task::spawn_blocking(move || publisher.wait_with_output())
+    let acked: Vec<String> = publisher_results(publisher)
         .await
-        .unwrap()
-        .expect("publisher");
-    let acked: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .iter()
         .filter(|r| r["acked"] == true)
         .map(|r| r["payload"].as_str().unwrap().to_owned())
         .collect();
