@@ -1,6 +1,6 @@
 //! The MQTT storage backend on RocketMQ: CONNECTs are authenticated here, and every
 //! PUBLISH (and will) becomes one RocketMQ message on its first-level topic, dispatched
-//! into the LMQs of rocketmq-mqtt (`lmq.rs`, `lmq_message.rs`).
+//! into the LMQs of rocketmq-mqtt (`lmq.rs`, `publish/lmq_message.rs`).
 //!
 //! A publish is acknowledged to the client only when the broker answered SEND_OK: the
 //! store future completes after the send, and the connection sends PUBACK/PUBREC then.
@@ -22,16 +22,16 @@ use crate::auth::{self, Access};
 use crate::config::Config;
 use crate::error::Error;
 use crate::lmq;
-use crate::lmq_message;
 use crate::meta::Meta;
+use crate::meta::Tables;
+use crate::meta::retained;
+use crate::meta::sessions;
+use crate::meta::wildcards::Wildcards;
+use crate::meta::wills;
 use crate::metrics::{SendMetrics, SendOutcome};
-use crate::retained;
+use crate::publish::lmq_message;
 use crate::rocketmq::{NameServer, OnQueued, Producer};
-use crate::session::{BridgeSession, Opening};
-use crate::session_store;
-use crate::state_table::Tables;
-use crate::wildcards::Wildcards;
-use crate::will_store;
+use crate::subscribe::session::{BridgeSession, Opening};
 
 /// How long a topic's broker list is used before it is looked up again.
 const ROUTE_TTL: Duration = Duration::from_secs(30);
@@ -180,11 +180,11 @@ impl Bridge {
             .iter()
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let sessions = &self.inner.tables.sessions;
+        let table = &self.inner.tables.sessions;
         Ok(local
             .into_iter()
             .filter(|(client_id, owner)| {
-                crate::session_store::load_local(sessions, client_id)
+                sessions::load_local(table, client_id)
                     .and_then(|s| s.owner)
                     .is_some_and(|o| o != *owner)
             })
@@ -257,7 +257,7 @@ impl Bridge {
         Ok(all)
     }
 
-    /// Registration, leases and pruning of wildcard filters (`wildcards.rs`).
+    /// Registration, leases and pruning of wildcard filters (`meta/wildcards.rs`).
     pub fn wildcards(&self) -> &Wildcards {
         &self.inner.wildcards
     }
@@ -440,18 +440,16 @@ impl Broker for Bridge {
             let identity: Arc<str> = Arc::from(result?.as_str());
             let tables = bridge.tables();
             if opening.persistent
-                && session_store::load_local(&tables.sessions, &client_id).is_none()
+                && sessions::load_local(&tables.sessions, &client_id).is_none()
                 && let Err(q) = tables.sessions.reserve(&client_id, 0, None)
             {
                 return Err(bridge.quota_refusal("sessions", q.name()));
             }
             let kept = match &will {
-                Some(will) => {
-                    will_store::put(&tables.wills, &client_id, bridge.instance(), will).await
-                }
+                Some(will) => wills::put(&tables.wills, &client_id, bridge.instance(), will).await,
                 // A new connection replaces the session's will: an older copy (a taken-over
                 // connection's, maybe on another bridge) must not be published later.
-                None => will_store::delete(&tables.wills, &client_id, None).await,
+                None => wills::delete(&tables.wills, &client_id, None).await,
             };
             match kept {
                 Ok(()) => {}

@@ -103,7 +103,7 @@ pub struct TopicsConfig {
     /// kvconfig LMQ_CONNECT_NODES.
     #[serde(default)]
     pub connect_nodes: Vec<String>,
-    /// Compaction topic of retained messages (`state_table.rs`), created by `init`.
+    /// Compaction topic of retained messages (`meta/table.rs`), created by `init`.
     #[serde(default = "default_retained_topic")]
     pub retained_topic: String,
     /// Compaction topic of persistent sessions.
@@ -178,8 +178,8 @@ impl Default for Quotas {
 
 impl Quotas {
     /// The retained table's limits.
-    pub fn retained(&self) -> crate::state_table::TableLimits {
-        crate::state_table::TableLimits {
+    pub fn retained(&self) -> crate::meta::table::TableLimits {
+        crate::meta::table::TableLimits {
             entries: self.retained_messages,
             bytes: self.retained_total_bytes,
             entries_per_owner: self.retained_messages_per_client,
@@ -189,8 +189,8 @@ impl Quotas {
     }
 
     /// The session table's limits.
-    pub fn sessions(&self) -> crate::state_table::TableLimits {
-        crate::state_table::TableLimits {
+    pub fn sessions(&self) -> crate::meta::table::TableLimits {
+        crate::meta::table::TableLimits {
             entries: self.sessions,
             bytes: self.sessions_total_bytes,
             entry_bytes: self.session_record_bytes,
@@ -199,8 +199,8 @@ impl Quotas {
     }
 
     /// The will table's limits.
-    pub fn wills(&self) -> crate::state_table::TableLimits {
-        crate::state_table::TableLimits {
+    pub fn wills(&self) -> crate::meta::table::TableLimits {
+        crate::meta::table::TableLimits {
             bytes: self.wills_total_bytes,
             entry_bytes: self.will_record_bytes,
             ..Default::default()
@@ -312,7 +312,7 @@ pub struct SubscriptionsConfig {
     pub max_retry_times: u32,
     /// A wildcard filter that a bridge registered on subscribe, and that no subscriber of
     /// any bridge nor stored session has used for this long, is taken out of kvconfig
-    /// (`wildcards.rs`). `0`: never.
+    /// (`meta/wildcards.rs`). `0`: never.
     pub prune_wildcards_after_secs: u64,
     /// How long the SUBACK of a SUBSCRIBE that registered a new wildcard filter waits, in
     /// ms, so that rocketmq-mqtt servers have re-read kvconfig (two 5 s timers in series)

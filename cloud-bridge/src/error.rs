@@ -20,7 +20,7 @@ pub enum Error {
 
     /// A write would exceed a `[quotas]` bound of a state table.
     #[error("quota exceeded: {0} table, {quota}", quota = .1.name())]
-    QuotaExceeded(&'static str, crate::state_table::Quota),
+    QuotaExceeded(&'static str, crate::meta::table::Quota),
 
     /// An argument or request that makes no sense (for example an unregistered filter).
     #[error("{0}")]

@@ -52,7 +52,7 @@ pub struct Snapshot {
     /// Writes refused by a `[quotas]` bound: (table, quota, count).
     #[serde(default)]
     pub quota_refused: Vec<(String, String, u64)>,
-    /// Wildcard registrations this bridge pruned (`wildcards.rs`).
+    /// Wildcard registrations this bridge pruned (`meta/wildcards.rs`).
     #[serde(default)]
     pub wildcards_pruned: u64,
 }
