@@ -15,7 +15,8 @@ use mqtt::packet::{Message, MessageProperties, QoS};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::meta::table::{Quota, Reservation, Table};
+use crate::error::Quota;
+use crate::meta::table::{Reservation, Table};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {

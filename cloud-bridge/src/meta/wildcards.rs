@@ -273,7 +273,7 @@ impl Wildcards {
                 if max != 0 && list.len() >= max {
                     return Err(Error::QuotaExceeded(
                         "wildcards",
-                        crate::meta::table::Quota::Entries,
+                        crate::error::Quota::Entries,
                     ));
                 }
                 // Without its lease the filter is pinned: never pruned, which is safe. A

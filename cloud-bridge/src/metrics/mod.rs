@@ -10,7 +10,7 @@
 
 mod send;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,9 +26,6 @@ use serde::{Deserialize, Serialize};
 pub use send::{SendMetrics, SendOutcome, SendValues};
 
 use crate::bridge::Bridge;
-
-/// The endpoint's address when `[metrics] bind` is unset.
-pub const DEFAULT_BIND: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9182));
 
 /// How long `/health` waits for the name server.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);

@@ -652,7 +652,7 @@ impl Inner {
             if now.saturating_add(filter.len() + 96) > record_limit {
                 return Err(self
                     .bridge
-                    .quota_refusal("sessions", crate::meta::table::Quota::EntryBytes.name()));
+                    .quota_refusal("sessions", crate::error::Quota::EntryBytes.name()));
             }
         }
         let parts = if spans {
