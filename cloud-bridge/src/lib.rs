@@ -5,6 +5,7 @@ pub mod admin;
 pub mod auth;
 pub mod bridge;
 pub mod config;
+pub mod connect;
 pub mod error;
 pub mod lmq;
 pub mod meta;

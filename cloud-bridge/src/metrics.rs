@@ -3,12 +3,11 @@
 //! `/metrics` (OpenMetrics text, `prometheus-client`): the shared `mqtt` crate's
 //! connection and publish counters, the persistent sessions connected here, and the
 //! RocketMQ sends (latency histogram of successful sends, failures, timeouts; see
-//! `send.rs`), the state tables' size and the writes refused by quotas. `/health` is 200 when the routes of every first-level topic are known
-//! (the name server answered, cached for 30 s like publishes use them), 503 otherwise.
+//! `bridge/send_metrics.rs`), the state tables' size and the writes refused by quotas.
+//! `/health` is 200 when the routes of every first-level topic are known (the name
+//! server answered, cached for 30 s like publishes use them), 503 otherwise.
 //! `/status` is the same figures as JSON. The HTTP side is `mqtt::metrics::endpoint`,
 //! shared with edge-agent.
-
-mod send;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,9 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-pub use send::{SendMetrics, SendOutcome, SendValues};
-
-use crate::bridge::Bridge;
+use crate::bridge::{Bridge, SendValues};
 
 /// How long `/health` waits for the name server.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
