@@ -50,7 +50,7 @@ use tracing::{debug, warn};
 
 use crate::config::Quotas;
 use crate::error::{Error, Quota};
-use crate::rocketmq::broker::PullResult;
+use crate::rocketmq::broker_client::PullResult;
 use crate::rocketmq::{NameServer, Producer, PullRequest};
 
 /// Property: `put` or `del`.
