@@ -14,7 +14,7 @@ pub mod send_metrics;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mqtt::broker::Refusal;
 use mqtt::packet::Reason;
@@ -26,9 +26,6 @@ use crate::meta::{Meta, Tables, sessions};
 use crate::rocketmq::{NameServer, Producer};
 
 pub use send_metrics::{SendMetrics, SendOutcome, SendValues};
-
-/// How long a topic's broker list is used before it is looked up again.
-const ROUTE_TTL: Duration = Duration::from_secs(30);
 
 /// What every connection of the bridge shares.
 #[derive(Debug, Clone)]
@@ -211,7 +208,8 @@ impl Bridge {
         self.inner.namesrv.client()
     }
 
-    /// The readable master brokers of a first-level topic (cached for [`ROUTE_TTL`]).
+    /// The readable master brokers of a first-level topic (cached for
+    /// `rocketmq.route_refresh_secs`).
     pub async fn route_brokers(&self, first: &str) -> Result<Vec<String>, Error> {
         let cached = self
             .inner
@@ -219,7 +217,7 @@ impl Bridge {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(first)
-            .filter(|(at, _)| at.elapsed() < ROUTE_TTL)
+            .filter(|(at, _)| at.elapsed() < self.inner.config.route_refresh())
             .map(|(_, b)| b.clone());
         if let Some(b) = cached {
             return Ok(b);
