@@ -42,7 +42,7 @@
 //! - a SUBACK the backend holds back ([`Session::take_suback_delay`]) does not hold the
 //!   connection: publishes, deliveries and PINGREQs go on meanwhile (the subscription is
 //!   in effect, 3.8.4 lets deliveries precede the SUBACK); SUBACKs and UNSUBACKs still
-//!   leave in the order of their requests, and at most [`MAX_HELD_ACKS`] wait (then the
+//!   leave in the order of their requests, and at most `MAX_HELD_ACKS` (16) wait (then the
 //!   socket is not read until one leaves).
 
 use std::collections::VecDeque;
