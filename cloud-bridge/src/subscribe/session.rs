@@ -113,6 +113,9 @@ struct Inner {
     opened_ms: u64,
     /// The LMQs that subscriptions read.
     lmqs: Mutex<HashMap<String, LmqUse>>,
+    /// How long the SUBACK of the SUBSCRIBE just carried out is held back (it registered
+    /// a wildcard): taken by [`BridgeSession::take_suback_delay`].
+    suback_delay: Mutex<Option<std::time::Duration>>,
     stalls: Mutex<Vec<Stall>>,
     handed: Vec<Handed>,
     owner: String,
@@ -202,6 +205,7 @@ impl BridgeSession {
             implicit: Mutex::new(HashMap::new()),
             opened_ms: sessions::now_ms(),
             lmqs: Mutex::new(HashMap::new()),
+            suback_delay: Mutex::new(None),
             stalls: Mutex::new(
                 stored
                     .as_ref()
@@ -1056,21 +1060,22 @@ impl Session for BridgeSession {
                 }
             }
             // A wildcard registered just now: rocketmq-mqtt servers dispatch into its queue
-            // only once they re-read kvconfig. Its readers already run (from the offset
+            // only once they re-read kvconfig, so its SUBACK is held back that long (the
+            // connection goes on meanwhile). Its readers already run (from the offset
             // resolved above), so nothing published through a bridge is lost meanwhile.
             let settle = inner.bridge.config().subscriptions.registration_settle_ms;
-            if registered && settle > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(settle)) => {}
-                    _ = inner.cancel.cancelled() => {}
-                }
-            }
+            *lock(&inner.suback_delay) =
+                (registered && settle > 0).then(|| std::time::Duration::from_millis(settle));
             if !retained_for.is_empty() {
                 tokio::spawn(send_retained_messages(inner.clone(), retained_for));
             }
             inner.save(None).await;
             outcomes
         })
+    }
+
+    fn take_suback_delay(&mut self) -> Option<std::time::Duration> {
+        lock(&self.inner.suback_delay).take()
     }
 
     fn unsubscribe(&mut self, filters: Vec<String>) -> BoxFuture<'static, Vec<Reason>> {
