@@ -665,7 +665,9 @@ async fn a_broker_that_joins_is_written_and_read_without_a_reconnect() {
         (vec![1], vec![1], vec![1])
     );
 
-    const COUNT: usize = 3000;
+    // 60 s of publishes: broker-b takes 20-30 s to start and join the route (longer on
+    // a loaded machine), and the publishes after that must reach it.
+    const COUNT: usize = 6000;
     const RATE: f64 = 100.0;
     let publisher = steady_publisher(addr, &first, COUNT, RATE);
     tokio::time::sleep(Duration::from_secs(2)).await;
