@@ -5,12 +5,12 @@
 use crate::config::Config;
 use crate::error::Error;
 use crate::lmq;
-use crate::meta::{self, ALL_FIRST_TOPICS, LMQ_CONNECT_NODES, NAMESPACE};
+use crate::meta::kvconfig::{self, ALL_FIRST_TOPICS, LMQ_CONNECT_NODES, NAMESPACE};
+use crate::meta::table::{Table, TableLimits};
+use crate::meta::wildcards;
 use crate::rocketmq::{
     Client, ClientConfig, KvMerge, NameServer, Producer, ProducerConfig, TopicConfig,
 };
-use crate::state_table::{Table, TableLimits};
-use crate::wildcards;
 use std::sync::Arc;
 
 /// What `init` did, for the operator.
@@ -85,7 +85,7 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
         let brokers = create_topic(&ns, &config.rocketmq.cluster, &topic, t.queues, None).await?;
         report.topics.push((topic, brokers));
     }
-    // The state tables (`state_table.rs`): compaction topics, one queue per broker. The
+    // The state tables (`meta/table.rs`): compaction topics, one queue per broker. The
     // cleanup policy can only be set when a topic is created.
     for topic in [
         &t.retained_topic,
@@ -108,7 +108,7 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
         .get_kv_config(NAMESPACE, ALL_FIRST_TOPICS, KvMerge::Lists)
         .await?
     {
-        Some(v) => meta::split_list(&v),
+        Some(v) => kvconfig::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut all, &t.first_level);
@@ -129,7 +129,7 @@ pub async fn init(config: &Config) -> Result<InitReport, Error> {
         .get_kv_config(NAMESPACE, LMQ_CONNECT_NODES, KvMerge::Lists)
         .await?
     {
-        Some(v) => meta::split_list(&v),
+        Some(v) => kvconfig::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut nodes_merged, &nodes);
@@ -169,7 +169,7 @@ async fn add_wildcards(
     filters: &[String],
 ) -> Result<Vec<String>, Error> {
     let mut list = match ns.get_kv_config(NAMESPACE, first, KvMerge::Lists).await? {
-        Some(v) => meta::split_list(&v),
+        Some(v) => kvconfig::split_list(&v),
         None => Vec::new(),
     };
     merge(&mut list, filters);
@@ -177,7 +177,7 @@ async fn add_wildcards(
     Ok(list)
 }
 
-/// The wildcard lease table (`wildcards.rs`), for writing only.
+/// The wildcard lease table (`meta/wildcards.rs`), for writing only.
 fn lease_table(config: &Config) -> Result<Table, Error> {
     let ns = Arc::new(namesrv(config)?);
     let producer = Arc::new(Producer::new(
@@ -212,7 +212,7 @@ pub async fn wildcard_remove(config: &Config, filter: &str) -> Result<Vec<String
     let ns = namesrv(config)?;
     let first = lmq::first_topic(filter);
     let mut list = match ns.get_kv_config(NAMESPACE, first, KvMerge::Lists).await? {
-        Some(v) => meta::split_list(&v),
+        Some(v) => kvconfig::split_list(&v),
         None => Vec::new(),
     };
     let before = list.len();
@@ -232,7 +232,7 @@ pub async fn wildcard_list(config: &Config) -> Result<Vec<(String, Vec<String>)>
     let mut out = Vec::new();
     for first in first_levels(&ns, config).await? {
         let list = match ns.get_kv_config(NAMESPACE, &first, KvMerge::Lists).await? {
-            Some(v) => meta::split_list(&v),
+            Some(v) => kvconfig::split_list(&v),
             None => Vec::new(),
         };
         out.push((first, list));
@@ -246,7 +246,7 @@ async fn first_levels(ns: &NameServer, config: &Config) -> Result<Vec<String>, E
         .get_kv_config(NAMESPACE, ALL_FIRST_TOPICS, KvMerge::Lists)
         .await?
     {
-        merge(&mut all, &meta::split_list(&v));
+        merge(&mut all, &kvconfig::split_list(&v));
     }
     Ok(all)
 }

@@ -4,6 +4,7 @@
 //! (`conf/examples/cloud-bridge.toml`) is enough. `docs/configure-bridge.md` documents
 //! every key; its test compares them with [`mqtt::config_file::keys`] of [`Config`].
 
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::Path;
 use std::time::Duration;
 
@@ -13,6 +14,10 @@ use crate::error::Error;
 
 /// The shipped defaults.
 pub const DEFAULT_CONFIG: &str = include_str!("../../conf/cloud-bridge.toml");
+
+/// The metrics endpoint's address when `[metrics] bind` is unset (`crate::metrics`).
+pub const DEFAULT_METRICS_BIND: SocketAddr =
+    SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9182));
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
@@ -111,7 +116,7 @@ pub struct TopicsConfig {
     /// kvconfig LMQ_CONNECT_NODES.
     #[serde(default)]
     pub connect_nodes: Vec<String>,
-    /// Compaction topic of retained messages (`state_table.rs`), created by `init`.
+    /// Compaction topic of retained messages (`meta/table.rs`), created by `init`.
     #[serde(default = "default_retained_topic")]
     pub retained_topic: String,
     /// Compaction topic of persistent sessions.
@@ -180,38 +185,6 @@ impl Default for Quotas {
             will_record_bytes: 16 << 10,
             wills_total_bytes: 32 << 20,
             wildcards_per_first_level: 512,
-        }
-    }
-}
-
-impl Quotas {
-    /// The retained table's limits.
-    pub fn retained(&self) -> crate::state_table::TableLimits {
-        crate::state_table::TableLimits {
-            entries: self.retained_messages,
-            bytes: self.retained_total_bytes,
-            entries_per_owner: self.retained_messages_per_client,
-            bytes_per_owner: self.retained_bytes_per_client,
-            entry_bytes: 0,
-        }
-    }
-
-    /// The session table's limits.
-    pub fn sessions(&self) -> crate::state_table::TableLimits {
-        crate::state_table::TableLimits {
-            entries: self.sessions,
-            bytes: self.sessions_total_bytes,
-            entry_bytes: self.session_record_bytes,
-            ..Default::default()
-        }
-    }
-
-    /// The will table's limits.
-    pub fn wills(&self) -> crate::state_table::TableLimits {
-        crate::state_table::TableLimits {
-            bytes: self.wills_total_bytes,
-            entry_bytes: self.will_record_bytes,
-            ..Default::default()
         }
     }
 }
@@ -320,7 +293,7 @@ pub struct SubscriptionsConfig {
     pub max_retry_times: u32,
     /// A wildcard filter that a bridge registered on subscribe, and that no subscriber of
     /// any bridge nor stored session has used for this long, is taken out of kvconfig
-    /// (`wildcards.rs`). `0`: never.
+    /// (`meta/wildcards.rs`). `0`: never.
     pub prune_wildcards_after_secs: u64,
     /// How long the SUBACK of a SUBSCRIBE that registered a new wildcard filter waits, in
     /// ms, so that rocketmq-mqtt servers have re-read kvconfig (two 5 s timers in series)
@@ -514,7 +487,7 @@ impl Config {
     /// Where the metrics endpoint listens; `None` when it is turned off.
     pub fn metrics_addr(&self) -> Result<Option<std::net::SocketAddr>, String> {
         self.metrics
-            .address(crate::metrics::DEFAULT_BIND)
+            .address(DEFAULT_METRICS_BIND)
             .map_err(|e| format!("metrics.bind: {e}"))
     }
 
@@ -538,7 +511,7 @@ mod tests {
         let c = Config::load(None).unwrap();
         assert_eq!(c.topics.first_level, vec!["t1".to_string()]);
         assert_eq!(c.listeners.len(), 1);
-        assert_eq!(c.metrics_addr(), Ok(Some(crate::metrics::DEFAULT_BIND)));
+        assert_eq!(c.metrics_addr(), Ok(Some(DEFAULT_METRICS_BIND)));
         let off = DEFAULT_CONFIG.replace("bind = \"127.0.0.1:9182\"", "bind = \"\"");
         assert_eq!(Config::parse(&off, "x").unwrap().metrics_addr(), Ok(None));
         let bad = DEFAULT_CONFIG.replace("bind = \"127.0.0.1:9182\"", "bind = \":x\"");

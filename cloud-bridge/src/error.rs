@@ -20,7 +20,7 @@ pub enum Error {
 
     /// A write would exceed a `[quotas]` bound of a state table.
     #[error("quota exceeded: {0} table, {quota}", quota = .1.name())]
-    QuotaExceeded(&'static str, crate::state_table::Quota),
+    QuotaExceeded(&'static str, Quota),
 
     /// An argument or request that makes no sense (for example an unregistered filter).
     #[error("{0}")]
@@ -101,4 +101,32 @@ pub enum Error {
     /// separators U+0001 / U+0002), or the properties are longer than 32767 bytes.
     #[error("invalid RocketMQ message property: {0}")]
     InvalidProperty(String),
+}
+
+/// Which limit of a state table (`meta/table.rs`) a write would break.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quota {
+    /// `TableLimits::entries`.
+    Entries,
+    /// `TableLimits::bytes`.
+    Bytes,
+    /// `TableLimits::entries_per_owner`.
+    EntriesPerOwner,
+    /// `TableLimits::bytes_per_owner`.
+    BytesPerOwner,
+    /// `TableLimits::entry_bytes`.
+    EntryBytes,
+}
+
+impl Quota {
+    /// The metric label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Entries => "entries",
+            Self::Bytes => "bytes",
+            Self::EntriesPerOwner => "entries_per_client",
+            Self::BytesPerOwner => "bytes_per_client",
+            Self::EntryBytes => "entry_bytes",
+        }
+    }
 }

@@ -23,7 +23,8 @@
 //!
 //! Nothing is escaped by rocketmq-mqtt, so names that RocketMQ would misread are refused
 //! before they get here (`mqtt::cloud_topic`: no `,` `%` or control characters, at most
-//! 249 bytes); wildcards read from kvconfig that break those rules are ignored (`meta.rs`).
+//! 249 bytes); wildcards read from kvconfig that break those rules are ignored
+//! (`meta/kvconfig.rs`).
 
 /// Prefix of every light message queue.
 pub const LMQ_PREFIX: &str = "%LMQ%";

@@ -16,10 +16,10 @@ use crate::bridge::Bridge;
 use crate::config::Config;
 use crate::error::Error;
 use crate::meta::Meta;
+use crate::meta::Tables;
+use crate::meta::wills;
 use crate::metrics::BridgeExporter;
 use crate::rocketmq::{Client, ClientConfig, NameServer, Producer, ProducerConfig};
-use crate::state_table::Tables;
-use crate::will_store;
 
 /// A running bridge.
 #[derive(Debug)]
@@ -226,13 +226,13 @@ async fn sweeper(bridge: Bridge, shared: Arc<Shared<Bridge>>, shutdown: Cancella
             }
             Err(e) => warn!(error = %e, "session owners not checked"),
         }
-        let now = crate::session_store::now_ms();
+        let now = crate::meta::sessions::now_ms();
         let ns = bridge.namesrv();
-        if let Err(e) = will_store::heartbeat(ns, bridge.instance(), now).await {
+        if let Err(e) = wills::heartbeat(ns, bridge.instance(), now).await {
             warn!(error = %e, "heartbeat not written");
         }
         let wills = &bridge.tables().wills;
-        match will_store::take_orphans(wills, ns, now, STALE.as_millis() as u64).await {
+        match wills::take_orphans(wills, ns, now, STALE.as_millis() as u64).await {
             Ok(orphans) => {
                 for (client_id, message) in orphans {
                     info!(client = %client_id, topic = %message.topic, "publishing the will of a client whose bridge is gone");
@@ -249,5 +249,5 @@ async fn sweeper(bridge: Bridge, shared: Arc<Shared<Bridge>>, shutdown: Cancella
             _ = shutdown.cancelled() => break,
         }
     }
-    let _ = will_store::retire(bridge.namesrv(), bridge.instance()).await;
+    let _ = wills::retire(bridge.namesrv(), bridge.instance()).await;
 }

@@ -27,10 +27,10 @@
 //! - [`connection`] (private) and [`client`]: multiplexed connections, pooled by address;
 //! - [`message`]: properties, unique ids, stored-message decoding;
 //! - [`route`] and [`namesrv`]: name server requests (routes, cluster info, kvconfig);
-//! - [`broker`]: broker requests (send, pull, offsets, topic creation);
+//! - [`broker_client`]: requests to one broker (send, pull, offsets, topic creation);
 //! - [`producer`]: route-cached, order-keyed sending.
 
-pub mod broker;
+pub mod broker_client;
 pub mod client;
 pub mod command;
 mod connection;
@@ -40,8 +40,8 @@ pub mod namesrv;
 pub mod producer;
 pub mod route;
 
-pub use broker::{
-    Broker, LMQ_PULL_GROUP, PullRequest, PullResult, SendRequest, SendResult, TopicConfig,
+pub use broker_client::{
+    BrokerClient, LMQ_PULL_GROUP, PullRequest, PullResult, SendRequest, SendResult, TopicConfig,
 };
 pub use client::{Client, ClientConfig};
 pub use command::{RemotingCodec, RemotingCommand};

@@ -28,7 +28,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::broker::{SendRequest, SendResult};
+use super::broker_client::{SendRequest, SendResult};
 use super::client::Client;
 use super::connection::OnQueued;
 use super::message::{property, push_property, push_unique_id};

@@ -48,8 +48,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, warn};
 
-use crate::error::Error;
-use crate::rocketmq::broker::PullResult;
+use crate::config::Quotas;
+use crate::error::{Error, Quota};
+use crate::rocketmq::broker_client::PullResult;
 use crate::rocketmq::{NameServer, Producer, PullRequest};
 
 /// Property: `put` or `del`.
@@ -88,30 +89,34 @@ pub struct TableLimits {
     pub entry_bytes: usize,
 }
 
-/// Which limit a write would break.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quota {
-    /// [`TableLimits::entries`].
-    Entries,
-    /// [`TableLimits::bytes`].
-    Bytes,
-    /// [`TableLimits::entries_per_owner`].
-    EntriesPerOwner,
-    /// [`TableLimits::bytes_per_owner`].
-    BytesPerOwner,
-    /// [`TableLimits::entry_bytes`].
-    EntryBytes,
-}
+impl TableLimits {
+    /// The retained table's limits.
+    pub fn retained(q: &Quotas) -> Self {
+        Self {
+            entries: q.retained_messages,
+            bytes: q.retained_total_bytes,
+            entries_per_owner: q.retained_messages_per_client,
+            bytes_per_owner: q.retained_bytes_per_client,
+            entry_bytes: 0,
+        }
+    }
 
-impl Quota {
-    /// The metric label.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Entries => "entries",
-            Self::Bytes => "bytes",
-            Self::EntriesPerOwner => "entries_per_client",
-            Self::BytesPerOwner => "bytes_per_client",
-            Self::EntryBytes => "entry_bytes",
+    /// The session table's limits.
+    pub fn sessions(q: &Quotas) -> Self {
+        Self {
+            entries: q.sessions,
+            bytes: q.sessions_total_bytes,
+            entry_bytes: q.session_record_bytes,
+            ..Default::default()
+        }
+    }
+
+    /// The will table's limits.
+    pub fn wills(q: &Quotas) -> Self {
+        Self {
+            bytes: q.wills_total_bytes,
+            entry_bytes: q.will_record_bytes,
+            ..Default::default()
         }
     }
 }
@@ -620,9 +625,9 @@ impl Tables {
             Table::new(name, topic, namesrv.clone(), producer.clone(), limits)
         };
         Self {
-            retained: table("retained", &t.retained_topic, q.retained()),
-            sessions: table("sessions", &t.session_topic, q.sessions()),
-            wills: table("wills", &t.will_topic, q.wills()),
+            retained: table("retained", &t.retained_topic, TableLimits::retained(q)),
+            sessions: table("sessions", &t.session_topic, TableLimits::sessions(q)),
+            wills: table("wills", &t.will_topic, TableLimits::wills(q)),
             // Written by bridges only, for filters the wildcard quota already bounds.
             wildcards: table("wildcards", &t.wildcard_topic, TableLimits::default()),
         }

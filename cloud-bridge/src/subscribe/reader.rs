@@ -34,9 +34,9 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
-use crate::lmq_message;
-use crate::offsets::{QueueKey, Tracker};
+use crate::publish::lmq_message;
 use crate::rocketmq::{Client, PullRequest, PullResult};
+use crate::subscribe::offsets::{QueueKey, Tracker};
 
 /// How long one pull may be held by the broker.
 pub const LONG_POLL: Duration = Duration::from_secs(15);

@@ -1,5 +1,5 @@
 //! Retained messages, shared by every bridge instance and surviving restarts: a table in
-//! a RocketMQ compaction topic (`state_table.rs`, `[topics] retained_topic`), key = the MQTT
+//! a RocketMQ compaction topic (`table.rs`, `[topics] retained_topic`), key = the MQTT
 //! topic, value = JSON with the QoS, the payload in base64 and the user properties, owner
 //! = the client that published it (for the per-client quotas). The MQTT 5 publish
 //! properties are kept with it, the expiry interval as an absolute time: an expired
@@ -15,7 +15,8 @@ use mqtt::packet::{Message, MessageProperties, QoS};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::state_table::{Quota, Reservation, Table};
+use crate::error::Quota;
+use crate::meta::table::{Reservation, Table};
 
 #[derive(Debug, Serialize, Deserialize)]
 struct Stored {

@@ -1,14 +1,14 @@
 //! Persistent sessions, kept where every bridge instance can read them: the subscriptions
-//! of a session in the session table (`state_table.rs`, a compaction topic; key = client
+//! of a session in the session table (`table.rs`, a compaction topic; key = client
 //! id, value = JSON), its read positions as RocketMQ consumer offsets (group
-//! `%LMQ%{clientId}`, see `offsets.rs`). A session that reconnects to any bridge resumes
+//! `%LMQ%{clientId}`, see `subscribe/offsets.rs`). A session that reconnects to any bridge resumes
 //! from both. The table is bounded by `[quotas] sessions*`; it used to be the name
 //! server's kvconfig, which holds everything in the name server's heap.
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
-use crate::state_table::Table;
+use crate::meta::table::Table;
 
 /// The consumer group under which a client's offsets are committed.
 pub fn offset_group(client_id: &str) -> String {
@@ -66,7 +66,7 @@ pub struct Handed {
 pub struct StoredSession {
     /// Subscriptions.
     pub subscriptions: Vec<StoredSubscription>,
-    /// Unacknowledged queue heads (see `session.rs`, retries).
+    /// Unacknowledged queue heads (see `subscribe/session.rs`, retries).
     #[serde(default)]
     pub stalls: Vec<Stall>,
     /// Delivery marks at the last clean end of a connection (for DUP flags).

@@ -1,6 +1,6 @@
 //! One client's session on the bridge: its subscriptions, the readers that pull their LMQs,
 //! its implicit p2p and retry queues, and, for persistent sessions, the committed offsets
-//! and the stored subscription list (`session_store.rs`).
+//! and the stored subscription list (`meta/sessions.rs`).
 //!
 //! - A subscription to an exact topic reads that topic's LMQ; a wildcard subscription reads
 //!   the wildcard's LMQ, which exists only when the filter is registered in kvconfig: an
@@ -36,14 +36,14 @@ use crate::bridge::Bridge;
 use crate::config::UnregisteredWildcards;
 use crate::error::Error;
 use crate::lmq;
-use crate::offsets::{QueueKey, Tracker};
-use crate::reader::{self, Reader, SeenIds, Start, SubEntry};
-use crate::retained;
-use crate::retry;
-use crate::session_store::{self, Handed, Stall, StoredSession, StoredSubscription};
-use crate::topic_order::TopicOrder;
-use crate::wildcards::Held;
-use crate::will_store;
+use crate::meta::retained;
+use crate::meta::sessions::{self, Handed, Stall, StoredSession, StoredSubscription};
+use crate::meta::wildcards::Held;
+use crate::meta::wills;
+use crate::publish::topic_order::TopicOrder;
+use crate::subscribe::offsets::{QueueKey, Tracker};
+use crate::subscribe::reader::{self, Reader, SeenIds, Start, SubEntry};
+use crate::subscribe::retry;
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -158,13 +158,13 @@ impl BridgeSession {
         let stored = if clean_start {
             None
         } else if opening.persistent {
-            session_store::load(table, &client_id).await?
+            sessions::load(table, &client_id).await?
         } else {
             // MQTT 5: Clean Start 0 resumes the session that exists whatever this
             // connection's Session Expiry Interval (3.1.2-4); with 0 it ends when this
             // connection does (it is stored with expiry 0 then). Read from this bridge's
             // copy of the table: connections without expiry do not wait for a sync.
-            session_store::load_local(table, &client_id)
+            sessions::load_local(table, &client_id)
         };
         // A resumed session reads from its committed offsets and commits, like any
         // persistent one, until this connection ends.
@@ -176,15 +176,15 @@ impl BridgeSession {
         // subscriptions start again at the latest message); most connections have none.
         // A broker that cannot be reached does not stop a clean session.
         if clean_start
-            && session_store::load_local(table, &client_id).is_some()
-            && let Err(e) = session_store::delete(table, &client_id).await
+            && sessions::load_local(table, &client_id).is_some()
+            && let Err(e) = sessions::delete(table, &client_id).await
         {
             warn!(client = %client_id, error = %e, "stored session not discarded");
         }
         let (tx, rx) = mpsc::channel(usize::from(opening.window.max(1)));
         let bridge_instance = bridge.instance().to_owned();
         let inner = Arc::new(Inner {
-            group: session_store::offset_group(&client_id),
+            group: sessions::offset_group(&client_id),
             reader: reader::Shared {
                 client_id: Arc::from(client_id.as_str()),
                 subs: Arc::new(Mutex::new(HashMap::new())),
@@ -203,7 +203,7 @@ impl BridgeSession {
             has_will: opening.has_will,
             subs: Mutex::new(HashMap::new()),
             implicit: Mutex::new(HashMap::new()),
-            opened_ms: session_store::now_ms(),
+            opened_ms: sessions::now_ms(),
             lmqs: Mutex::new(HashMap::new()),
             suback_delay: Mutex::new(None),
             stalls: Mutex::new(
@@ -284,7 +284,7 @@ fn request_options(r: &SubscriptionRequest) -> SubEntry {
         no_local: r.no_local,
         retain_as_published: r.retain_as_published,
         id: r.subscription_id,
-        since_ms: Some(session_store::now_ms()),
+        since_ms: Some(sessions::now_ms()),
     }
 }
 
@@ -461,7 +461,7 @@ impl Inner {
                     users: 1,
                     queues: Vec::new(),
                     first: first.to_owned(),
-                    since_ms: since_ms.unwrap_or_else(session_store::now_ms),
+                    since_ms: since_ms.unwrap_or_else(sessions::now_ms),
                     started: false,
                 },
             );
@@ -768,11 +768,11 @@ impl Inner {
         let record_limit = config.quotas.session_record_bytes;
         if self.persistent && !resume && !existing && record_limit != 0 {
             // The stored session grows by the filter (and its JSON around it).
-            let now = session_store::encode(&self.stored(None)).map_or(usize::MAX, |b| b.len());
+            let now = sessions::encode(&self.stored(None)).map_or(usize::MAX, |b| b.len());
             if now.saturating_add(filter.len() + 96) > record_limit {
                 return Err(self
                     .bridge
-                    .quota_refusal("sessions", crate::state_table::Quota::EntryBytes.name()));
+                    .quota_refusal("sessions", crate::error::Quota::EntryBytes.name()));
             }
         }
         let parts = if spans {
@@ -927,10 +927,10 @@ impl Inner {
     /// Writes the session record unless it is what is stored already.
     async fn store(&self, stored: &StoredSession) {
         let table = &self.bridge.tables().sessions;
-        if session_store::load_local(table, &self.client_id).as_ref() == Some(stored) {
+        if sessions::load_local(table, &self.client_id).as_ref() == Some(stored) {
             return;
         }
-        if let Err(e) = session_store::save(table, &self.client_id, stored).await {
+        if let Err(e) = sessions::save(table, &self.client_id, stored).await {
             warn!(client = %self.client_id, error = %e, "session not stored");
         }
     }
@@ -971,7 +971,7 @@ impl Inner {
 
     /// Whether the stored session still names this connection (or nobody) as its owner.
     async fn still_owner(&self) -> bool {
-        match session_store::load(&self.bridge.tables().sessions, &self.client_id).await {
+        match sessions::load(&self.bridge.tables().sessions, &self.client_id).await {
             Ok(Some(stored)) => stored.owner.is_none_or(|o| o == self.owner),
             Ok(None) => true,
             Err(_) => true,
@@ -1111,9 +1111,9 @@ impl Session for BridgeSession {
             inner.cancel.cancel();
             if inner.has_will && how != Close::TakenOver {
                 // Published by the connection already, or discarded by a normal DISCONNECT.
-                let wills = &inner.bridge.tables().wills;
+                let table = &inner.bridge.tables().wills;
                 if let Err(e) =
-                    will_store::delete(wills, &inner.client_id, Some(inner.bridge.instance())).await
+                    wills::delete(table, &inner.client_id, Some(inner.bridge.instance())).await
                 {
                     warn!(client = %inner.client_id, error = %e, "will copy not removed");
                 }
@@ -1133,11 +1133,11 @@ impl Session for BridgeSession {
                         Close::Normal {
                             session_expiry: Some(expiry),
                         } => {
-                            let mut stored = inner.stored(Some(session_store::now_ms()));
+                            let mut stored = inner.stored(Some(sessions::now_ms()));
                             stored.expiry_secs = expiry;
                             inner.store(&stored).await;
                         }
-                        _ => inner.save(Some(session_store::now_ms())).await,
+                        _ => inner.save(Some(sessions::now_ms())).await,
                     }
                 }
             }
@@ -1175,7 +1175,7 @@ fn stop_queues(shared: &reader::Shared, queues: Vec<(QueueKey, CancellationToken
 /// of those filters; an expired one is not sent.
 async fn send_retained_messages(inner: Arc<Inner>, filters: Vec<(String, SubEntry)>) {
     let table = &inner.bridge.tables().retained;
-    if let Err(e) = table.sync(session_store::SYNC_WAIT).await {
+    if let Err(e) = table.sync(sessions::SYNC_WAIT).await {
         debug!(error = %e, "retained table not read to its end; sending what this bridge has");
     }
     let names: Vec<&str> = filters.iter().map(|(f, _)| f.as_str()).collect();

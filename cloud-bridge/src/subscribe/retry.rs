@@ -8,7 +8,7 @@ use tracing::{info, warn};
 use crate::bridge::Bridge;
 use crate::error::Error;
 use crate::lmq;
-use crate::offsets::QueueKey;
+use crate::subscribe::offsets::QueueKey;
 
 /// Re-puts the message at `offset` of `key` into the client's retry queue (topic
 /// `clientRetryTopic`, LMQ `%LMQ%%retry%{clientId}%`, `retryTimes` + 1), or drops it
@@ -19,7 +19,7 @@ pub async fn move_to_retry(
     key: &QueueKey,
     offset: i64,
 ) -> Result<(), Error> {
-    use crate::lmq_message::prop;
+    use crate::publish::lmq_message::prop;
     use crate::rocketmq::{PullRequest, PullResult};
     let b = bridge.client().broker(&key.broker);
     let PullResult::Found { messages, .. } = b.pull(&PullRequest::lmq(&key.lmq, offset, 1)).await?

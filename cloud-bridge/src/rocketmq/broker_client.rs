@@ -1,11 +1,13 @@
 //! Requests to one broker: send, pull, queue offsets, consumer offsets, topic creation.
 //!
-//! [`Broker`] is a borrowed handle (`client.broker(addr)`): it costs nothing to make, so
-//! make one per call. Result mapping follows the Java client (`MQClientAPIImpl`), except
-//! that only response code 0 (SEND_OK) is a successful send: FLUSH_DISK_TIMEOUT,
-//! FLUSH_SLAVE_TIMEOUT and SLAVE_NOT_AVAILABLE, which the Java client returns as a
-//! `SendResult` with another status, are errors here, so that nobody mistakes them for
-//! a durable write.
+//! [`BrokerClient`] is a borrowed handle (`client.broker(addr)`): it costs nothing to make,
+//! so make one per call. (Not to be confused with `mqtt::broker::Broker`, the MQTT
+//! server's storage backend, which the bridge implements in `connect.rs`.)
+//!
+//! Result mapping follows the Java client (`MQClientAPIImpl`), except that only response
+//! code 0 (SEND_OK) is a successful send: FLUSH_DISK_TIMEOUT, FLUSH_SLAVE_TIMEOUT and
+//! SLAVE_NOT_AVAILABLE, which the Java client returns as a `SendResult` with another
+//! status, are errors here, so that nobody mistakes them for a durable write.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -37,7 +39,7 @@ mod pull_flag {
 
 /// A handle on the broker at one address.
 #[derive(Debug, Clone, Copy)]
-pub struct Broker<'a> {
+pub struct BrokerClient<'a> {
     client: &'a Client,
     addr: &'a str,
     timeout: Duration,
@@ -45,8 +47,8 @@ pub struct Broker<'a> {
 
 impl Client {
     /// A handle on the broker at `addr`, with the client's request timeout.
-    pub fn broker<'a>(&'a self, addr: &'a str) -> Broker<'a> {
-        Broker {
+    pub fn broker<'a>(&'a self, addr: &'a str) -> BrokerClient<'a> {
+        BrokerClient {
             client: self,
             addr,
             timeout: self.config().request_timeout,
@@ -196,7 +198,7 @@ impl TopicConfig {
     }
 }
 
-impl Broker<'_> {
+impl BrokerClient<'_> {
     /// The broker's address.
     pub fn addr(&self) -> &str {
         self.addr
@@ -218,8 +220,8 @@ impl Broker<'_> {
         self.send_queued(req, &mut OnQueued::default()).await
     }
 
-    /// [`Broker::send`], firing `on_queued` once the request is queued for writing on the
-    /// connection to the broker.
+    /// [`BrokerClient::send`], firing `on_queued` once the request is queued for writing
+    /// on the connection to the broker.
     pub async fn send_queued(
         &self,
         req: &SendRequest<'_>,

@@ -55,10 +55,10 @@ use tracing::{info, warn};
 use crate::config::{Config, UnregisteredWildcards};
 use crate::error::Error;
 use crate::lmq;
-use crate::meta::{self, Meta};
+use crate::meta::kvconfig::{self, Meta};
+use crate::meta::sessions::{self, StoredSession};
+use crate::meta::table::Table;
 use crate::rocketmq::{KvMerge, NameServer, Written};
-use crate::session_store::{self, StoredSession};
-use crate::state_table::Table;
 
 /// How many times a registration writes its list again when reading it back shows that a
 /// concurrent writer dropped it.
@@ -273,13 +273,13 @@ impl Wildcards {
                 if max != 0 && list.len() >= max {
                     return Err(Error::QuotaExceeded(
                         "wildcards",
-                        crate::state_table::Quota::Entries,
+                        crate::error::Quota::Entries,
                     ));
                 }
                 // Without its lease the filter is pinned: never pruned, which is safe. A
                 // subscription is not refused for that (e.g. `init` not re-run after an
                 // upgrade that added the lease table).
-                if let Err(e) = write_lease(&this.leases, filter, session_store::now_ms()).await {
+                if let Err(e) = write_lease(&this.leases, filter, sessions::now_ms()).await {
                     warn!(filter, error = %e, "wildcard lease not written; the filter stays registered for good");
                 }
             }
@@ -288,7 +288,7 @@ impl Wildcards {
             // A name server that is down gets it by read repair when it is back.
             let _ = this
                 .namesrv
-                .put_kv_config(meta::NAMESPACE, first, &list.join(","))
+                .put_kv_config(kvconfig::NAMESPACE, first, &list.join(","))
                 .await?;
         }
         this.meta.add_wildcard(filter);
@@ -302,10 +302,10 @@ impl Wildcards {
             match self
                 .inner
                 .namesrv
-                .get_kv_config(meta::NAMESPACE, first, KvMerge::Lists)
+                .get_kv_config(kvconfig::NAMESPACE, first, KvMerge::Lists)
                 .await?
             {
-                Some(v) => meta::split_list(&v),
+                Some(v) => kvconfig::split_list(&v),
                 None => Vec::new(),
             },
         )
@@ -324,7 +324,7 @@ impl Wildcards {
             list.retain(|f| f != filter);
             if list.len() != before
                 && ns
-                    .put_kv_config(meta::NAMESPACE, first, &list.join(","))
+                    .put_kv_config(kvconfig::NAMESPACE, first, &list.join(","))
                     .await?
                     == Written::Partly
             {
@@ -344,7 +344,7 @@ impl Wildcards {
     pub async fn pass(&self) -> Result<Vec<String>, Error> {
         let this = &self.inner;
         let renew = renew_period(this.prune_after);
-        let now = session_store::now_ms();
+        let now = sessions::now_ms();
         let live: HashSet<String> = this.in_use.filters().into_iter().collect();
         for filter in &live {
             let first = crate::lmq::first_topic(filter);

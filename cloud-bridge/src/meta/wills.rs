@@ -1,6 +1,6 @@
 //! Wills that outlive their bridge. A connection's will is published by the bridge that
 //! serves it when the connection ends abnormally (`mqtt::connection`); a copy is kept in the
-//! will table (`state_table.rs`, a compaction topic; key = client id) with the serving
+//! will table (`table.rs`, a compaction topic; key = client id) with the serving
 //! bridge's instance id, and every bridge writes a heartbeat (kvconfig namespace
 //! [`LIVENESS`]: one small entry per bridge). A new connection of the client replaces the
 //! copy, or removes it when it has no will. When
@@ -14,8 +14,8 @@ use mqtt::packet::{Message, MessageProperties, QoS, Will};
 use serde::{Deserialize, Serialize};
 
 use crate::error::Error;
+use crate::meta::table::Table;
 use crate::rocketmq::{KvMerge, NameServer};
-use crate::state_table::Table;
 
 /// kvconfig namespace of bridge heartbeats (instance id -> ms since the epoch).
 pub const LIVENESS: &str = "MQTT_BRIDGE";

@@ -3,14 +3,13 @@
 //! `/metrics` (OpenMetrics text, `prometheus-client`): the shared `mqtt` crate's
 //! connection and publish counters, the persistent sessions connected here, and the
 //! RocketMQ sends (latency histogram of successful sends, failures, timeouts; see
-//! `send.rs`), the state tables' size and the writes refused by quotas. `/health` is 200 when the routes of every first-level topic are known
-//! (the name server answered, cached for 30 s like publishes use them), 503 otherwise.
+//! `bridge/send_metrics.rs`), the state tables' size and the writes refused by quotas.
+//! `/health` is 200 when the routes of every first-level topic are known (the name
+//! server answered, cached for 30 s like publishes use them), 503 otherwise.
 //! `/status` is the same figures as JSON. The HTTP side is `mqtt::metrics::endpoint`,
 //! shared with edge-agent.
 
-mod send;
-
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,12 +22,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
-pub use send::{SendMetrics, SendOutcome, SendValues};
-
-use crate::bridge::Bridge;
-
-/// The endpoint's address when `[metrics] bind` is unset.
-pub const DEFAULT_BIND: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9182));
+use crate::bridge::{Bridge, SendValues};
 
 /// How long `/health` waits for the name server.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(3);
@@ -52,7 +46,7 @@ pub struct Snapshot {
     /// Writes refused by a `[quotas]` bound: (table, quota, count).
     #[serde(default)]
     pub quota_refused: Vec<(String, String, u64)>,
-    /// Wildcard registrations this bridge pruned (`wildcards.rs`).
+    /// Wildcard registrations this bridge pruned (`meta/wildcards.rs`).
     #[serde(default)]
     pub wildcards_pruned: u64,
 }
