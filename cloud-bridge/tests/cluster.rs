@@ -15,8 +15,9 @@ use cloud_bridge::config::Config;
 use cloud_bridge::rocketmq::{Client, ClientConfig, KvMerge, NameServer};
 use cloud_bridge::server::Server;
 use harness::clients::{Msg, Proto, rumqttc_publish};
+use harness::password;
 use harness::subscriber::rumqttc_subscribe;
-use harness::{password, repo_root, unique};
+use test_support::{repo_root, unique};
 
 /// One test at a time: they stop and start cluster members.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -12,10 +12,11 @@ use std::time::Duration;
 
 use harness::clients::{Msg, Proto, rumqttc_publish};
 use harness::subscriber::rumqttc_subscribe;
-use harness::{config_text, password, start_bridge, unique};
+use harness::{config_text, password, start_bridge};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use test_support::unique;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -179,7 +180,7 @@ async fn scrape_counts_exactly_what_was_published_stored_refused_and_delivered()
 #[tokio::test]
 async fn health_is_503_without_a_name_server() {
     let first = unique("met");
-    let ns = harness::rocketmq_env("ROCKETMQ_NAMESRV");
+    let ns = test_support::rocketmq::env("ROCKETMQ_NAMESRV");
     // A port nothing listens on any more.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

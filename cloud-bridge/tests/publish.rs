@@ -6,10 +6,12 @@
 mod harness;
 
 use cloud_bridge::config::Config;
-use harness::certs::Pki;
 use harness::clients::{Msg, Proto, Tls, mosquitto_pub, paho_publish, rumqttc_publish};
-use harness::{config_text, consume, max_offset, password, start_bridge, unique};
+use harness::{config_text, consume, password, start_bridge};
 use std::time::Duration;
+use test_support::certs::Pki;
+use test_support::rocketmq::max_offset;
+use test_support::unique;
 
 fn msg(topic: String, qos: u8, payload: &str) -> Msg {
     Msg {

@@ -20,9 +20,10 @@ use cloud_bridge::config::Config;
 use cloud_bridge::lmq;
 use cloud_bridge::rocketmq::{Client as RmqClient, ClientConfig};
 use cloud_bridge::server::Server;
+use harness::config_text;
 use harness::peer::{self, Client, messages};
-use harness::{config_text, unique};
 use serde_json::{Value, json};
+use test_support::unique;
 
 /// How long rocketmq-mqtt may take to re-read kvconfig (two 5 s timers in series).
 const PEER_REFRESH: Duration = Duration::from_secs(11);
@@ -119,7 +120,7 @@ impl Bridge {
     /// The offset committed for `group` on `lmq` once it is at least `at_least` (polled
     /// for up to 20 s), or the last one seen.
     fn committed_offset(&self, group: &str, lmq: &str, at_least: i64) -> Option<i64> {
-        let broker = harness::rocketmq_env("ROCKETMQ_BROKER");
+        let broker = test_support::rocketmq::env("ROCKETMQ_BROKER");
         self.rt.block_on(async {
             let client = RmqClient::new(ClientConfig::default());
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -555,7 +556,7 @@ fn names_are_those_of_rocketmq_mqtts_code() {
         eprintln!("SKIPPED: rocketmq-mqtt is not available (Maven Central unreachable)");
         return;
     }
-    let root = harness::repo_root();
+    let root = test_support::repo_root();
     let lib = root.join("tests/peers/cache/rocketmq-mqtt-6847f21/dist/lib/*");
     let out = std::process::Command::new("java")
         .arg("-cp")
