@@ -186,6 +186,35 @@ fn publish(addr: SocketAddr, proto: u8, pubs: Value) {
     );
 }
 
+/// Publishes `payloads[0]` to `topic` from a client of the bridge, then `payloads[1]`
+/// from a client of the peer (MQTT 3.1.1, QoS 1).
+fn publish_from_both(bridge: SocketAddr, peer: SocketAddr, topic: &str, payloads: [&str; 2]) {
+    publish(bridge, 3, json!([{"topic": topic, "payload": payloads[0]}]));
+    publish(peer, 3, json!([{"topic": topic, "payload": payloads[1]}]));
+}
+
+/// Publishes "from-bridge" and "from-peer" to `topic` ([`publish_from_both`]); every
+/// subscriber in `subs` gets both, on `topic` (`context` goes after the subscriber's name
+/// in a failure).
+fn both_reach_every_subscriber(
+    s: &Shared,
+    bridge: &Bridge,
+    topic: &str,
+    subs: Vec<(&str, Client)>,
+    context: &str,
+) {
+    publish_from_both(bridge.addr, s.peer, topic, ["from-bridge", "from-peer"]);
+    for (name, c) in subs {
+        let out = c.finish();
+        assert_eq!(
+            payloads(&out),
+            ["from-bridge", "from-peer"],
+            "{name}{context}: {out:?}"
+        );
+        assert!(messages(&out).iter().all(|m| m["topic"] == topic));
+    }
+}
+
 fn payloads(lines: &[Value]) -> Vec<String> {
     let mut p: Vec<String> = messages(lines)
         .iter()
@@ -211,21 +240,7 @@ fn live_exact_and_wildcard_delivery_both_ways() {
             subscriber(bridge.addr, &[&wild], 1, 2, 30),
         ),
     ];
-    publish(
-        bridge.addr,
-        3,
-        json!([{"topic": topic, "payload": "from-bridge"}]),
-    );
-    publish(s.peer, 3, json!([{"topic": topic, "payload": "from-peer"}]));
-    for (name, c) in subs {
-        let out = c.finish();
-        assert_eq!(
-            payloads(&out),
-            ["from-bridge", "from-peer"],
-            "{name}: {out:?}"
-        );
-        assert!(messages(&out).iter().all(|m| m["topic"] == topic.as_str()));
-    }
+    both_reach_every_subscriber(s, &bridge, &topic, subs, "");
 }
 
 /// Issue #15 case 2a: a p2p publish keeps its QoS on the other server (rocketmq-mqtt reads
@@ -290,8 +305,7 @@ fn empty_payloads_both_ways() {
         subscriber(s.peer, &[&topic], 1, 2, 30),
         subscriber(bridge.addr, &[&topic], 1, 2, 30),
     ];
-    publish(bridge.addr, 3, json!([{"topic": topic, "payload": ""}]));
-    publish(s.peer, 3, json!([{"topic": topic, "payload": ""}]));
+    publish_from_both(bridge.addr, s.peer, &topic, ["", ""]);
     for c in subs {
         let out = c.finish();
         assert_eq!(payloads(&out), ["", ""], "{out:?}");
@@ -405,25 +419,12 @@ fn topic_shapes_cross_both_ways() {
         (format!("{f}/tw/+/x"), format!("{f}/tw//x")),
     ];
     for (filter, topic) in &shapes {
-        let subs = [
+        let subs = vec![
             ("peer", subscriber(s.peer, &[filter], 1, 2, 30)),
             ("bridge", subscriber(bridge.addr, &[filter], 1, 2, 30)),
         ];
-        publish(
-            bridge.addr,
-            3,
-            json!([{"topic": topic, "payload": "from-bridge"}]),
-        );
-        publish(s.peer, 3, json!([{"topic": topic, "payload": "from-peer"}]));
-        for (name, c) in subs {
-            let out = c.finish();
-            assert_eq!(
-                payloads(&out),
-                ["from-bridge", "from-peer"],
-                "{name} subscriber of {filter:?}, publishes to {topic:?}: {out:?}"
-            );
-            assert!(messages(&out).iter().all(|m| m["topic"] == topic.as_str()));
-        }
+        let context = format!(" subscriber of {filter:?}, publishes to {topic:?}");
+        both_reach_every_subscriber(s, &bridge, topic, subs, &context);
     }
 }
 

@@ -16,10 +16,29 @@ use cloud_bridge::config::Config;
 use cloud_bridge::server::Server;
 use test_support::rocketmq;
 
-/// A bridge configuration on its own first-level topic, listening on a free port. A SUBACK
-/// that registers a wildcard does not wait for rocketmq-mqtt servers
-/// (`subscriptions.registration_settle_ms = 0`) unless `extra` sets that key.
+/// A bridge configuration on its own first-level topic, listening on a free port, on the
+/// test RocketMQ. A SUBACK that registers a wildcard does not wait for rocketmq-mqtt
+/// servers (`subscriptions.registration_settle_ms = 0`) unless `extra` sets that key.
 pub fn config_text(first: &str, wildcards: &[&str], extra: &str) -> String {
+    config_on(
+        &[rocketmq::env("ROCKETMQ_NAMESRV")],
+        &rocketmq::env("ROCKETMQ_CLUSTER"),
+        first,
+        wildcards,
+        extra,
+    )
+}
+
+/// [`config_text`] on the RocketMQ of name servers `namesrv` (`host:port` each) and
+/// cluster `cluster`.
+pub fn config_on(
+    namesrv: &[String],
+    cluster: &str,
+    first: &str,
+    wildcards: &[&str],
+    extra: &str,
+) -> String {
+    let ns: Vec<String> = namesrv.iter().map(|a| format!("{a:?}")).collect();
     let wild: Vec<String> = wildcards.iter().map(|w| format!("{w:?}")).collect();
     let fast = "registration_settle_ms = 0\n";
     let extra = if extra.contains("registration_settle_ms") {
@@ -32,7 +51,7 @@ pub fn config_text(first: &str, wildcards: &[&str], extra: &str) -> String {
     format!(
         r#"
 [rocketmq]
-namesrv = ["{ns}"]
+namesrv = [{ns}]
 cluster = "{cluster}"
 send_timeout_ms = 3000
 meta_refresh_secs = 1
@@ -61,8 +80,7 @@ name = "mqtt"
 bind = "127.0.0.1:0"
 {extra}
 "#,
-        ns = rocketmq::env("ROCKETMQ_NAMESRV"),
-        cluster = rocketmq::env("ROCKETMQ_CLUSTER"),
+        ns = ns.join(", "),
         wild = wild.join(", "),
     )
 }
@@ -83,6 +101,17 @@ pub async fn start_bridge(text: &str) -> (Server, Config) {
 /// 30 s).
 pub fn consume(topic: &str, count: usize) -> Vec<serde_json::Value> {
     rocketmq::consume(topic, count, Duration::from_secs(30))
+}
+
+/// The test config `text` with the metrics endpoint on 127.0.0.1:0 (`config_text` turns
+/// it off).
+pub fn with_metrics(text: &str) -> String {
+    let on = text.replace(
+        "[metrics]\nbind = \"\"",
+        "[metrics]\nbind = \"127.0.0.1:0\"",
+    );
+    assert_ne!(on, text, "the harness config has [metrics]");
+    on
 }
 
 pub async fn settle() {
