@@ -10,15 +10,22 @@
 //! Run with `cargo bench -p edge-agent --bench abuse`.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
+#[path = "../tests/support/floods.rs"]
+mod floods;
+#[path = "../tests/support/process.rs"]
+mod process;
 #[path = "../tests/support/spawned.rs"]
 mod spawned;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use floods::{
+    delayed_will, dev_user, hour_session, offline_subscriber, paho_publish, persistent,
+    wrong_passwords,
+};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties, Login};
-use spawned::{Agent, NO_PER_ADDRESS, PER_ADDRESS, connect5, first_reply, served};
+use spawned::{Agent, NO_PER_ADDRESS, PER_ADDRESS, served};
+use test_support::raw::{connect_v311, connect5, first_reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -84,26 +91,10 @@ fn row(flood: &'static str, agent: &Agent, served: bool, note: String) -> Row {
 }
 
 async fn passwords() -> Row {
-    let hash = edge_agent::auth::hash_password("right").unwrap();
-    let (agent, _dir) =
-        start(|t| format!("{t}\n[[auth.users]]\nname = \"dev\"\npassword_hash = \"{hash}\"\n"));
-    let wrong = connect5(
-        "flood",
-        ConnectProperties::new(),
-        None,
-        Some(Login::new("dev", "wrong")),
-    );
-    let mut flood = Vec::new();
-    for _ in 0..300 {
-        let (addr, bytes) = (agent.addr, wrong.clone());
-        flood.push(tokio::spawn(async move { first_reply(addr, &bytes).await }));
-    }
-    let mut busy = 0;
-    for f in flood {
-        if f.await.unwrap().get(3) == Some(&0x89) {
-            busy += 1;
-        }
-    }
+    let users = dev_user();
+    let (agent, _dir) = start(|t| format!("{t}{users}"));
+    let codes = wrong_passwords(agent.addr, 300).await;
+    let busy = codes.iter().filter(|c| **c == Some(0x89)).count();
     let ok = served(agent.addr, "keeper", Some(("dev", "right"))).await;
     row(
         "300 CONNECTs at once, known user, wrong password",
@@ -116,28 +107,7 @@ async fn passwords() -> Row {
 async fn wills() -> Row {
     let (agent, _dir) = start(|t| t.replace("max_sessions = 1000", "max_sessions = 3000"));
     for i in 0..2000 {
-        let mut props = ConnectProperties::new();
-        props.session_expiry_interval = Some(3600);
-        let will = LastWill::new(
-            format!("will/{i}"),
-            vec![7u8; 60_000],
-            QoS::AtLeastOnce,
-            false,
-            Some(LastWillProperties {
-                delay_interval: Some(3600),
-                payload_format_indicator: None,
-                message_expiry_interval: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: Vec::new(),
-            }),
-        );
-        first_reply(
-            agent.addr,
-            &connect5(&format!("w{i}"), props, Some(will), None),
-        )
-        .await;
+        first_reply(agent.addr, &delayed_will(i)).await;
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     let ok = served(agent.addr, "keeper", None).await;
@@ -154,71 +124,19 @@ async fn wills() -> Row {
     )
 }
 
-fn paho_publish(addr: std::net::SocketAddr, topic: &str, n: usize, size: usize, retain: bool) {
-    let script = r#"
-import sys, paho.mqtt.client as mqtt
-port, topic, n, size, retain = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
-c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-pub", protocol=mqtt.MQTTv5)
-c.max_inflight_messages_set(16)
-c.connect("127.0.0.1", port)
-c.loop_start()
-infos = [c.publish(topic.replace("{i}", str(i)), b"x" * size, qos=1, retain=retain) for i in range(n)]
-for i in infos:
-    i.wait_for_publish(120)
-c.disconnect()
-c.loop_stop()
-"#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(addr.port().to_string())
-        .arg(topic)
-        .arg(n.to_string())
-        .arg(size.to_string())
-        .arg(if retain { "1" } else { "0" })
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn persistent(addr: std::net::SocketAddr, id: &str) -> rumqttc::v5::MqttOptions {
-    let mut o = rumqttc::v5::MqttOptions::new(id, "127.0.0.1", addr.port());
-    o.set_clean_start(false);
-    let mut props = ConnectProperties::new();
-    props.session_expiry_interval = Some(3600);
-    props.max_packet_size = Some(1 << 20);
-    o.set_connect_properties(props);
-    o
-}
-
 async fn offline_queues() -> Row {
     let (agent, _dir) = start(|t| t);
     for i in 0..10 {
-        let (c, mut ev) =
-            rumqttc::v5::AsyncClient::new(persistent(agent.addr, &format!("off{i}")), 10);
-        c.subscribe("big/#", QoS::AtLeastOnce).await.unwrap();
-        loop {
-            if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::SubAck(_)) =
-                ev.poll().await.unwrap()
-            {
-                break;
-            }
-        }
-        c.disconnect().await.unwrap();
-        let _ = tokio::time::timeout(Duration::from_secs(1), ev.poll()).await;
+        offline_subscriber(agent.addr, &format!("off{i}"), "big/#").await;
     }
-    paho_publish(agent.addr, "big/{i}", 200, 200_000, false);
+    paho_publish(agent.addr, "big/{i}", 200, 200_000, false, 120);
     let after_flood = agent.peak_mib();
     // One session resumes: its queue is read in pages.
-    let (_c, mut ev) = rumqttc::v5::AsyncClient::new(persistent(agent.addr, "off0"), 10);
+    let resume = persistent(agent.addr, "off0", Some(1 << 20));
+    let (mut c, _) = test_support::v5::Client::connect(resume).await;
     let mut got = 0;
-    while let Ok(Ok(e)) = tokio::time::timeout(Duration::from_secs(3), ev.poll()).await {
-        if let rumqttc::v5::Event::Incoming(rumqttc::v5::mqttbytes::v5::Packet::Publish(_)) = e {
-            got += 1;
-        }
+    while c.publish(Duration::from_secs(3)).await.is_some() {
+        got += 1;
     }
     let ok = served(agent.addr, "keeper", None).await;
     row(
@@ -234,7 +152,7 @@ async fn offline_queues() -> Row {
 
 async fn retained() -> Row {
     let (agent, _dir) = start(|t| t);
-    paho_publish(agent.addr, "ret/{i}", 2000, 200_000, true);
+    paho_publish(agent.addr, "ret/{i}", 2000, 200_000, true, 120);
     let ok = served(agent.addr, "keeper", None).await;
     let note = format!(
         "sessions.max_retained_bytes = 8 MiB: {} kept, {} refused",
@@ -247,14 +165,14 @@ async fn retained() -> Row {
 async fn sessions() -> Row {
     let (agent, _dir) = start(|t| t);
     // The keeper's session exists before the flood (new ones are what the bound refuses).
-    let mut props = ConnectProperties::new();
-    props.session_expiry_interval = Some(3600);
-    first_reply(agent.addr, &connect5("keeper", props, None, None)).await;
+    first_reply(agent.addr, &connect5("keeper", hour_session(), None, None)).await;
     let mut refused = 0;
     for i in 0..5000 {
-        let mut props = ConnectProperties::new();
-        props.session_expiry_interval = Some(3600);
-        let r = first_reply(agent.addr, &connect5(&format!("s{i}"), props, None, None)).await;
+        let r = first_reply(
+            agent.addr,
+            &connect5(&format!("s{i}"), hour_session(), None, None),
+        )
+        .await;
         if r.get(3) == Some(&0x97) {
             refused += 1;
         }
@@ -288,14 +206,7 @@ async fn idle_sockets() -> Row {
         let Ok(mut s) = sock.connect(agent.addr).await else {
             continue;
         };
-        let mut c = vec![0x10, 0];
-        let mut body = vec![0, 4, b'M', b'Q', b'T', b'T', 4, 0x02, 0, 0];
-        let id = format!("legit{i}");
-        body.extend_from_slice(&(id.len() as u16).to_be_bytes());
-        body.extend_from_slice(id.as_bytes());
-        c[1] = body.len() as u8;
-        c.extend(body);
-        let _ = s.write_all(&c).await;
+        let _ = s.write_all(&connect_v311(&format!("legit{i}"), 0)).await;
         let mut connack = [0u8; 4];
         if tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut connack))
             .await

@@ -29,6 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use test_support::free_port;
 
 const PAYLOAD: usize = 100;
 const RUMQTTD_ENV: &str = "BROKER_BENCH_RUMQTTD_PORT";
@@ -487,14 +488,6 @@ dynamic_filters = true
     let config: rumqttd::Config = toml::from_str(&text).expect("rumqttd config");
     let mut broker = rumqttd::Broker::new(config);
     let _ = broker.start();
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 async fn wait_port(addr: SocketAddr) {

@@ -7,7 +7,14 @@
 
 mod support;
 
-use support::spawned::{Agent, NO_PER_ADDRESS, PER_ADDRESS, connect5, encode, first_reply, served};
+use support::floods::{
+    delayed_will, dev_user, hour_session, offline_subscriber, paho_publish, persistent,
+    wrong_passwords,
+};
+use support::spawned::{Agent, NO_PER_ADDRESS, PER_ADDRESS, served};
+use test_support::raw::{
+    connack_code, connect_v311, connect_v311_auth, connect5, encode, first_reply, packet,
+};
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -16,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{ConnectProperties, LastWill, LastWillProperties, Login, Packet};
+use rumqttc::v5::mqttbytes::v5::{ConnectProperties, Packet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -24,28 +31,11 @@ use tokio::net::TcpStream;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_password_checks_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = edge_agent::auth::hash_password("right").unwrap();
-    let agent = Agent::start(dir.path(), |t| {
-        format!("{t}\n[[auth.users]]\nname = \"dev\"\npassword_hash = \"{hash}\"\n")
-    });
+    let users = dev_user();
+    let agent = Agent::start(dir.path(), |t| format!("{t}{users}"));
     let base = agent.rss_mib();
     // Bounded flood: 100 CONNECTs with a wrong password at once.
-    let wrong = connect5(
-        "flood",
-        ConnectProperties::new(),
-        None,
-        Some(Login::new("dev", "wrong")),
-    );
-    let mut flood = Vec::new();
-    for _ in 0..100 {
-        let (addr, bytes) = (agent.addr, wrong.clone());
-        flood.push(tokio::spawn(async move { first_reply(addr, &bytes).await }));
-    }
-    let mut codes = Vec::new();
-    for f in flood {
-        let reply = f.await.unwrap();
-        codes.push(reply.get(3).copied());
-    }
+    let codes = wrong_passwords(agent.addr, 100).await;
     let peak = agent.peak_mib();
     // Each answered: bad credentials (0x86) or server busy (0x89), never more than
     // `max_concurrent_checks` (2) hashes of ~19 MiB at once.
@@ -64,9 +54,9 @@ async fn concurrent_password_checks_are_bounded() {
 async fn median_refusal(addr: SocketAddr, user: &str) -> Duration {
     let mut v = Vec::new();
     for _ in 0..5 {
-        let c = support::raw::connect_v311_auth("t", user, "wrong");
+        let c = connect_v311_auth("t", user, "wrong");
         let t = Instant::now();
-        assert_eq!(support::raw::connack_code(addr, &c).await, 4);
+        assert_eq!(connack_code(addr, &c).await, 4);
         v.push(t.elapsed());
     }
     v.sort();
@@ -77,10 +67,8 @@ async fn median_refusal(addr: SocketAddr, user: &str) -> Duration {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_users_take_as_long_as_known_ones() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = edge_agent::auth::hash_password("right").unwrap();
-    let agent = Agent::start(dir.path(), |t| {
-        format!("{t}\n[[auth.users]]\nname = \"dev\"\npassword_hash = \"{hash}\"\n")
-    });
+    let users = dev_user();
+    let agent = Agent::start(dir.path(), |t| format!("{t}{users}"));
     let known = median_refusal(agent.addr, "dev").await;
     let unknown = median_refusal(agent.addr, "nobody").await;
     println!("median refusal: known user {known:?}, unknown user {unknown:?}");
@@ -116,28 +104,7 @@ async fn delayed_wills_are_capped_and_bounded() {
     // A will of 60 KB (a will payload is at most 64 KiB) with a one-hour delay and a
     // one-hour session, then the socket dropped: 1000 times (60 MB of wills).
     for i in 0..1000 {
-        let mut props = ConnectProperties::new();
-        props.session_expiry_interval = Some(3600);
-        let will = LastWill::new(
-            format!("will/{i}"),
-            vec![7u8; 60_000],
-            QoS::AtLeastOnce,
-            false,
-            Some(LastWillProperties {
-                delay_interval: Some(3600),
-                payload_format_indicator: None,
-                message_expiry_interval: None,
-                content_type: None,
-                response_topic: None,
-                correlation_data: None,
-                user_properties: Vec::new(),
-            }),
-        );
-        let reply = first_reply(
-            agent.addr,
-            &connect5(&format!("w{i}"), props, Some(will), None),
-        )
-        .await;
+        let reply = first_reply(agent.addr, &delayed_will(i)).await;
         assert_eq!(reply.get(3), Some(&0), "CONNACK {reply:?}");
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -175,8 +142,7 @@ async fn delayed_wills_are_capped_and_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn users_turn_anonymous_access_off_and_validate_warns() {
     let dir = tempfile::tempdir().unwrap();
-    let hash = edge_agent::auth::hash_password("right").unwrap();
-    let users = format!("\n[[auth.users]]\nname = \"dev\"\npassword_hash = \"{hash}\"\n");
+    let users = dev_user();
     let validate = |text: String| {
         let f = dir.path().join("v.toml");
         std::fs::write(&f, text).unwrap();
@@ -211,50 +177,6 @@ async fn users_turn_anonymous_access_off_and_validate_warns() {
     assert!(user.status.success(), "{user:?}");
 }
 
-/// A persistent MQTT 5 subscriber to `filter` at QoS 1, then gone (its session stays).
-async fn offline_subscriber(addr: SocketAddr, id: &str, filter: &str) {
-    let mut o = support::v5::options(addr, id);
-    o.set_clean_start(false);
-    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
-    props.session_expiry_interval = Some(3600);
-    o.set_connect_properties(props);
-    let (mut c, _) = support::v5::Client::connect(o).await;
-    c.subscribe(filter, support::v5::QoS::AtLeastOnce).await;
-    c.disconnect().await;
-}
-
-/// Publishes `n` QoS 1 messages of `size` bytes to `topic` (retained if `retain`) with
-/// paho-mqtt; returns once every PUBACK came.
-fn paho_publish(addr: SocketAddr, topic: &str, n: usize, size: usize, retain: bool) {
-    let script = r#"
-import sys, paho.mqtt.client as mqtt
-port, topic, n, size, retain = int(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == "1"
-c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="paho-pub", protocol=mqtt.MQTTv5)
-c.max_inflight_messages_set(16)
-c.connect("127.0.0.1", port)
-c.loop_start()
-infos = [c.publish(topic.replace("{i}", str(i)), b"x" * size, qos=1, retain=retain) for i in range(n)]
-for i in infos:
-    i.wait_for_publish(60)
-c.disconnect()
-c.loop_stop()
-"#;
-    let out = Command::new("python3")
-        .args(["-c", script])
-        .arg(addr.port().to_string())
-        .arg(topic)
-        .arg(n.to_string())
-        .arg(size.to_string())
-        .arg(if retain { "1" } else { "0" })
-        .output()
-        .expect("python3");
-    assert!(
-        out.status.success(),
-        "paho: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Finding: no bound on `broker.db` or on an offline queue's bytes, and a resumed
 /// session's whole queue read at once (10 sessions x 200 large messages: 507 MB on
 /// disk, 490 MB RSS at reconnect).
@@ -266,7 +188,7 @@ async fn offline_queues_and_broker_db_are_bounded() {
         offline_subscriber(agent.addr, &format!("off{i}"), "big/#").await;
     }
     // 200 messages of 200 KB for each of the 10 offline sessions (400 MB of copies).
-    paho_publish(agent.addr, "big/{i}", 200, 200_000, false);
+    paho_publish(agent.addr, "big/{i}", 200, 200_000, false, 60);
     let db = agent.db_bytes();
     let peak_publish = agent.peak_mib();
     println!(
@@ -278,13 +200,8 @@ async fn offline_queues_and_broker_db_are_bounded() {
     assert!(agent.metric("edge_agent_dropped_total{reason=\"queue_full\"}") > 0);
     // Resuming one session reads its queue page by page.
     let before = agent.rss_mib();
-    let mut o = support::v5::options(agent.addr, "off0");
-    o.set_clean_start(false);
-    let mut props = rumqttc::v5::mqttbytes::v5::ConnectProperties::new();
-    props.session_expiry_interval = Some(3600);
-    props.max_packet_size = Some(1 << 20);
-    o.set_connect_properties(props);
-    let (mut c, _) = support::v5::Client::connect(o).await;
+    let (mut c, _) =
+        test_support::v5::Client::connect(persistent(agent.addr, "off0", Some(1 << 20))).await;
     let mut got = 0;
     while let Some(p) = c.publish(Duration::from_secs(3)).await {
         assert_eq!(p.payload.len(), 200_000);
@@ -304,7 +221,7 @@ async fn retained_messages_are_bounded_in_bytes() {
     let agent = Agent::start(dir.path(), |t| t);
     let base = agent.rss_mib();
     // 400 retained messages of 200 KB (80 MB) on distinct topics.
-    paho_publish(agent.addr, "ret/{i}", 400, 200_000, true);
+    paho_publish(agent.addr, "ret/{i}", 400, 200_000, true, 60);
     let rss = agent.rss_mib();
     let held = agent.metric("edge_agent_retained_bytes");
     println!("RSS {base} -> {rss} MiB, retained {held} bytes");
@@ -324,9 +241,11 @@ async fn sessions_are_bounded() {
     });
     let mut codes = Vec::new();
     for i in 0..30 {
-        let mut props = ConnectProperties::new();
-        props.session_expiry_interval = Some(3600);
-        let reply = first_reply(agent.addr, &connect5(&format!("s{i}"), props, None, None)).await;
+        let reply = first_reply(
+            agent.addr,
+            &connect5(&format!("s{i}"), hour_session(), None, None),
+        )
+        .await;
         codes.push(reply.get(3).copied());
     }
     assert!(codes[..20].iter().all(|c| *c == Some(0)), "{codes:?}");
@@ -336,9 +255,7 @@ async fn sessions_are_bounded() {
         10
     );
     // An existing session still resumes.
-    let mut props = ConnectProperties::new();
-    props.session_expiry_interval = Some(3600);
-    let mut c = connect5("s3", props, None, None);
+    let mut c = connect5("s3", hour_session(), None, None);
     c[9] &= !0x02; // clean start off
     assert_eq!(
         first_reply(agent.addr, &c).await.get(2..4),
@@ -437,7 +354,7 @@ async fn idle_sockets_from_one_address_leave_room_for_others() {
         let sock = tokio::net::TcpSocket::new_v4().unwrap();
         sock.bind("127.0.0.2:0".parse().unwrap()).unwrap();
         let mut s = sock.connect(agent.addr).await.unwrap();
-        s.write_all(&support::raw::connect_v311(&format!("legit{i}"), 0))
+        s.write_all(&connect_v311(&format!("legit{i}"), 0))
             .await
             .unwrap();
         let mut connack = [0u8; 4];
@@ -569,7 +486,7 @@ async fn malformed_mqtt5_packets_get_the_specs_reason_codes() {
     let reply = first_reply(agent.addr, &c).await;
     assert_eq!(reply.first(), Some(&0x20), "{reply:?}");
     assert_eq!(reply.get(3), Some(&0x81), "{reply:?}");
-    let mut c = support::raw::connect_v311("reserved", 0);
+    let mut c = connect_v311("reserved", 0);
     c[9] |= 0x01;
     assert!(first_reply(agent.addr, &c).await.is_empty());
     assert!(agent.metric("edge_agent_malformed_packets_total") >= 7);
@@ -583,10 +500,7 @@ fn protocol_cases() -> Vec<(&'static str, Vec<u8>, u8)> {
         let mut body = vec![0, 3, b'p', b'/', b'a', 0, 1];
         body.extend_from_slice(props);
         body.push(b'x');
-        let mut p = vec![0x32];
-        p.extend(support::raw::remaining_length(body.len()));
-        p.extend(body);
-        p
+        packet(0x32, &body)
     };
     vec![
         (

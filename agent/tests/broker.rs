@@ -9,7 +9,8 @@ mod support;
 use std::time::Duration;
 
 use edge_agent::config::UserConfig;
-use support::{WAIT, config, raw, start, stop, v4, v5};
+use support::{config, start, stop};
+use test_support::{WAIT, raw, v4, v5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
@@ -125,15 +126,7 @@ async fn will_is_published_on_abnormal_end_and_will_delay_is_honoured() {
 
     // MQTT 5 will delay: not before the delay.
     let mut o = v5::options(addr, "delayed");
-    let props = rumqttc::v5::mqttbytes::v5::LastWillProperties {
-        delay_interval: Some(2),
-        payload_format_indicator: None,
-        message_expiry_interval: None,
-        content_type: None,
-        response_topic: None,
-        correlation_data: None,
-        user_properties: Vec::new(),
-    };
+    let props = v5::will_delay(2);
     o.set_last_will(rumqttc::v5::mqttbytes::v5::LastWill::new(
         "will/delayed",
         "late",

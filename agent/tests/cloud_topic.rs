@@ -9,7 +9,8 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{WAIT, config, start, stop};
+use support::{config, start, stop};
+use test_support::WAIT;
 
 fn mosquitto(tool: &str, port: u16, args: &[&str]) -> Command {
     let mut c = Command::new(tool);

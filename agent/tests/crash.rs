@@ -24,7 +24,8 @@ const STREAMER: &str = include_str!("support/streamer.py");
 fn kill_9_never_loses_or_duplicates_an_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<u64> = Vec::new();
-    let mut rng = support::crash_rng("kill_9_never_loses_or_duplicates_an_acknowledged_message");
+    let mut rng =
+        test_support::crash_rng("kill_9_never_loses_or_duplicates_an_acknowledged_message");
     for round in 0..ROUNDS {
         let (mut agent, addr) = process::spawn(dir.path(), "");
         let mut streamer = Command::new("python3")

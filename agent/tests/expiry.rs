@@ -9,7 +9,8 @@ mod support;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::{ConnectProperties, PublishProperties};
-use support::{WAIT, config, raw, start, stop, v5};
+use support::{config, start, stop};
+use test_support::{WAIT, raw, v5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn persistent(addr: std::net::SocketAddr, id: &str) -> rumqttc::v5::MqttOptions {
@@ -118,10 +119,7 @@ fn connect_v5(client_id: &str, expiry: Option<u32>, will: Option<(&str, &[u8])>)
         body.extend_from_slice(&u16::try_from(payload.len()).unwrap().to_be_bytes());
         body.extend_from_slice(payload);
     }
-    let mut packet = vec![0x10];
-    packet.extend(raw::remaining_length(body.len()));
-    packet.extend(body);
-    packet
+    raw::packet(0x10, &body)
 }
 
 /// An MQTT 5 DISCONNECT (reason 0) with a session expiry interval.

@@ -20,7 +20,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-use support::v4;
+use test_support::v4;
 
 const TOPIC: &str = "graceful/q";
 /// Publishes offered at most; SIGTERM comes after `KILL_AFTER` of them are acknowledged.
@@ -94,13 +94,10 @@ impl Notify {
 
 fn spawn(dir: &Path, notify: &Notify) -> Child {
     let config = dir.join("agent.toml");
-    let text = edge_agent::config::DEFAULT_CONFIG
-        .replace("127.0.0.1:1883", "127.0.0.1:0")
-        .replace("127.0.0.1:9181", "127.0.0.1:0")
-        .replace(
-            "max_queued_messages = 1000 ",
-            "max_queued_messages = 100000 ",
-        );
+    let text = support::process::default_config().replace(
+        "max_queued_messages = 1000 ",
+        "max_queued_messages = 100000 ",
+    );
     std::fs::write(&config, text).unwrap();
     Command::new(env!("CARGO_BIN_EXE_edge-agent"))
         .arg("run")

@@ -10,7 +10,8 @@ use std::time::Duration;
 
 use edge_agent::journal::{Counter, WhenFull};
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
-use support::{WAIT, config, raw, start, stop, v5};
+use support::{config, start, stop};
+use test_support::{WAIT, raw, v5};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Publishes `n` QoS 1 messages of 100 bytes to `topic`; returns the PUBACK reasons.

@@ -6,7 +6,6 @@
 
 mod support;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -19,28 +18,13 @@ use edge_agent::journal::{
 };
 use edge_agent::server::Agent;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
-use support::{WAIT, config, start, stop, v5};
+use support::{config, start, stop};
+use test_support::metrics::{self, samples, value};
+use test_support::{WAIT, v5};
 
 /// `GET path` on the endpoint.
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    mqtt::metrics::fetch::get(addr, path, WAIT)
-        .await
-        .expect("endpoint answers")
-}
-
-/// Every sample of an OpenMetrics text: `name{labels}` -> value.
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').expect("sample line");
-            (k.to_owned(), v.parse().expect("number"))
-        })
-        .collect()
-}
-
-fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
-    *m.get(key).unwrap_or_else(|| panic!("{key} not exported"))
+    metrics::get(addr, path, WAIT).await
 }
 
 #[tokio::test]
@@ -375,10 +359,7 @@ async fn status_without_an_agent_says_so_and_shows_the_journal_offline() {
     }
     j.close().await.unwrap();
     // A port nobody listens on any more.
-    let free = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let free = SocketAddr::from(([127, 0, 0, 1], test_support::free_port()));
     let file = config_file(dir.path(), free);
     let out = edge_agent(&[
         "--config",
@@ -398,9 +379,7 @@ async fn sensor_readings_and_faults_are_exported_by_sensor_and_kind() {
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
         "{}\n{}",
-        edge_agent::config::DEFAULT_CONFIG
-            .replace("127.0.0.1:1883", "127.0.0.1:0")
-            .replace("127.0.0.1:9181", "127.0.0.1:0"),
+        support::process::default_config(),
         r#"
 [[sensor]]
 id = "gone"

@@ -14,7 +14,8 @@ use std::time::Duration;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectProperties, Filter, RetainForwardRule, SubscribeProperties,
 };
-use support::{config, paho_async, start, stop, v5};
+use support::{config, paho_async, start, stop};
+use test_support::v5;
 
 /// 3.1.2-23: expiry 0 (or absent) ends the session with the connection; expiry N keeps
 /// it N seconds and no longer (even before the minute's sweep); a DISCONNECT may raise
@@ -224,14 +225,14 @@ async fn subscription_identifiers_survive_a_restart_rumqttc() {
         .unwrap();
     p.wait_for(|p| matches!(p, v5::Packet::PubAck(_))).await;
     let (mut s, _) = v5::Client::connect(persistent(addr)).await;
-    let m = s.publish(support::WAIT).await.expect("queued message");
+    let m = s.publish(test_support::WAIT).await.expect("queued message");
     let ids = m.properties.map(|p| p.subscription_identifiers);
     assert_eq!(ids, Some(vec![42]), "queued");
     p.client
         .publish("sidr/l", v5::QoS::AtLeastOnce, false, "live")
         .await
         .unwrap();
-    let m = s.publish(support::WAIT).await.expect("live message");
+    let m = s.publish(test_support::WAIT).await.expect("live message");
     let ids = m.properties.map(|p| p.subscription_identifiers);
     assert_eq!(ids, Some(vec![42]), "live");
     stop(agent).await;
@@ -317,7 +318,7 @@ async fn subscribe_options_rumqttc() {
     f.retain_forward_rule = RetainForwardRule::OnEverySubscribe;
     b.client.subscribe_many([f.clone()]).await.unwrap();
     let m = b
-        .publish(support::WAIT)
+        .publish(test_support::WAIT)
         .await
         .expect("retained, handling 0");
     assert!(m.retain);
@@ -336,7 +337,7 @@ async fn subscribe_options_rumqttc() {
         .publish("sor/r", v5::QoS::AtLeastOnce, true, "again")
         .await
         .unwrap();
-    let m = b.publish(support::WAIT).await.expect("live retained");
+    let m = b.publish(test_support::WAIT).await.expect("live retained");
     assert!(m.retain, "retain as published");
     a.client
         .publish("sor/r", v5::QoS::AtLeastOnce, true, "")
@@ -384,7 +385,10 @@ async fn an_older_broker_db_keeps_working() {
         panic!("{connack:?}")
     };
     assert!(ack.session_present);
-    let m = s.publish(support::WAIT).await.expect("the stored message");
+    let m = s
+        .publish(test_support::WAIT)
+        .await
+        .expect("the stored message");
     assert_eq!((&m.topic[..], &m.payload[..]), (&b"old/x"[..], &b"q"[..]));
     s.client
         .subscribe_with_properties(
@@ -407,7 +411,7 @@ async fn an_older_broker_db_keeps_working() {
     }
     let mut got = Vec::new();
     for _ in 0..2 {
-        let m = s.publish(support::WAIT).await.expect("live message");
+        let m = s.publish(test_support::WAIT).await.expect("live message");
         let ids = m
             .properties
             .map(|p| p.subscription_identifiers)

@@ -6,121 +6,50 @@
 
 mod support;
 
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use bytes::BytesMut;
 use rumqttc::v5::mqttbytes::v5::{
     ConnectProperties, Filter, Packet as RawPacket, PublishProperties, Subscribe,
 };
-use support::spawned::{connect5, encode, first_reply, served};
-use support::v5::{Client, Packet, QoS, options};
+use support::spawned::served;
 use support::{config, start, stop};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use test_support::raw::{Raw, connect5, encode, first_reply, packet};
+use test_support::v5::{Client, Packet, QoS, options};
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// Runs a paho script (`python3 -c`) with the port as its first argument; asserts it
-/// printed OK.
-async fn paho(script: &'static str, port: u16, extra: &[&str]) {
-    let mut args: Vec<String> = vec![
-        "60".into(),
-        "python3".into(),
-        "-c".into(),
-        script.into(),
-        port.to_string(),
-    ];
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let out: Output = tokio::task::spawn_blocking(move || {
-        Command::new("timeout")
-            .args(&args)
-            .output()
-            .expect("python3 runs")
-    })
-    .await
-    .unwrap();
-    assert!(
-        out.status.success() && text(&out.stdout).contains("OK"),
-        "paho: {}{}",
-        text(&out.stdout),
-        text(&out.stderr)
-    );
-}
+/// What every paho script starts with: the imports, `port` (the first argument), and
+/// `client(...)`, a paho-mqtt client connected to the agent with its network loop
+/// started (callbacks set before CONNECT), and `close(...)`.
+const PAHO_PRELUDE: &str = r##"
+import sys, time, threading, paho.mqtt.client as mqtt
+from paho.mqtt.properties import Properties
+from paho.mqtt.packettypes import PacketTypes
+port = int(sys.argv[1])
+def client(cid, protocol=mqtt.MQTTv5, keepalive=30, properties=None, manual_ack=False,
+           on_message=None, on_connect=None):
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=cid, protocol=protocol,
+                    manual_ack=manual_ack)
+    if on_message is not None:
+        c.on_message = on_message
+    if on_connect is not None:
+        c.on_connect = on_connect
+    c.connect("127.0.0.1", port, keepalive=keepalive, properties=properties)
+    c.loop_start()
+    return c
+def close(*clients):
+    for c in clients:
+        c.disconnect(); c.loop_stop()
+"##;
 
-/// A raw MQTT 5 connection: sends CONNECT, reads CONNACK.
-struct Raw {
-    sock: TcpStream,
-    buf: BytesMut,
-}
-
-impl Raw {
-    async fn connect(addr: std::net::SocketAddr, id: &str, props: ConnectProperties) -> Raw {
-        let mut sock = TcpStream::connect(addr).await.unwrap();
-        sock.write_all(&connect5(id, props, None, None))
-            .await
-            .unwrap();
-        let mut raw = Raw {
-            sock,
-            buf: BytesMut::new(),
-        };
-        match raw.next(Duration::from_secs(10)).await {
-            Some(RawPacket::ConnAck(c)) => assert_eq!(c.code as u8, 0, "{c:?}"),
-            other => panic!("expected CONNACK, got {other:?}"),
-        }
-        raw
-    }
-
-    async fn send(&mut self, bytes: &[u8]) {
-        self.sock.write_all(bytes).await.unwrap();
-    }
-
-    /// The next packet, `None` at close or after `wait`.
-    async fn next(&mut self, wait: Duration) -> Option<RawPacket> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Ok(p) = RawPacket::read(&mut self.buf, None) {
-                return Some(p);
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout_at(deadline, self.sock.read(&mut chunk))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    /// The reason code of the server's DISCONNECT (bytes read raw: rumqttc 0.25 cannot
-    /// read every DISCONNECT).
-    async fn disconnect_reason(&mut self) -> Option<u8> {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-        loop {
-            if self.buf.len() >= 3 && self.buf[0] == 0xE0 {
-                return Some(self.buf[2]);
-            }
-            if self.buf.len() >= 2 && self.buf[0] != 0xE0 {
-                // Skip a whole other packet.
-                if let Ok(_p) = RawPacket::read(&mut self.buf, None) {
-                    continue;
-                }
-            }
-            let mut chunk = [0u8; 1024];
-            let n = tokio::time::timeout_at(deadline, self.sock.read(&mut chunk))
-                .await
-                .ok()?
-                .ok()?;
-            if n == 0 {
-                return None;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
+/// Runs a paho script (after [`PAHO_PRELUDE`]) with the port as its first argument;
+/// asserts it printed OK.
+async fn paho(script: &'static str, port: u16) {
+    tokio::task::spawn_blocking(move || support::paho_after(PAHO_PRELUDE, script, port))
+        .await
+        .unwrap();
 }
 
 /// An MQTT 5 PUBLISH (QoS 0) with raw properties bytes.
@@ -131,10 +60,7 @@ fn publish_with_props(topic: &str, props: &[u8], payload: &[u8]) -> Vec<u8> {
     body.push(props.len() as u8);
     body.extend_from_slice(props);
     body.extend_from_slice(payload);
-    let mut p = vec![0x30];
-    p.extend(support::raw::remaining_length(body.len()));
-    p.extend(body);
-    p
+    packet(0x30, &body)
 }
 
 fn agent_config(edit: impl FnOnce(&mut edge_agent::config::Config)) -> edge_agent::config::Config {
@@ -146,26 +72,17 @@ fn agent_config(edit: impl FnOnce(&mut edge_agent::config::Config)) -> edge_agen
 // ---- Receive Maximum ------------------------------------------------------------------
 
 const PAHO_RECEIVE_MAXIMUM: &str = r##"
-import sys, time, threading, paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
-port = int(sys.argv[1])
 got = []
 lock = threading.Lock()
 def on_message(c, u, m):
     with lock:
         got.append(m)
-sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rm-sub", protocol=mqtt.MQTTv5, manual_ack=True)
-sub.on_message = on_message
 p = Properties(PacketTypes.CONNECT)
 p.ReceiveMaximum = 2
-sub.connect("127.0.0.1", port, keepalive=30, properties=p)
-sub.loop_start()
+sub = client("rm-sub", properties=p, manual_ack=True, on_message=on_message)
 sub.subscribe("rm/t", qos=1)
 time.sleep(0.5)
-pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="rm-pub", protocol=mqtt.MQTTv5)
-pub.connect("127.0.0.1", port, keepalive=30)
-pub.loop_start()
+pub = client("rm-pub")
 for i in range(5):
     pub.publish("rm/t", str(i).encode(), qos=1).wait_for_publish(10)
 time.sleep(1.5)
@@ -192,15 +109,14 @@ payloads = [m.payload for m in got]
 assert payloads == [b"0", b"1", b"2", b"3", b"4"], payloads
 sub.ack(got[4].mid, 1)
 print("OK")
-for c in (sub, pub):
-    c.disconnect(); c.loop_stop()
+close(sub, pub)
 "##;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_maximum_3_3_4_9_paho() {
     let dir = tempfile::tempdir().unwrap();
     let (agent, addr) = start(config(), dir.path()).await;
-    paho(PAHO_RECEIVE_MAXIMUM, addr.port(), &[]).await;
+    paho(PAHO_RECEIVE_MAXIMUM, addr.port()).await;
     stop(agent).await;
 }
 
@@ -268,26 +184,16 @@ async fn receive_maximum_0_is_a_protocol_error_3_2_2_16() {
 // ---- Topic aliases --------------------------------------------------------------------
 
 const PAHO_TOPIC_ALIAS: &str = r##"
-import sys, time, threading, paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
-port = int(sys.argv[1])
 got = []
 connack = {}
 def on_message(c, u, m):
     got.append((m.topic, m.payload))
 def on_connect(c, u, f, rc, props):
     connack["tam"] = getattr(props, "TopicAliasMaximum", None)
-sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ta-sub", protocol=mqtt.MQTTv5)
-sub.on_message = on_message
-sub.connect("127.0.0.1", port, keepalive=30)
-sub.loop_start()
+sub = client("ta-sub", on_message=on_message)
 sub.subscribe("ta/#", qos=1)
 time.sleep(0.5)
-pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ta-pub", protocol=mqtt.MQTTv5)
-pub.on_connect = on_connect
-pub.connect("127.0.0.1", port, keepalive=30)
-pub.loop_start()
+pub = client("ta-pub", on_connect=on_connect)
 time.sleep(0.3)
 assert connack.get("tam") == 10, connack
 a = Properties(PacketTypes.PUBLISH); a.TopicAlias = 3
@@ -301,15 +207,14 @@ while time.time() < deadline and len(got) < 4:
     time.sleep(0.05)
 assert got == [("ta/one", b"first"), ("ta/one", b"second"), ("ta/ten", b"third"), ("ta/ten", b"fourth")], got
 print("OK")
-for c in (sub, pub):
-    c.disconnect(); c.loop_stop()
+close(sub, pub)
 "##;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topic_alias_from_client_3_3_2_12_paho() {
     let dir = tempfile::tempdir().unwrap();
     let (agent, addr) = start(config(), dir.path()).await;
-    paho(PAHO_TOPIC_ALIAS, addr.port(), &[]).await;
+    paho(PAHO_TOPIC_ALIAS, addr.port()).await;
     stop(agent).await;
 }
 
@@ -371,19 +276,21 @@ async fn topic_alias_0_or_above_maximum_is_invalid_3_3_2_8_and_9() {
         (&[0x23, 0x00, 0x02], "", 0x82),
     ];
     for (i, (props, topic, want)) in cases.into_iter().enumerate() {
-        let mut raw = Raw::connect(addr, &format!("alias-bad-{i}"), ConnectProperties::new()).await;
-        raw.send(&publish_with_props(topic, props, b"x")).await;
+        let mut raw =
+            Raw::connect5_accepted(addr, &format!("alias-bad-{i}"), ConnectProperties::new()).await;
+        raw.send_bytes(&publish_with_props(topic, props, b"x"))
+            .await;
         assert_eq!(raw.disconnect_reason().await, Some(want), "case {i}");
     }
     // An alias within the maximum works on the same server.
-    let mut raw = Raw::connect(addr, "alias-good", ConnectProperties::new()).await;
-    raw.send(&publish_with_props("ok/t", &[0x23, 0x00, 0x04], b"x"))
+    let mut raw = Raw::connect5_accepted(addr, "alias-good", ConnectProperties::new()).await;
+    raw.send_bytes(&publish_with_props("ok/t", &[0x23, 0x00, 0x04], b"x"))
         .await;
-    raw.send(&publish_with_props("", &[0x23, 0x00, 0x04], b"y"))
+    raw.send_bytes(&publish_with_props("", &[0x23, 0x00, 0x04], b"y"))
         .await;
-    raw.send(&[0xC0, 0x00]).await;
+    raw.send_bytes(&[0xC0, 0x00]).await;
     assert!(matches!(
-        raw.next(Duration::from_secs(10)).await,
+        raw.recv5(Duration::from_secs(10)).await,
         Some(RawPacket::PingResp(_))
     ));
     assert!(
@@ -395,7 +302,7 @@ async fn topic_alias_0_or_above_maximum_is_invalid_3_3_2_8_and_9() {
 
 /// Subscribes a raw MQTT 5 client allowing `alias_max` aliases to `filter`.
 async fn raw_subscriber(addr: std::net::SocketAddr, id: &str, alias_max: u16, filter: &str) -> Raw {
-    let mut raw = Raw::connect(
+    let mut raw = Raw::connect5_accepted(
         addr,
         id,
         ConnectProperties {
@@ -409,9 +316,10 @@ async fn raw_subscriber(addr: std::net::SocketAddr, id: &str, alias_max: u16, fi
         None,
     );
     subscribe.pkid = 1;
-    raw.send(&encode(RawPacket::Subscribe(subscribe))).await;
+    raw.send_bytes(&encode(RawPacket::Subscribe(subscribe)))
+        .await;
     assert!(matches!(
-        raw.next(Duration::from_secs(10)).await,
+        raw.recv5(Duration::from_secs(10)).await,
         Some(RawPacket::SubAck(_))
     ));
     raw
@@ -442,7 +350,7 @@ async fn server_topic_aliases_within_client_maximum_3_3_2_10() {
     }
     let mut seen = Vec::new();
     for _ in 0..6 {
-        match raw.next(Duration::from_secs(10)).await {
+        match raw.recv5(Duration::from_secs(10)).await {
             Some(RawPacket::Publish(p)) => seen.push((
                 text(&p.topic),
                 p.properties.and_then(|pr| pr.topic_alias),
@@ -514,22 +422,17 @@ async fn server_topic_aliases_resolved_by_rumqttc_3_3_2_10() {
 // ---- Server Keep Alive ----------------------------------------------------------------
 
 const PAHO_SERVER_KEEP_ALIVE: &str = r##"
-import sys, time, paho.mqtt.client as mqtt
-port = int(sys.argv[1])
 res = {}
 def on_connect(c, u, f, rc, props):
     res["rc"] = rc.value if hasattr(rc, "value") else rc
     res["ska"] = getattr(props, "ServerKeepAlive", None) if props is not None else None
 for proto, name in ((mqtt.MQTTv5, "5"), (mqtt.MQTTv311, "3")):
     res.clear()
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ska-" + name, protocol=proto)
-    c.on_connect = on_connect
-    c.connect("127.0.0.1", port, keepalive=60)
-    c.loop_start()
+    c = client("ska-" + name, protocol=proto, keepalive=60, on_connect=on_connect)
     deadline = time.time() + 10
     while time.time() < deadline and "rc" not in res:
         time.sleep(0.05)
-    c.disconnect(); c.loop_stop()
+    close(c)
     if name == "5":
         assert res == {"rc": 0, "ska": 5}, res
     else:
@@ -542,7 +445,7 @@ print("OK")
 async fn server_keep_alive_3_2_2_21_paho() {
     let dir = tempfile::tempdir().unwrap();
     let (agent, addr) = start(agent_config(|c| c.limits.max_keepalive = 5), dir.path()).await;
-    paho(PAHO_SERVER_KEEP_ALIVE, addr.port(), &[]).await;
+    paho(PAHO_SERVER_KEEP_ALIVE, addr.port()).await;
     stop(agent).await;
 }
 
@@ -570,7 +473,7 @@ async fn server_keep_alive_3_2_2_21_rumqttc_and_held_to_it() {
     // A silent client asking for 60 s (via raw bytes: rumqttc would ping) is held to
     // 1.5 × 5 s: DISCONNECT 0x8D (Keep Alive timeout), long before 60 s.
     let started = tokio::time::Instant::now();
-    let mut raw = Raw::connect(addr, "ska-silent", ConnectProperties::new()).await;
+    let mut raw = Raw::connect5_accepted(addr, "ska-silent", ConnectProperties::new()).await;
     assert_eq!(raw.disconnect_reason().await, Some(0x8D));
     let took = started.elapsed();
     assert!(
@@ -616,8 +519,8 @@ async fn bad_properties_get_their_reason_codes_2_2_2_and_3_8_2_1_2() {
         ("subscription id 0", sub_id_0, 0x82),
     ];
     for (what, bytes, want) in cases {
-        let mut raw = Raw::connect(addr, "bad-props", ConnectProperties::new()).await;
-        raw.send(&bytes).await;
+        let mut raw = Raw::connect5_accepted(addr, "bad-props", ConnectProperties::new()).await;
+        raw.send_bytes(&bytes).await;
         assert_eq!(raw.disconnect_reason().await, Some(want), "{what}");
     }
     assert!(
@@ -630,20 +533,11 @@ async fn bad_properties_get_their_reason_codes_2_2_2_and_3_8_2_1_2() {
 // ---- Properties forwarded unchanged -----------------------------------------------------
 
 const PAHO_PROPERTIES: &str = r##"
-import sys, time, paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
-port = int(sys.argv[1])
 got = []
-sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fp-sub", protocol=mqtt.MQTTv5)
-sub.on_message = lambda c, u, m: got.append(m)
-sub.connect("127.0.0.1", port, keepalive=30)
-sub.loop_start()
+sub = client("fp-sub", on_message=lambda c, u, m: got.append(m))
 sub.subscribe("fp/#", qos=1)
 time.sleep(0.5)
-pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="fp-pub", protocol=mqtt.MQTTv5)
-pub.connect("127.0.0.1", port, keepalive=30)
-pub.loop_start()
+pub = client("fp-pub")
 p = Properties(PacketTypes.PUBLISH)
 p.PayloadFormatIndicator = 1
 p.ContentType = "text/plain"
@@ -664,15 +558,14 @@ assert r.CorrelationData == b"\x00\x01corr", r
 assert 0 < r.MessageExpiryInterval <= 100, r
 assert r.UserProperty == [("k", "1"), ("a", "2"), ("k", "3")], r.UserProperty
 print("OK")
-for c in (sub, pub):
-    c.disconnect(); c.loop_stop()
+close(sub, pub)
 "##;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn properties_forwarded_unchanged_3_3_2_paho() {
     let dir = tempfile::tempdir().unwrap();
     let (agent, addr) = start(config(), dir.path()).await;
-    paho(PAHO_PROPERTIES, addr.port(), &[]).await;
+    paho(PAHO_PROPERTIES, addr.port()).await;
     stop(agent).await;
 }
 
@@ -724,23 +617,16 @@ async fn properties_forwarded_unchanged_3_3_2_rumqttc() {
 // ---- $-topics ---------------------------------------------------------------------------
 
 const PAHO_DOLLAR: &str = r##"
-import sys, time, paho.mqtt.client as mqtt
-port = int(sys.argv[1])
 got = {"wild": [], "dollar": []}
 def mk(name, filters):
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dl-" + name, protocol=mqtt.MQTTv5)
-    c.on_message = lambda c_, u, m: got[name].append(m.topic)
-    c.connect("127.0.0.1", port, keepalive=30)
-    c.loop_start()
+    c = client("dl-" + name, on_message=lambda c_, u, m: got[name].append(m.topic))
     for f in filters:
         c.subscribe(f, qos=1)
     return c
 wild = mk("wild", ["#", "+/t"])
 dollar = mk("dollar", ["$app/#"])
 time.sleep(0.5)
-pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="dl-pub", protocol=mqtt.MQTTv5)
-pub.connect("127.0.0.1", port, keepalive=30)
-pub.loop_start()
+pub = client("dl-pub")
 pub.publish("$app/t", b"d", qos=1).wait_for_publish(10)
 pub.publish("app/t", b"n", qos=1).wait_for_publish(10)
 time.sleep(1.0)
@@ -748,51 +634,40 @@ assert "$app/t" not in got["wild"], got
 assert "app/t" in got["wild"], got
 assert got["dollar"] == ["$app/t"], got
 print("OK")
-for c in (wild, dollar, pub):
-    c.disconnect(); c.loop_stop()
+close(wild, dollar, pub)
 "##;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dollar_topics_not_matched_by_leading_wildcards_4_7_2_1_paho() {
     let dir = tempfile::tempdir().unwrap();
     let (agent, addr) = start(config(), dir.path()).await;
-    paho(PAHO_DOLLAR, addr.port(), &[]).await;
+    paho(PAHO_DOLLAR, addr.port()).await;
     stop(agent).await;
 }
 
 // ---- Maximum Packet Size ------------------------------------------------------------------
 
 const PAHO_MAX_PACKET: &str = r##"
-import sys, time, paho.mqtt.client as mqtt
-from paho.mqtt.properties import Properties
-from paho.mqtt.packettypes import PacketTypes
-port = int(sys.argv[1])
 got = []
-sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mp-sub", protocol=mqtt.MQTTv5)
-sub.on_message = lambda c, u, m: got.append(m.payload)
 p = Properties(PacketTypes.CONNECT)
 p.MaximumPacketSize = 128
-sub.connect("127.0.0.1", port, keepalive=30, properties=p)
-sub.loop_start()
+sub = client("mp-sub", properties=p, on_message=lambda c, u, m: got.append(m.payload))
 sub.subscribe("mp/#", qos=1)
 time.sleep(0.5)
-pub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="mp-pub", protocol=mqtt.MQTTv5)
-pub.connect("127.0.0.1", port, keepalive=30)
-pub.loop_start()
+pub = client("mp-pub")
 pub.publish("mp/t", b"x" * 500, qos=1).wait_for_publish(10)
 pub.publish("mp/t", b"small", qos=1).wait_for_publish(10)
 time.sleep(1.0)
 assert got == [b"small"], got
 assert sub.is_connected()
 print("OK")
-for c in (sub, pub):
-    c.disconnect(); c.loop_stop()
+close(sub, pub)
 "##;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn maximum_packet_size_from_client_3_1_2_24_paho() {
     let dir = tempfile::tempdir().unwrap();
     let (agent, addr) = start(config(), dir.path()).await;
-    paho(PAHO_MAX_PACKET, addr.port(), &[]).await;
+    paho(PAHO_MAX_PACKET, addr.port()).await;
     stop(agent).await;
 }

@@ -111,7 +111,7 @@ fn kill_9_loses_no_acknowledged_message_for_a_connected_persistent_subscriber() 
     let dir = tempfile::tempdir().unwrap();
     let mut acked: Vec<u64> = Vec::new();
     let mut got: Vec<(u64, bool)> = Vec::new();
-    let mut rng = support::crash_rng(
+    let mut rng = test_support::crash_rng(
         "kill_9_loses_no_acknowledged_message_for_a_connected_persistent_subscriber",
     );
     for round in 0..ROUNDS {

@@ -15,7 +15,8 @@ use edge_agent::error::Error;
 use edge_agent::sensors::reading::Value;
 use edge_agent::sensors::sampler::Sampler;
 use edge_agent::sensors::{FaultKind, SensorState, Sensors};
-use support::{WAIT, start, stop, v5};
+use support::{start, stop};
+use test_support::{WAIT, v5};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 

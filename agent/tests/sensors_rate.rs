@@ -9,7 +9,8 @@ mod support;
 use std::time::{Duration, Instant};
 
 use edge_agent::config::{Config, DEFAULT_CONFIG};
-use support::{start, stop, v5};
+use support::{start, stop};
+use test_support::v5;
 
 #[tokio::test]
 async fn a_fast_sensor_loses_nothing_and_prints_its_rate_and_delay() {

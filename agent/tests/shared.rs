@@ -10,7 +10,8 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use support::{config, paho_async, start, stop, v5};
+use support::{config, paho_async, start, stop};
+use test_support::v5;
 
 /// 4.8.2: each message to one member, round robin; other subscribers get every one;
 /// no retained message on a shared subscription.
@@ -116,12 +117,15 @@ async fn shared_unacknowledged_message_goes_to_another_member_4_8_2_rumqttc() {
         .publish("shr/1", v5::QoS::AtLeastOnce, false, "one")
         .await
         .unwrap();
-    let m = a.publish(support::WAIT).await.expect("member a gets it");
+    let m = a
+        .publish(test_support::WAIT)
+        .await
+        .expect("member a gets it");
     assert_eq!(&m.payload[..], b"one");
     assert!(b.publish(Duration::from_millis(500)).await.is_none());
     a.kill(); // never acknowledged
     let m = b
-        .publish(support::WAIT)
+        .publish(test_support::WAIT)
         .await
         .expect("member b gets it after a dropped");
     assert_eq!(&m.payload[..], b"one");
@@ -130,7 +134,7 @@ async fn shared_unacknowledged_message_goes_to_another_member_4_8_2_rumqttc() {
         .await
         .unwrap();
     let m = b
-        .publish(support::WAIT)
+        .publish(test_support::WAIT)
         .await
         .expect("the only member left");
     assert_eq!(&m.payload[..], b"two");

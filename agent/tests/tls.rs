@@ -6,59 +6,19 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use edge_agent::config::{ListenerConfig, TlsConfig};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, SanType};
 use support::{config, start, stop};
-
-fn ca(name: &str) -> (rcgen::Certificate, KeyPair) {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    p.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let cert = p.self_signed(&key).unwrap();
-    (cert, key)
-}
-
-fn write(dir: &Path, name: &str, text: String) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, text).unwrap();
-    p
-}
-
-fn client_cert(
-    dir: &Path,
-    tag: &str,
-    issuer: &(rcgen::Certificate, KeyPair),
-) -> (PathBuf, PathBuf) {
-    let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-    p.distinguished_name.push(DnType::CommonName, "sensor-7");
-    let key = KeyPair::generate().unwrap();
-    let cert = p.signed_by(&key, &issuer.0, &issuer.1).unwrap();
-    (
-        write(dir, &format!("{tag}.pem"), cert.pem()),
-        write(dir, &format!("{tag}.key"), key.serialize_pem()),
-    )
-}
+use test_support::certs::{ClientCert, Pki};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_authenticates_by_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = dir.path().join("pki");
-    std::fs::create_dir_all(&pki).unwrap();
-    let root = ca("test CA");
-    let mut p = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-    p.subject_alt_names
-        .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-    let server_key = KeyPair::generate().unwrap();
-    let server = p.signed_by(&server_key, &root.0, &root.1).unwrap();
-    let ca_pem = write(&pki, "ca.pem", root.0.pem());
-    let server_pem = write(&pki, "server.pem", server.pem());
-    let server_key = write(&pki, "server.key", server_key.serialize_pem());
-    let good = client_cert(&pki, "good", &root);
-    let bad = client_cert(&pki, "bad", &ca("other CA"));
+    let pki = Pki::new(&dir.path().join("pki"));
+    let good = pki.client("sensor-7", true);
+    let bad = pki.client("sensor-7", false);
+    let ca_pem = pki.ca.clone();
 
     let mut c = config();
     c.auth.allow_anonymous = Some(false);
@@ -67,8 +27,8 @@ async fn mutual_tls_authenticates_by_certificate() {
         name: "tls".into(),
         bind: "127.0.0.1:0".parse().unwrap(),
         tls: Some(TlsConfig {
-            cert: server_pem,
-            key: server_key,
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
             client_ca: Some(ca_pem.clone()),
             require_client_cert: true,
         }),
@@ -76,7 +36,7 @@ async fn mutual_tls_authenticates_by_certificate() {
     });
     let (agent, _) = start(c, dir.path().join("state").as_path()).await;
     let port = agent.local_addr("tls").unwrap().port().to_string();
-    let publish = move |cert: Option<&(PathBuf, PathBuf)>| {
+    let publish = move |cert: Option<&ClientCert>| {
         let mut cmd = Command::new("mosquitto_pub");
         cmd.args([
             "-h",
@@ -92,8 +52,8 @@ async fn mutual_tls_authenticates_by_certificate() {
         ])
         .arg("--cafile")
         .arg(&ca_pem);
-        if let Some((c, k)) = cert {
-            cmd.arg("--cert").arg(c).arg("--key").arg(k);
+        if let Some(c) = cert {
+            cmd.arg("--cert").arg(&c.cert).arg("--key").arg(&c.key);
         }
         cmd.output().expect("mosquitto_pub")
     };

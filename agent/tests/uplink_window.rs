@@ -17,7 +17,8 @@ use std::time::Duration;
 use edge_agent::journal::{JournalEnv, WalSync};
 use edge_agent::server::Agent;
 use rumqttc::v5::mqttbytes::v5::PubAckReason;
-use support::{WAIT, config, start, stop, v5};
+use support::{config, start, stop};
+use test_support::{WAIT, v5};
 
 const WINDOW: u16 = 16;
 const MESSAGES: usize = 3 * WINDOW as usize;
@@ -75,11 +76,7 @@ async fn an_entry_holds_its_window_slot_until_its_deletion_is_flushed() {
     let up_dir = tempfile::tempdir().unwrap();
     let dir = tempfile::tempdir().unwrap();
     // The bridge's port, free for now: the uplink retries until it listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = test_support::free_port();
 
     let gate = Arc::new(Gate::default());
     let mut c = config();

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::Packet;
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use test_support::{repo_root, rocketmq, unique};
 
 fn env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -66,7 +67,7 @@ fn busy_since(start: (u64, u64)) -> f64 {
 
 /// The cluster's env (`rocketmq.sh cluster env`).
 fn cluster_env() -> HashMap<String, String> {
-    let out = Command::new(harness::repo_root().join("tests/rocketmq/rocketmq.sh"))
+    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
         .args(["cluster", "env"])
         .output()
         .expect("rocketmq.sh cluster env");
@@ -83,20 +84,8 @@ fn cluster_env() -> HashMap<String, String> {
 
 /// A bridge config for `first` on the name servers `namesrv` (`a;b`) of `cluster`.
 fn config_text(first: &str, namesrv: &str, cluster: &str) -> String {
-    let single = harness::rocketmq_env("ROCKETMQ_NAMESRV");
-    let ns: Vec<String> = namesrv.split(';').map(|a| format!("{a:?}")).collect();
-    harness::config_text(first, &[&format!("{first}/#")], "")
-        .replace(
-            &format!("namesrv = [\"{single}\"]"),
-            &format!("namesrv = [{}]", ns.join(", ")),
-        )
-        .replace(
-            &format!(
-                "cluster = \"{}\"",
-                harness::rocketmq_env("ROCKETMQ_CLUSTER")
-            ),
-            &format!("cluster = \"{cluster}\""),
-        )
+    let ns: Vec<String> = namesrv.split(';').map(str::to_owned).collect();
+    harness::config_on(&ns, cluster, first, &[&format!("{first}/#")], "")
 }
 
 struct Figures {
@@ -124,7 +113,7 @@ async fn throughput(addr: std::net::SocketAddr, first: &str, publishers: u64, se
     for i in 0..publishers {
         let (acks, stop) = (acks.clone(), stop.clone());
         let topic = format!("{first}/p{i}");
-        let id = harness::unique("tp");
+        let id = unique("tp");
         tasks.push(tokio::spawn(async move {
             let (c, mut ev) = client(addr, &id).await;
             let feeder = {
@@ -170,7 +159,7 @@ async fn throughput(addr: std::net::SocketAddr, first: &str, publishers: u64, se
 /// the same bridge: each message's latency (ms) from its publish to its delivery, the
 /// first second not counted.
 async fn latency(addr: std::net::SocketAddr, first: &str, rate: u64) -> Vec<f64> {
-    let sub_id = harness::unique("lsub");
+    let sub_id = unique("lsub");
     let (sub, mut sub_ev) = client(addr, &sub_id).await;
     sub.subscribe(format!("{first}/#"), QoS::AtLeastOnce)
         .await
@@ -199,7 +188,7 @@ async fn latency(addr: std::net::SocketAddr, first: &str, rate: u64) -> Vec<f64>
         }
         lat
     });
-    let pub_id = harness::unique("lpub");
+    let pub_id = unique("lpub");
     let (p, mut pub_ev) = client(addr, &pub_id).await;
     let driver = tokio::spawn(async move { while pub_ev.poll().await.is_ok() {} });
     let start = Instant::now();
@@ -277,9 +266,9 @@ async fn main() {
     let one = measure(
         "1 broker ",
         config_text(
-            &harness::unique("one"),
-            &harness::rocketmq_env("ROCKETMQ_NAMESRV"),
-            &harness::rocketmq_env("ROCKETMQ_CLUSTER"),
+            &unique("one"),
+            &rocketmq::env("ROCKETMQ_NAMESRV"),
+            &rocketmq::env("ROCKETMQ_CLUSTER"),
         ),
         publishers,
         seconds,
@@ -289,7 +278,7 @@ async fn main() {
     let two = measure(
         "2 brokers",
         config_text(
-            &harness::unique("two"),
+            &unique("two"),
             &cluster["ROCKETMQ_NAMESRV"],
             &cluster["ROCKETMQ_CLUSTER"],
         ),

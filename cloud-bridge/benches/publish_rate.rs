@@ -40,7 +40,7 @@ async fn main() {
     let seconds = env("BENCH_SECONDS", 10);
     let publishers = env("BENCH_PUBLISHERS", 10);
     let pipeline = env("BENCH_PIPELINE", 16);
-    let first = harness::unique("bench");
+    let first = test_support::unique("bench");
     let text = harness::config_text(&first, &[&format!("{first}/+")], "").replace(
         "connect_timeout_secs = 2",
         &format!("connect_timeout_secs = 2\npublish_pipeline = {pipeline}"),
@@ -103,7 +103,7 @@ async fn main() {
     }
     server.stop(Duration::from_secs(5)).await;
 
-    let direct = harness::tool(&[
+    let direct = test_support::rocketmq::tool(&[
         "bench-produce",
         "--topic",
         &first,

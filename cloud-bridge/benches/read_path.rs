@@ -71,7 +71,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 async fn latency(addr: std::net::SocketAddr, first: &str, seconds: u64) {
     let topic = format!("{first}/lat");
-    let id = harness::unique("lat-sub");
+    let id = test_support::unique("lat-sub");
     let mut sub = rumqttc_subscribe(
         addr,
         Proto::V5,
@@ -81,7 +81,7 @@ async fn latency(addr: std::net::SocketAddr, first: &str, seconds: u64) {
         &[(&topic, 1)],
     )
     .await;
-    let (client, task, _) = publisher(addr, harness::unique("lat-pub")).await;
+    let (client, task, _) = publisher(addr, test_support::unique("lat-pub")).await;
     // The first 2 s warm up the broker's JIT and the connections and are not counted.
     let warmup = 2000u64;
     let total = seconds * 1000 + warmup;
@@ -123,7 +123,7 @@ async fn latency(addr: std::net::SocketAddr, first: &str, seconds: u64) {
 
 async fn fan_in(addr: std::net::SocketAddr, first: &str, seconds: u64) {
     let filter = format!("{first}/+");
-    let id = harness::unique("fan-sub");
+    let id = test_support::unique("fan-sub");
     let mut sub = rumqttc_subscribe(
         addr,
         Proto::V5,
@@ -198,15 +198,11 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn idle_connections(first: &str, count: u64) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = test_support::free_port();
     let text = harness::config_text(first, &[], "")
         .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"))
         .replace("[limits]", "[limits]\nmax_connections = 20000");
-    let dir = std::env::temp_dir().join(harness::unique("idle-"));
+    let dir = std::env::temp_dir().join(test_support::unique("idle-"));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("bridge.toml");
     std::fs::write(&path, text).unwrap();
@@ -230,7 +226,7 @@ async fn idle_connections(first: &str, count: u64) {
     let addr = format!("127.0.0.1:{port}").parse().unwrap();
     let start = Instant::now();
     for i in 0..count {
-        let mut raw = harness::raw::Raw::connect(addr, false).await;
+        let mut raw = test_support::raw::Raw::connect(addr, false).await;
         let id = format!("idle-{i}");
         let mut c = rumqttc::mqttbytes::v4::Connect::new(id.clone());
         c.keep_alive = 60;
@@ -268,7 +264,7 @@ async fn main() {
         return;
     }
     let seconds = env("BENCH_SECONDS", 10);
-    let first = harness::unique("readbench");
+    let first = test_support::unique("readbench");
     let plus = format!("{first}/+");
     let (server, _) = harness::start_bridge(&harness::config_text(&first, &[&plus], "")).await;
     let addr = server.local_addr("mqtt").unwrap();

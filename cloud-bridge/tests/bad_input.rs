@@ -7,10 +7,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::raw::{Packet, Raw};
-use harness::{config_text, password, start_bridge, unique};
+use harness::{config_text, password, start_bridge};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
+use test_support::raw::{Packet, Raw};
+use test_support::unique;
 
 async fn still_serving(addr: SocketAddr, first: &str) {
     let mut c = Raw::connect(addr, true).await;

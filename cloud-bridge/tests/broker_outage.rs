@@ -7,18 +7,17 @@
 
 mod harness;
 
-use std::process::Command;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::raw::{Packet, Raw};
-use harness::{config_text, consume, password, repo_root, start_bridge, unique};
+use harness::{config_text, consume, password, start_bridge};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
+use test_support::raw::{Packet, Raw};
+use test_support::{rocketmq, unique};
 
 fn broker(action: &str) {
-    let status = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .args([action, "broker"])
+    let status = rocketmq::script(&[action, "broker"])
         .status()
         .expect("rocketmq.sh");
     assert!(status.success(), "rocketmq.sh {action} broker failed");
@@ -31,9 +30,7 @@ struct RestartOnDrop;
 impl Drop for RestartOnDrop {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-                .args(["start", "broker"])
-                .status();
+            let _ = rocketmq::script(&["start", "broker"]).status();
         }
     }
 }

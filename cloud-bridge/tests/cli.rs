@@ -8,7 +8,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use harness::clients::{Msg, Proto, rumqttc_publish};
-use harness::{config_text, max_offset, password, start_bridge, tool, unique};
+use harness::{config_text, password, start_bridge};
+use test_support::rocketmq::{max_offset, tool};
+use test_support::unique;
 
 fn bridge(args: &[&str]) -> (bool, String, String) {
     let (code, out, err) = bridge_code(args);
@@ -33,7 +35,7 @@ fn bridge_code(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn validate_accepts_the_shipped_config_and_names_what_is_wrong() {
-    let shipped = harness::repo_root().join("conf/cloud-bridge.toml");
+    let shipped = test_support::repo_root().join("conf/cloud-bridge.toml");
     let (ok, out, err) = bridge(&["validate", "--config", shipped.to_str().unwrap()]);
     assert!(ok, "{err}");
     assert!(out.contains("valid"));

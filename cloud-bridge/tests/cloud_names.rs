@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use harness::clients::Proto;
 use harness::subscriber::External;
-use harness::{config_text, max_offset, password, start_bridge, tool, unique};
+use harness::{config_text, password, start_bridge};
+use test_support::rocketmq::{max_offset, tool};
+use test_support::unique;
 
 /// Runs attempts (`kind`: publish, will, subscribe or connect) with paho-mqtt, 16 at a
 /// time (`harness::paho_sessions`); per attempt: the case, `connack`, `puback`, `suback`

@@ -16,7 +16,9 @@ use cloud_bridge::rocketmq::{Client, ClientConfig, KvMerge, NameServer};
 use cloud_bridge::server::Server;
 use harness::clients::{Msg, Proto, rumqttc_publish};
 use harness::subscriber::rumqttc_subscribe;
-use harness::{password, repo_root, unique};
+use harness::{config_on, password};
+use test_support::rocketmq::{self, Instance};
+use test_support::unique;
 
 /// One test at a time: they stop and start cluster members.
 static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -24,8 +26,7 @@ static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(60);
 
 fn rmq(args: &[&str]) -> String {
-    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .arg("cluster")
+    let out = rocketmq::script(&["cluster"])
         .args(args)
         .output()
         .expect("rocketmq.sh");
@@ -56,36 +57,13 @@ fn namesrvs(env: &HashMap<String, String>) -> Vec<String> {
 
 /// A bridge config on the cluster, for first-level topic `first`.
 fn config(env: &HashMap<String, String>, first: &str) -> Config {
-    let ns: Vec<String> = namesrvs(env).iter().map(|a| format!("{a:?}")).collect();
-    let text = format!(
-        r#"
-[rocketmq]
-namesrv = [{ns}]
-cluster = "{cluster}"
-send_timeout_ms = 3000
-meta_refresh_secs = 1
-
-[topics]
-first_level = ["{first}"]
-wildcards = ["{first}/#"]
-queues = 2
-
-[auth]
-username = "demo"
-secret_key = "test-secret"
-
-[limits]
-connect_timeout_secs = 5
-
-[metrics]
-bind = ""
-
-[[listener]]
-name = "mqtt"
-bind = "127.0.0.1:0"
-"#,
-        ns = ns.join(", "),
-        cluster = env["ROCKETMQ_CLUSTER"],
+    let wildcard = format!("{first}/#");
+    let text = config_on(
+        &namesrvs(env),
+        &env["ROCKETMQ_CLUSTER"],
+        first,
+        &[&wildcard],
+        "",
     );
     Config::parse(&text, "cluster test").expect("config")
 }
@@ -102,28 +80,11 @@ fn consume(
     count: usize,
     timeout: Duration,
 ) -> Vec<serde_json::Value> {
-    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .args([
-            "cluster",
-            "tool",
-            "consume",
-            "--topic",
-            first,
-            "--from-start",
-        ])
-        .args(["--count", &count.to_string()])
-        .args(["--timeout-ms", &timeout.as_millis().to_string()])
-        .output()
-        .expect("consume");
-    let got: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let (_, got, stderr) = rocketmq::try_consume(Instance::Cluster, first, count, timeout);
     assert!(
         got.len() >= at_least,
-        "plain consumer read {} of at least {at_least}: {}",
-        got.len(),
-        String::from_utf8_lossy(&out.stderr)
+        "plain consumer read {} of at least {at_least}: {stderr}",
+        got.len()
     );
     got
 }

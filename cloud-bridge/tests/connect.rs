@@ -7,12 +7,13 @@ mod harness;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::certs::Pki;
 use harness::clients::{Proto, Tls, rustls_client};
-use harness::raw::{Packet, Raw};
-use harness::{config_text, consume, password, start_bridge, unique};
+use harness::{config_text, consume, password, start_bridge};
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
+use test_support::certs::Pki;
+use test_support::raw::{Packet, Raw};
+use test_support::unique;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hmac_signature_is_checked_with_the_right_connack_codes() {
@@ -262,7 +263,7 @@ async fn will_is_published_on_abnormal_disconnect_only() {
     let all = consume(&first, 2);
     assert_eq!(all.len(), 2);
     assert!(
-        harness::tool(&[
+        test_support::rocketmq::tool(&[
             "consume",
             "--topic",
             &first,

@@ -6,50 +6,22 @@
 
 mod harness;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use harness::clients::{Msg, Proto, rumqttc_publish};
 use harness::subscriber::rumqttc_subscribe;
-use harness::{config_text, password, start_bridge, unique};
+use harness::{config_text, password, start_bridge, with_metrics};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PubAckReason};
 use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use test_support::metrics::{self, samples, value};
+use test_support::unique;
 
 const WAIT: Duration = Duration::from_secs(20);
 
-/// The test config with the metrics endpoint on (the harness turns it off: tests
-/// replace its `127.0.0.1:0` with fixed ports).
-fn with_metrics(first: &str) -> String {
-    let text = config_text(first, &[], "");
-    let on = text.replace(
-        "[metrics]\nbind = \"\"",
-        "[metrics]\nbind = \"127.0.0.1:0\"",
-    );
-    assert_ne!(on, text, "the harness config has [metrics]");
-    on
-}
-
 async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    mqtt::metrics::fetch::get(addr, path, WAIT)
-        .await
-        .expect("endpoint answers")
-}
-
-/// Every sample of an OpenMetrics text: `name{labels}` -> value.
-fn samples(text: &str) -> HashMap<String, f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .map(|l| {
-            let (k, v) = l.rsplit_once(' ').expect("sample line");
-            (k.to_owned(), v.parse().expect("number"))
-        })
-        .collect()
-}
-
-fn value(m: &HashMap<String, f64>, key: &str) -> f64 {
-    *m.get(key).unwrap_or_else(|| panic!("{key} not exported"))
+    metrics::get(addr, path, WAIT).await
 }
 
 /// Publishes `n` QoS 1 messages to `topic` with MQTT 5; returns the PUBACK reasons.
@@ -83,7 +55,7 @@ async fn scrape_counts_exactly_what_was_published_stored_refused_and_delivered()
     const N0: usize = 2; // QoS 0, stored and delivered at QoS 0
     const M: usize = 3; // QoS 1 to a topic outside the first level: refused
     let first = unique("met");
-    let (server, _) = start_bridge(&with_metrics(&first)).await;
+    let (server, _) = start_bridge(&with_metrics(&config_text(&first, &[], ""))).await;
     let tcp = server.local_addr("mqtt").unwrap();
     let metrics = server.metrics_addr().expect("metrics endpoint on");
     let topic = format!("{first}/a");
@@ -179,13 +151,10 @@ async fn scrape_counts_exactly_what_was_published_stored_refused_and_delivered()
 #[tokio::test]
 async fn health_is_503_without_a_name_server() {
     let first = unique("met");
-    let ns = harness::rocketmq_env("ROCKETMQ_NAMESRV");
+    let ns = test_support::rocketmq::env("ROCKETMQ_NAMESRV");
     // A port nothing listens on any more.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let text = with_metrics(&first).replace(&ns, &dead.to_string());
+    let dead = format!("127.0.0.1:{}", test_support::free_port());
+    let text = with_metrics(&config_text(&first, &[], "")).replace(&ns, &dead);
     let config = cloud_bridge::config::Config::parse(&text, "test").unwrap();
     let server = cloud_bridge::server::Server::start(config).await.unwrap();
     let metrics = server.metrics_addr().unwrap();

@@ -9,8 +9,9 @@ mod harness;
 use std::time::Duration;
 
 use harness::paho_script::{self, received};
-use harness::{config_text, password, start_bridge, unique};
+use harness::{config_text, password, start_bridge};
 use serde_json::{Value, json};
+use test_support::unique;
 
 const SECRET: &str = "test-secret";
 

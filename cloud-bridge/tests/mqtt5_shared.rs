@@ -11,7 +11,8 @@ mod harness;
 use std::process::Command;
 use std::time::Duration;
 
-use harness::{config_text, password, start_bridge, unique};
+use harness::{config_text, password, start_bridge};
+use test_support::unique;
 
 /// A bridge whose `[limits]` also hold `limits` (keys, one per line).
 fn text(first: &str, limits: &str) -> String {

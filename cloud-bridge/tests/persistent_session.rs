@@ -11,15 +11,8 @@ use std::time::Duration;
 
 use harness::clients::{Msg, Proto, rumqttc_publish};
 use harness::subscriber::rumqttc_subscribe;
-use harness::{config_text, password, start_bridge, unique};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use harness::{config_text, password, start_bridge};
+use test_support::{free_port, unique};
 
 struct Bridge(Child);
 
@@ -187,7 +180,7 @@ async fn the_will_of_a_client_whose_bridge_was_killed_is_published_by_another_br
     let id = unique("dev");
     let will_topic = format!("{first}/status/{id}");
     let mut raw =
-        harness::raw::Raw::connect(format!("127.0.0.1:{port}").parse().unwrap(), false).await;
+        test_support::raw::Raw::connect(format!("127.0.0.1:{port}").parse().unwrap(), false).await;
     let mut c = rumqttc::mqttbytes::v4::Connect::new(id.clone());
     c.set_login("demo", password(&id));
     c.last_will = Some(rumqttc::mqttbytes::v4::LastWill::new(
@@ -239,13 +232,13 @@ async fn a_replaced_or_discarded_will_is_not_published_after_the_bridge_dies() {
 
     // x: a will, then a takeover by a connection without one, which disconnects normally.
     let x = unique("x");
-    let mut first_conn = harness::raw::Raw::connect(addr, false).await;
+    let mut first_conn = test_support::raw::Raw::connect(addr, false).await;
     first_conn.send4(connect(&x, Some(&status(&x)))).await;
     assert!(
         first_conn.recv(Duration::from_secs(10)).await.is_some(),
         "CONNACK"
     );
-    let mut second = harness::raw::Raw::connect(addr, false).await;
+    let mut second = test_support::raw::Raw::connect(addr, false).await;
     second.send4(connect(&x, None)).await;
     assert!(
         second.recv(Duration::from_secs(10)).await.is_some(),
@@ -254,13 +247,13 @@ async fn a_replaced_or_discarded_will_is_not_published_after_the_bridge_dies() {
     second.send4(v4::Packet::Disconnect).await;
     // z: a will, discarded by a normal DISCONNECT.
     let z = unique("z");
-    let mut zc = harness::raw::Raw::connect(addr, false).await;
+    let mut zc = test_support::raw::Raw::connect(addr, false).await;
     zc.send4(connect(&z, Some(&status(&z)))).await;
     assert!(zc.recv(Duration::from_secs(10)).await.is_some(), "CONNACK");
     zc.send4(v4::Packet::Disconnect).await;
     // y (the control): a will, connected when the bridge dies.
     let y = unique("y");
-    let mut yc = harness::raw::Raw::connect(addr, false).await;
+    let mut yc = test_support::raw::Raw::connect(addr, false).await;
     yc.send4(connect(&y, Some(&status(&y)))).await;
     assert!(yc.recv(Duration::from_secs(10)).await.is_some(), "CONNACK");
     tokio::time::sleep(Duration::from_secs(1)).await;
@@ -271,11 +264,11 @@ async fn a_replaced_or_discarded_will_is_not_published_after_the_bridge_dies() {
     // The sweeper publishes y's will once a's heartbeat is stale (15 s).
     let y_lmq = cloud_bridge::lmq::lmq_name(&status(&y));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while harness::max_offset(&y_lmq) < 1 && tokio::time::Instant::now() < deadline {
+    while test_support::rocketmq::max_offset(&y_lmq) < 1 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     assert_eq!(
-        harness::max_offset(&y_lmq),
+        test_support::rocketmq::max_offset(&y_lmq),
         1,
         "the control will was published"
     );
@@ -284,7 +277,7 @@ async fn a_replaced_or_discarded_will_is_not_published_after_the_bridge_dies() {
     for id in [&x, &z] {
         let lmq = cloud_bridge::lmq::lmq_name(&status(id));
         assert_eq!(
-            harness::max_offset(&lmq),
+            test_support::rocketmq::max_offset(&lmq),
             0,
             "the will of {id} was published"
         );
@@ -304,7 +297,7 @@ async fn session_round(
     ack: impl Fn(&str) -> bool,
 ) -> Vec<(String, bool)> {
     use rumqttc::mqttbytes::v4;
-    let mut raw = harness::raw::Raw::connect(addr, false).await;
+    let mut raw = test_support::raw::Raw::connect(addr, false).await;
     let mut c = v4::Connect::new(client_id);
     c.clean_session = false;
     c.set_login("demo", password(client_id));
@@ -321,7 +314,7 @@ async fn session_round(
     after_subscribe.await;
     let mut got = Vec::new();
     while let Some(p) = raw.recv(Duration::from_secs(3)).await {
-        if let harness::raw::Packet::V4(v4::Packet::Publish(p)) = p {
+        if let test_support::raw::Packet::V4(v4::Packet::Publish(p)) = p {
             let body = String::from_utf8_lossy(&p.payload).into_owned();
             if ack(&body) {
                 raw.send4(v4::Packet::PubAck(v4::PubAck::new(p.pkid))).await;
@@ -369,7 +362,11 @@ async fn a_message_left_unacknowledged_connection_after_connection_moves_to_the_
     }
     // It went to the client's retry queue; the session's own queue moved past it.
     let retry = cloud_bridge::lmq::retry_lmq(&client_id);
-    assert_eq!(harness::max_offset(&retry), 1, "one message in {retry}");
+    assert_eq!(
+        test_support::rocketmq::max_offset(&retry),
+        1,
+        "one message in {retry}"
+    );
     let last = session_round(addr, &client_id, None, async {}, |_| true).await;
     assert_eq!(
         last,
@@ -405,13 +402,13 @@ async fn a_session_taken_over_on_another_bridge_is_closed_on_the_first() {
             Some(v5::Login::new("demo", password(id))),
         )
     };
-    let mut old = harness::raw::Raw::connect(a.local_addr("mqtt").unwrap(), true).await;
+    let mut old = test_support::raw::Raw::connect(a.local_addr("mqtt").unwrap(), true).await;
     old.send5(connect(&id)).await;
     assert!(
         old.recv(Duration::from_secs(10)).await.is_some(),
         "CONNACK on A"
     );
-    let mut new = harness::raw::Raw::connect(b.local_addr("mqtt").unwrap(), true).await;
+    let mut new = test_support::raw::Raw::connect(b.local_addr("mqtt").unwrap(), true).await;
     new.send5(connect(&id)).await;
     assert!(
         new.recv(Duration::from_secs(10)).await.is_some(),
@@ -420,7 +417,7 @@ async fn a_session_taken_over_on_another_bridge_is_closed_on_the_first() {
     // A notices within a sweep period (5 s) and closes its connection as taken over.
     let (closed, seen) = old.closed_within(Duration::from_secs(15)).await;
     assert!(closed, "the old connection on A must be closed");
-    assert!(seen.iter().any(|p| matches!(p, harness::raw::Packet::V5(v5::Packet::Disconnect(d)) if d.reason_code == v5::DisconnectReasonCode::SessionTakenOver)));
+    assert!(seen.iter().any(|p| matches!(p, test_support::raw::Packet::V5(v5::Packet::Disconnect(d)) if d.reason_code == v5::DisconnectReasonCode::SessionTakenOver)));
     let (closed, _) = new.closed_within(Duration::from_secs(2)).await;
     assert!(!closed, "the new connection on B stays");
     a.stop(Duration::from_secs(5)).await;

@@ -10,10 +10,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use harness::raw::{Packet, Raw};
-use harness::{config_text, password, start_bridge, unique};
+use harness::{config_text, password, start_bridge};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5;
+use test_support::raw::{Packet, Raw, packet};
+use test_support::unique;
 
 async fn connected(addr: SocketAddr, props: Option<v5::ConnectProperties>) -> (Raw, String) {
     let mut c = Raw::connect(addr, true).await;
@@ -42,21 +43,6 @@ fn describe(p: &Packet) -> String {
     }
 }
 
-fn remaining_length(mut n: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let mut b = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            b |= 0x80;
-        }
-        out.push(b);
-        if n == 0 {
-            return out;
-        }
-    }
-}
-
 /// The malformed MQTT 5 packets (after CONNECT) and the DISCONNECT reason each gets
 /// (the same cases as the agent's test).
 fn cases(topic: &str) -> Vec<(&'static str, Vec<u8>, v5::DisconnectReasonCode)> {
@@ -67,10 +53,7 @@ fn cases(topic: &str) -> Vec<(&'static str, Vec<u8>, v5::DisconnectReasonCode)> 
         body.extend_from_slice(&[0, 1]);
         body.extend_from_slice(props);
         body.push(b'x');
-        let mut p = vec![0x32];
-        p.extend(remaining_length(body.len()));
-        p.extend(body);
-        p
+        packet(0x32, &body)
     };
     let past_end = {
         let mut p = publish(&[0]);

@@ -6,10 +6,13 @@
 mod harness;
 
 use cloud_bridge::config::Config;
-use harness::certs::Pki;
 use harness::clients::{Msg, Proto, Tls, mosquitto_pub, paho_publish, rumqttc_publish};
-use harness::{config_text, consume, max_offset, password, start_bridge, unique};
+use harness::{config_text, consume, password, start_bridge, with_metrics};
 use std::time::Duration;
+use test_support::certs::Pki;
+use test_support::metrics::{samples, value};
+use test_support::rocketmq::max_offset;
+use test_support::unique;
 
 fn msg(topic: String, qos: u8, payload: &str) -> Msg {
     Msg {
@@ -299,11 +302,7 @@ async fn one_topic_publishes_are_pipelined_and_stay_in_order() {
     const N: usize = 2000;
     let first = unique("pipe");
     let topic = format!("{first}/one");
-    let text = config_text(&first, &[], "").replace(
-        "[metrics]\nbind = \"\"",
-        "[metrics]\nbind = \"127.0.0.1:0\"",
-    );
-    let (server, _) = start_bridge(&text).await;
+    let (server, _) = start_bridge(&with_metrics(&config_text(&first, &[], ""))).await;
     let addr = server.local_addr("mqtt").unwrap();
     let id = unique("s");
     let mut sub = harness::subscriber::rumqttc_subscribe(
@@ -354,14 +353,11 @@ async fn one_topic_publishes_are_pipelined_and_stay_in_order() {
         );
     }
     let metrics = server.metrics_addr().expect("metrics endpoint");
-    let (_, text) = mqtt::metrics::fetch::get(metrics, "/metrics", Duration::from_secs(10))
-        .await
-        .expect("metrics");
-    let pipelined: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix("cloud_bridge_rocketmq_sends_pipelined_total "))
-        .and_then(|v| v.parse().ok())
-        .expect("cloud_bridge_rocketmq_sends_pipelined_total");
+    let (_, text) = test_support::metrics::get(metrics, "/metrics", Duration::from_secs(10)).await;
+    let pipelined = value(
+        &samples(&text),
+        "cloud_bridge_rocketmq_sends_pipelined_total",
+    );
     assert!(
         pipelined >= (N / 2) as f64,
         "sends were pipelined: {pipelined} of {N}"

@@ -11,8 +11,9 @@ mod harness;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use harness::{config_text, paho_sessions, password, repo_root, start_bridge, unique};
+use harness::{config_text, paho_sessions, password, start_bridge};
 use serde_json::json;
+use test_support::{repo_root, unique};
 
 /// Opens a persistent 3.1.1 session with rumqttc, subscribes to `filter`, disconnects;
 /// whether the CONNACK and SUBACK were successes.
@@ -204,7 +205,7 @@ async fn unchanged_sessions_are_not_written_again() {
     );
     assert_eq!(r[0]["ops"], json!([1]), "{}", r[0]);
     let session_topic = format!("{first}S");
-    let before = harness::max_offset(&session_topic);
+    let before = test_support::rocketmq::max_offset(&session_topic);
     let mut ops = Vec::new();
     for i in 0..100 {
         ops.push(json!({"op": "unsubscribe", "filter": format!("{first}/none/{i}")}));
@@ -219,7 +220,7 @@ async fn unchanged_sessions_are_not_written_again() {
         "no subscription existed: {}",
         r[0]
     );
-    let after = harness::max_offset(&session_topic);
+    let after = test_support::rocketmq::max_offset(&session_topic);
     // The connection's own open and close rewrite the record (owner, then the end mark):
     // at most those two, not one per packet.
     assert!(
@@ -394,7 +395,7 @@ async fn ten_thousand_retained_topics_and_sessions_stay_off_the_name_server() {
     // Each of the 10,000 topics is an LMQ holding one open file on the broker, whose
     // limit here is 20,000: delete them, or the next run of the suite exhausts it.
     let client = cloud_bridge::rocketmq::Client::new(Default::default());
-    let broker = harness::rocketmq_env("ROCKETMQ_BROKER");
+    let broker = test_support::rocketmq::env("ROCKETMQ_BROKER");
     let names: Vec<String> = (0..10)
         .flat_map(|c| (0..n / 10).map(move |i| format!("{c}/{i}")))
         .map(|rest| cloud_bridge::lmq::lmq_name(&format!("{first}/{rest}")))

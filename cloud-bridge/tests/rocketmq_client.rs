@@ -1,10 +1,8 @@
 //! The RocketMQ client against the real Java name server and broker.
 //!
 //! Start them with `tests/rocketmq/rocketmq.sh start`; the addresses come from the
-//! environment or `tests/rocketmq/run/env` (see `support`). Every test uses its own
-//! topic names, so the tests share one broker and may run in parallel.
-
-mod support;
+//! environment or `tests/rocketmq/run/env` (see `test_support::rocketmq`). Every test uses
+//! its own topic names, so the tests share one broker and may run in parallel.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,7 +26,7 @@ struct Env {
 }
 
 fn env() -> Fallible<Env> {
-    let addrs = parse_addrs(&support::namesrv_addr()?);
+    let addrs = parse_addrs(&test_support::rocketmq::namesrv_addr()?);
     let client = Client::new(ClientConfig::default());
     let namesrv = Arc::new(NameServer::new(client.clone(), addrs)?);
     Ok(Env { client, namesrv })
@@ -37,7 +35,7 @@ fn env() -> Fallible<Env> {
 /// Creates `topic` on every master of the test cluster (found through the cluster info)
 /// and waits until the name server routes it.
 async fn create_topic(env: &Env, topic: &str) -> Fallible<TopicRoute> {
-    let cluster = support::cluster_name();
+    let cluster = test_support::rocketmq::cluster_name();
     let info = env.namesrv.cluster_info().await?;
     let masters = info.master_addrs(&cluster);
     if masters.is_empty() {
@@ -86,7 +84,7 @@ async fn wait_max_offset(env: &Env, addr: &str, lmq: &str, expected: i64) -> Fal
 #[tokio::test]
 async fn creates_a_topic_and_finds_its_route() -> TestResult {
     let env = env()?;
-    let topic = support::unique_name("cbroute");
+    let topic = test_support::unique("cbroute");
     let route = create_topic(&env, &topic).await?;
     let queues = route.queues.first().ok_or("no queue data")?;
     assert_eq!((queues.read_queue_nums, queues.write_queue_nums), (8, 8));
@@ -95,7 +93,7 @@ async fn creates_a_topic_and_finds_its_route() -> TestResult {
     assert!(broker.master_addr().is_some(), "{route:?}");
     assert!(matches!(
         env.namesrv
-            .topic_route(&support::unique_name("cbnone"))
+            .topic_route(&test_support::unique("cbnone"))
             .await,
         Err(Error::RouteNotFound(_))
     ));
@@ -106,7 +104,7 @@ async fn creates_a_topic_and_finds_its_route() -> TestResult {
 #[tokio::test]
 async fn kvconfig_put_get_list_delete() -> TestResult {
     let env = env()?;
-    let namespace = support::unique_name("cbns");
+    let namespace = test_support::unique("cbns");
     let ns = &env.namesrv;
     assert_eq!(
         ns.get_kv_config(&namespace, "t1", KvMerge::Lists).await?,
@@ -148,7 +146,7 @@ async fn kvconfig_put_get_list_delete() -> TestResult {
 #[tokio::test]
 async fn send_dispatches_to_the_listed_lmqs_and_pull_reads_it_back() -> TestResult {
     let env = env()?;
-    let topic = support::unique_name("cblmq");
+    let topic = test_support::unique("cblmq");
     let route = create_topic(&env, &topic).await?;
     let addr = master(&route)?;
     let lmq_a = format!("%LMQ%{topic}%a%");
@@ -234,19 +232,20 @@ async fn send_dispatches_to_the_listed_lmqs_and_pull_reads_it_back() -> TestResu
 
 #[tokio::test]
 async fn name_server_requests_move_on_from_an_unreachable_server() -> TestResult {
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-        listener.local_addr()?.to_string()
-    };
+    let refused = format!("127.0.0.1:{}", test_support::free_port());
     let mut addrs = vec![refused];
-    addrs.extend(parse_addrs(&support::namesrv_addr()?));
+    addrs.extend(parse_addrs(&test_support::rocketmq::namesrv_addr()?));
     let client = Client::new(ClientConfig::default());
     let namesrv = NameServer::new(client.clone(), addrs)?;
     let info = namesrv.cluster_info().await?;
-    assert!(!info.master_addrs(&support::cluster_name()).is_empty());
+    assert!(
+        !info
+            .master_addrs(&test_support::rocketmq::cluster_name())
+            .is_empty()
+    );
     // Writes go to every server that can be reached (issue #16: one name server down must
     // not stop the bridges); the result says one was missed. Reads merge the others.
-    let namespace = support::unique_name("cbns");
+    let namespace = test_support::unique("cbns");
     assert_eq!(
         namesrv.put_kv_config(&namespace, "k", "v").await?,
         Written::Partly
@@ -272,7 +271,7 @@ async fn name_server_requests_move_on_from_an_unreachable_server() -> TestResult
 #[tokio::test]
 async fn a_long_poll_returns_when_a_message_arrives() -> TestResult {
     let env = env()?;
-    let topic = support::unique_name("cbpoll");
+    let topic = test_support::unique("cbpoll");
     let route = create_topic(&env, &topic).await?;
     let addr = master(&route)?;
     let lmq = format!("%LMQ%{topic}%poll%");
@@ -306,7 +305,7 @@ async fn a_long_poll_returns_when_a_message_arrives() -> TestResult {
 #[tokio::test]
 async fn pulling_an_lmq_that_never_had_a_message_is_empty() -> TestResult {
     let env = env()?;
-    let topic = support::unique_name("cbempty");
+    let topic = test_support::unique("cbempty");
     let route = create_topic(&env, &topic).await?;
     let addr = master(&route)?;
     let lmq = format!("%LMQ%{topic}%never%");
@@ -334,10 +333,10 @@ async fn pulling_an_lmq_that_never_had_a_message_is_empty() -> TestResult {
 #[tokio::test]
 async fn consumer_offsets_of_a_persistent_session() -> TestResult {
     let env = env()?;
-    let topic = support::unique_name("cboffset");
+    let topic = test_support::unique("cboffset");
     let route = create_topic(&env, &topic).await?;
     let addr = master(&route)?;
-    let group = format!("%LMQ%{}", support::unique_name("client"));
+    let group = format!("%LMQ%{}", test_support::unique("client"));
     let lmq = format!("%LMQ%{topic}%x%");
     let broker = env.client.broker(&addr);
     assert_eq!(broker.query_consumer_offset(&group, &lmq, 0).await?, None);
@@ -360,7 +359,7 @@ async fn a_thousand_pipelined_sends_over_one_connection() -> TestResult {
     const SENDS: usize = 1000;
     const KEYS: usize = 10;
     let env = env()?;
-    let topic = support::unique_name("cbpipe");
+    let topic = test_support::unique("cbpipe");
     create_topic(&env, &topic).await?;
     let producer = Arc::new(Producer::new(
         env.namesrv.clone(),

@@ -20,9 +20,10 @@ use cloud_bridge::config::Config;
 use cloud_bridge::lmq;
 use cloud_bridge::rocketmq::{Client as RmqClient, ClientConfig};
 use cloud_bridge::server::Server;
+use harness::config_text;
 use harness::peer::{self, Client, messages};
-use harness::{config_text, unique};
 use serde_json::{Value, json};
+use test_support::unique;
 
 /// How long rocketmq-mqtt may take to re-read kvconfig (two 5 s timers in series).
 const PEER_REFRESH: Duration = Duration::from_secs(11);
@@ -119,7 +120,7 @@ impl Bridge {
     /// The offset committed for `group` on `lmq` once it is at least `at_least` (polled
     /// for up to 20 s), or the last one seen.
     fn committed_offset(&self, group: &str, lmq: &str, at_least: i64) -> Option<i64> {
-        let broker = harness::rocketmq_env("ROCKETMQ_BROKER");
+        let broker = test_support::rocketmq::env("ROCKETMQ_BROKER");
         self.rt.block_on(async {
             let client = RmqClient::new(ClientConfig::default());
             let deadline = Instant::now() + Duration::from_secs(20);
@@ -185,6 +186,35 @@ fn publish(addr: SocketAddr, proto: u8, pubs: Value) {
     );
 }
 
+/// Publishes `payloads[0]` to `topic` from a client of the bridge, then `payloads[1]`
+/// from a client of the peer (MQTT 3.1.1, QoS 1).
+fn publish_from_both(bridge: SocketAddr, peer: SocketAddr, topic: &str, payloads: [&str; 2]) {
+    publish(bridge, 3, json!([{"topic": topic, "payload": payloads[0]}]));
+    publish(peer, 3, json!([{"topic": topic, "payload": payloads[1]}]));
+}
+
+/// Publishes "from-bridge" and "from-peer" to `topic` ([`publish_from_both`]); every
+/// subscriber in `subs` gets both, on `topic` (`context` goes after the subscriber's name
+/// in a failure).
+fn both_reach_every_subscriber(
+    s: &Shared,
+    bridge: &Bridge,
+    topic: &str,
+    subs: Vec<(&str, Client)>,
+    context: &str,
+) {
+    publish_from_both(bridge.addr, s.peer, topic, ["from-bridge", "from-peer"]);
+    for (name, c) in subs {
+        let out = c.finish();
+        assert_eq!(
+            payloads(&out),
+            ["from-bridge", "from-peer"],
+            "{name}{context}: {out:?}"
+        );
+        assert!(messages(&out).iter().all(|m| m["topic"] == topic));
+    }
+}
+
 fn payloads(lines: &[Value]) -> Vec<String> {
     let mut p: Vec<String> = messages(lines)
         .iter()
@@ -210,21 +240,7 @@ fn live_exact_and_wildcard_delivery_both_ways() {
             subscriber(bridge.addr, &[&wild], 1, 2, 30),
         ),
     ];
-    publish(
-        bridge.addr,
-        3,
-        json!([{"topic": topic, "payload": "from-bridge"}]),
-    );
-    publish(s.peer, 3, json!([{"topic": topic, "payload": "from-peer"}]));
-    for (name, c) in subs {
-        let out = c.finish();
-        assert_eq!(
-            payloads(&out),
-            ["from-bridge", "from-peer"],
-            "{name}: {out:?}"
-        );
-        assert!(messages(&out).iter().all(|m| m["topic"] == topic.as_str()));
-    }
+    both_reach_every_subscriber(s, &bridge, &topic, subs, "");
 }
 
 /// Issue #15 case 2a: a p2p publish keeps its QoS on the other server (rocketmq-mqtt reads
@@ -289,8 +305,7 @@ fn empty_payloads_both_ways() {
         subscriber(s.peer, &[&topic], 1, 2, 30),
         subscriber(bridge.addr, &[&topic], 1, 2, 30),
     ];
-    publish(bridge.addr, 3, json!([{"topic": topic, "payload": ""}]));
-    publish(s.peer, 3, json!([{"topic": topic, "payload": ""}]));
+    publish_from_both(bridge.addr, s.peer, &topic, ["", ""]);
     for c in subs {
         let out = c.finish();
         assert_eq!(payloads(&out), ["", ""], "{out:?}");
@@ -404,25 +419,12 @@ fn topic_shapes_cross_both_ways() {
         (format!("{f}/tw/+/x"), format!("{f}/tw//x")),
     ];
     for (filter, topic) in &shapes {
-        let subs = [
+        let subs = vec![
             ("peer", subscriber(s.peer, &[filter], 1, 2, 30)),
             ("bridge", subscriber(bridge.addr, &[filter], 1, 2, 30)),
         ];
-        publish(
-            bridge.addr,
-            3,
-            json!([{"topic": topic, "payload": "from-bridge"}]),
-        );
-        publish(s.peer, 3, json!([{"topic": topic, "payload": "from-peer"}]));
-        for (name, c) in subs {
-            let out = c.finish();
-            assert_eq!(
-                payloads(&out),
-                ["from-bridge", "from-peer"],
-                "{name} subscriber of {filter:?}, publishes to {topic:?}: {out:?}"
-            );
-            assert!(messages(&out).iter().all(|m| m["topic"] == topic.as_str()));
-        }
+        let context = format!(" subscriber of {filter:?}, publishes to {topic:?}");
+        both_reach_every_subscriber(s, &bridge, topic, subs, &context);
     }
 }
 
@@ -555,7 +557,7 @@ fn names_are_those_of_rocketmq_mqtts_code() {
         eprintln!("SKIPPED: rocketmq-mqtt is not available (Maven Central unreachable)");
         return;
     }
-    let root = harness::repo_root();
+    let root = test_support::repo_root();
     let lib = root.join("tests/peers/cache/rocketmq-mqtt-6847f21/dist/lib/*");
     let out = std::process::Command::new("java")
         .arg("-cp")

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use harness::clients::{Msg, Proto, rumqttc_publish};
 use harness::subscriber::{External, rumqttc_subscribe};
-use harness::{config_text, password, start_bridge, tool, unique};
+use harness::{config_text, password, start_bridge};
+use test_support::rocketmq::tool;
+use test_support::unique;
 
 fn msg(topic: &str, qos: u8, payload: &str) -> Msg {
     Msg {
@@ -211,7 +213,7 @@ async fn bad_filters_and_subscription_storms_are_refused_and_the_bridge_keeps_se
     ];
     // rumqttc refuses to send invalid filters, so a raw client sends them.
     use rumqttc::v5::mqttbytes::v5;
-    let mut raw = harness::raw::Raw::connect(addr, true).await;
+    let mut raw = test_support::raw::Raw::connect(addr, true).await;
     let id = unique("s");
     assert_eq!(
         raw.handshake(&id, Some("demo"), Some(&password(&id))).await,
@@ -228,7 +230,7 @@ async fn bad_filters_and_subscription_storms_are_refused_and_the_bridge_keeps_se
     }))
     .await;
     let codes: Vec<u8> = match raw.recv(WAIT).await {
-        Some(harness::raw::Packet::V5(v5::Packet::SubAck(a))) => a
+        Some(test_support::raw::Packet::V5(v5::Packet::SubAck(a))) => a
             .return_codes
             .iter()
             .map(|c| match c {
@@ -586,8 +588,8 @@ async fn subscriptions_follow_acls_and_overlapping_ones_deliver_one_copy() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn receive_maximum_bounds_deliveries_in_flight_and_unsubscribe_stops_them() {
     use bytes::Bytes;
-    use harness::raw::{Packet, Raw};
     use rumqttc::v5::mqttbytes::v5;
+    use test_support::raw::{Packet, Raw};
     let first = unique("rmax");
     let (server, _) = start_bridge(&config_text(&first, &[], "")).await;
     let addr = server.local_addr("mqtt").unwrap();

@@ -1,19 +1,15 @@
 //! `edge-agent` as a child process for tests and benchmarks that measure it from outside:
 //! its resident memory (`/proc/PID/status`), its `broker.db` on disk, its `/metrics`
-//! series and its log. Shared by `tests/abuse.rs` and `benches/abuse.rs`.
+//! series and its log. Shared by `tests/abuse.rs` and `benches/abuse.rs` (with
+//! `process.rs` and `floods.rs`).
 #![allow(dead_code, clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use rumqttc::v5::mqttbytes::v5::{Connect, ConnectProperties, LastWill, Login, Packet};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use test_support::process::Logged;
 
 /// The configuration keys issue #20 added (left out for an older binary).
 const ADDED_KEYS: [&str; 13] = [
@@ -42,12 +38,11 @@ pub const NO_PER_ADDRESS: (&str, &str) = (
     "accept_rate_per_address = 0 ",
 );
 
-/// An `edge-agent` child process on 127.0.0.1:0, its log kept.
+/// An `edge-agent` child process on 127.0.0.1:0, its log kept; killed when dropped.
 pub struct Agent {
-    pub child: Child,
+    pub process: Logged,
     pub addr: SocketAddr,
     pub metrics: SocketAddr,
-    pub log: Arc<Mutex<Vec<String>>>,
     pub state: PathBuf,
 }
 
@@ -57,9 +52,7 @@ impl Agent {
     /// `PER_ADDRESS` turns them back on.
     pub fn start(dir: &Path, edit: impl FnOnce(String) -> String) -> Agent {
         let text = edit(
-            edge_agent::config::DEFAULT_CONFIG
-                .replace("127.0.0.1:1883", "127.0.0.1:0")
-                .replace("127.0.0.1:9181", "127.0.0.1:0")
+            super::process::default_config()
                 .replace("topics = [\"#\"]", "topics = [\"up/#\"]")
                 .replace(PER_ADDRESS.0, NO_PER_ADDRESS.0)
                 .replace(PER_ADDRESS.1, NO_PER_ADDRESS.1),
@@ -79,67 +72,24 @@ impl Agent {
                 .collect::<Vec<_>>()
                 .join("\n"),
         };
-        let config = dir.join("agent.toml");
-        std::fs::write(&config, text).unwrap();
-        let state = dir.join("state");
         let program = bin.unwrap_or_else(|| env!("CARGO_BIN_EXE_edge-agent").into());
-        let mut child = Command::new(program)
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(&state)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("STATE_DIRECTORY")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn edge-agent");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let lines = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                for (key, what) in [
-                    ("listening listener", "mqtt"),
-                    ("metrics endpoint", "metrics"),
-                ] {
-                    if line.contains(key)
-                        && let Some(a) = line.split("addr=").nth(1)
-                    {
-                        let a = a.split_whitespace().next().unwrap_or_default();
-                        let a = a.trim_start_matches("Some(").trim_end_matches(')');
-                        let _ = tx.send((what, a.to_owned()));
-                    }
-                }
-                lines.lock().unwrap().push(line);
-            }
-        });
-        let (mut addr, mut metrics) = (None, None);
-        while addr.is_none() || metrics.is_none() {
-            let (what, a) = rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("edge-agent reports its addresses");
-            let a: SocketAddr = a.parse().expect("address");
-            match what {
-                "mqtt" => addr = Some(a),
-                _ => metrics = Some(a),
-            }
-        }
+        let mut cmd = super::process::command(&program, dir, &text);
+        cmd.env("NO_COLOR", "1");
+        let mut process = Logged::spawn("edge-agent", &mut cmd, false);
+        let wait = Duration::from_secs(30);
+        let addr = process.addr("listening listener", wait);
+        let metrics = process.addr("metrics endpoint", wait);
         Agent {
-            child,
-            addr: addr.unwrap(),
-            metrics: metrics.unwrap(),
-            log,
-            state,
+            process,
+            addr,
+            metrics,
+            state: dir.join("state"),
         }
     }
 
     pub fn status_kib(&self, field: &str) -> u64 {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let pid = self.process.child.id();
+        let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
         s.lines()
             .find(|l| l.starts_with(field))
             .and_then(|l| l.split_whitespace().nth(1))
@@ -180,55 +130,14 @@ impl Agent {
     }
 
     pub fn log_lines(&self, containing: &str) -> usize {
-        self.log
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(containing))
-            .count()
+        self.process.lines_with(containing)
     }
 }
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-pub fn encode(p: Packet) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    p.write(&mut b, None).expect("encode");
-    b.to_vec()
-}
-
-pub fn connect5(
-    id: &str,
-    props: ConnectProperties,
-    will: Option<LastWill>,
-    login: Option<Login>,
-) -> Vec<u8> {
-    encode(Packet::Connect(
-        Connect {
-            keep_alive: 0,
-            client_id: id.to_owned(),
-            clean_start: true,
-            properties: Some(props),
-        },
-        will,
-        login,
-    ))
-}
-
-/// Sends `bytes` on a new connection; the first packet back (its bytes), empty if the
-/// server closed first.
-pub async fn first_reply(addr: SocketAddr, bytes: &[u8]) -> Vec<u8> {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    let _ = s.write_all(bytes).await;
-    let mut buf = vec![0u8; 256];
-    match tokio::time::timeout(Duration::from_secs(20), s.read(&mut buf)).await {
-        Ok(Ok(n)) => buf[..n].to_vec(),
-        _ => Vec::new(),
+        let _ = self.process.child.kill();
+        let _ = self.process.child.wait();
     }
 }
 

@@ -1,45 +1,44 @@
-//! Shared helpers of the cloud-bridge integration tests: the real RocketMQ started by
-//! `tests/rocketmq/rocketmq.sh`, a bridge per test on a unique first-level topic, and the
-//! plain Java RocketMQ client (`rocketmq.sh tool`) as the third-party reader.
+//! Shared helpers of the cloud-bridge integration tests: a bridge per test on a unique
+//! first-level topic, real MQTT clients publishing and subscribing through it. The
+//! RocketMQ environment and its Java tool, the PKI, the raw MQTT client and unique names
+//! are `test_support`'s.
 #![allow(dead_code)]
 
-/// Test PKI (shared with the end-to-end tests).
-#[allow(unused_imports)] // not every test binary uses it
-pub use e2e::certs;
 pub mod clients;
 pub mod paho_script;
 pub mod paho_sessions;
 pub mod peer;
-pub mod raw;
 pub mod subscriber;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use cloud_bridge::config::Config;
 use cloud_bridge::server::Server;
+use test_support::rocketmq;
 
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_owned()
-}
-
-/// RocketMQ addresses (from the environment or tests/rocketmq/run/env).
-#[allow(unused_imports)]
-pub use e2e::rocketmq_env;
-
-pub fn unique(prefix: &str) -> String {
-    let n: u64 = rand::random();
-    format!("{prefix}{:x}", n & 0xffff_ffff)
-}
-
-/// A bridge configuration on its own first-level topic, listening on a free port. A SUBACK
-/// that registers a wildcard does not wait for rocketmq-mqtt servers
-/// (`subscriptions.registration_settle_ms = 0`) unless `extra` sets that key.
+/// A bridge configuration on its own first-level topic, listening on a free port, on the
+/// test RocketMQ. A SUBACK that registers a wildcard does not wait for rocketmq-mqtt
+/// servers (`subscriptions.registration_settle_ms = 0`) unless `extra` sets that key.
 pub fn config_text(first: &str, wildcards: &[&str], extra: &str) -> String {
+    config_on(
+        &[rocketmq::env("ROCKETMQ_NAMESRV")],
+        &rocketmq::env("ROCKETMQ_CLUSTER"),
+        first,
+        wildcards,
+        extra,
+    )
+}
+
+/// [`config_text`] on the RocketMQ of name servers `namesrv` (`host:port` each) and
+/// cluster `cluster`.
+pub fn config_on(
+    namesrv: &[String],
+    cluster: &str,
+    first: &str,
+    wildcards: &[&str],
+    extra: &str,
+) -> String {
+    let ns: Vec<String> = namesrv.iter().map(|a| format!("{a:?}")).collect();
     let wild: Vec<String> = wildcards.iter().map(|w| format!("{w:?}")).collect();
     let fast = "registration_settle_ms = 0\n";
     let extra = if extra.contains("registration_settle_ms") {
@@ -52,7 +51,7 @@ pub fn config_text(first: &str, wildcards: &[&str], extra: &str) -> String {
     format!(
         r#"
 [rocketmq]
-namesrv = ["{ns}"]
+namesrv = [{ns}]
 cluster = "{cluster}"
 send_timeout_ms = 3000
 meta_refresh_secs = 1
@@ -81,8 +80,7 @@ name = "mqtt"
 bind = "127.0.0.1:0"
 {extra}
 "#,
-        ns = rocketmq_env("ROCKETMQ_NAMESRV"),
-        cluster = rocketmq_env("ROCKETMQ_CLUSTER"),
+        ns = ns.join(", "),
         wild = wild.join(", "),
     )
 }
@@ -99,46 +97,21 @@ pub async fn start_bridge(text: &str) -> (Server, Config) {
     (server, config)
 }
 
-/// Runs the Java tool (the official RocketMQ Java client) and returns its JSON lines.
-pub fn tool(args: &[&str]) -> Result<Vec<serde_json::Value>, String> {
-    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .arg("tool")
-        .args(args)
-        .output()
-        .map_err(|e| format!("cannot run rocketmq.sh: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "rocketmq.sh tool {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect())
-}
-
-/// Reads `count` messages of an ordinary topic with a plain RocketMQ consumer.
+/// Reads `count` messages of an ordinary topic with a plain RocketMQ consumer (up to
+/// 30 s).
 pub fn consume(topic: &str, count: usize) -> Vec<serde_json::Value> {
-    tool(&[
-        "consume",
-        "--topic",
-        topic,
-        "--count",
-        &count.to_string(),
-        "--timeout-ms",
-        "30000",
-        "--from-start",
-    ])
-    .expect("plain consumer")
+    rocketmq::consume(topic, count, Duration::from_secs(30))
 }
 
-/// Max offset of a queue (an LMQ name works) as the Java client sees it.
-pub fn max_offset(topic: &str) -> i64 {
-    let v = tool(&["max-offset", "--topic", topic]).expect("max-offset");
-    v.first()
-        .and_then(|o| o["maxOffset"].as_i64())
-        .expect("maxOffset in the tool's output")
+/// The test config `text` with the metrics endpoint on 127.0.0.1:0 (`config_text` turns
+/// it off).
+pub fn with_metrics(text: &str) -> String {
+    let on = text.replace(
+        "[metrics]\nbind = \"\"",
+        "[metrics]\nbind = \"127.0.0.1:0\"",
+    );
+    assert_ne!(on, text, "the harness config has [metrics]");
+    on
 }
 
 pub async fn settle() {

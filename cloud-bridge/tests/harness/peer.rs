@@ -12,7 +12,7 @@ use std::sync::OnceLock;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use super::repo_root;
+use test_support::repo_root;
 
 /// Exit status of `rocketmq-mqtt.sh start|install` when Maven Central is unreachable.
 const CENTRAL_UNREACHABLE: i32 = 4;

@@ -28,8 +28,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use e2e::{Agent, Bridge, plain_uplink, repo_root, unique};
+use e2e::{Agent, Bridge, plain_uplink};
 use edge_agent::journal::{Journal, JournalConfig, NewEntry, Qos};
+use test_support::{repo_root, unique};
 
 fn unix_ms() -> u64 {
     SystemTime::now()

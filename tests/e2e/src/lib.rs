@@ -2,28 +2,25 @@
 //! this workspace's target directory), the real Apache RocketMQ that
 //! `tests/rocketmq/rocketmq.sh` runs on loopback, third-party device clients
 //! (`mosquitto_pub`/`mosquitto_sub`) and the plain Java RocketMQ client (`rocketmq.sh
-//! tool`) as the cloud application. Everything listens on 127.0.0.1 only.
+//! tool`) as the cloud application. Everything listens on 127.0.0.1 only. What other
+//! tests share too (the RocketMQ environment and tool, the PKI, free ports, unique names)
+//! is in `test_support`.
 //!
 //! The binaries must be built first (`tests/run.sh` runs `cargo test --workspace
 //! --all-targets`, which builds them); a missing binary is a clear panic, never a skip.
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
-pub mod certs;
 pub mod proxy;
 
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The workspace root.
-pub fn repo_root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
-}
+use test_support::certs::Pki;
+use test_support::free_port;
+use test_support::rocketmq;
 
 /// A workspace binary next to the running test (target/<profile>/<name>).
 pub fn bin(name: &str) -> PathBuf {
@@ -40,53 +37,6 @@ pub fn bin(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-/// `KEY` from the environment, else from tests/rocketmq/run/env (panics when RocketMQ
-/// is not running: tests never silently skip).
-pub fn rocketmq_env(key: &str) -> String {
-    if let Ok(v) = std::env::var(key) {
-        return v;
-    }
-    let file = repo_root().join("tests/rocketmq/run/env");
-    let text = std::fs::read_to_string(&file).unwrap_or_else(|_| {
-        panic!(
-            "RocketMQ is not running ({} missing): run `tests/rocketmq/rocketmq.sh start`",
-            file.display()
-        )
-    });
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{key}=")))
-        .map(str::to_owned)
-        .unwrap_or_else(|| panic!("{key} missing in {}", file.display()))
-}
-
-/// A unique name (first-level topics, gateway ids) so tests do not see each other.
-pub fn unique(prefix: &str) -> String {
-    let n: u32 = rand::random();
-    format!("{prefix}{n:08x}")
-}
-
-/// A free loopback port (bound and released: a tiny race other tests never hit, as
-/// every test picks its own).
-/// The random source of a test that kills processes at random points: seeded from
-/// `CRASH_SEED` when set (to replay a failure), else at random. The seed is printed, so a
-/// failing run's output says how to replay it.
-pub fn crash_rng(test: &str) -> rand::rngs::StdRng {
-    use rand::SeedableRng;
-    let seed = std::env::var("CRASH_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(rand::random::<u64>);
-    println!("{test}: kill points from seed {seed} (replay: CRASH_SEED={seed})");
-    rand::rngs::StdRng::seed_from_u64(seed)
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// Waits until `addr` accepts TCP connections (panics with the log if `process` exits).
@@ -233,9 +183,9 @@ impl Bridge {
     /// Writes a config (`extra` appended), runs `cloud-bridge init`, starts it, and waits
     /// for its listener: plain TCP, or TLS with client certificates required when `pki`
     /// is given.
-    pub fn start(dir: &Path, first: &str, pki: Option<&certs::Pki>, extra: &str) -> Bridge {
-        let namesrv = rocketmq_env("ROCKETMQ_NAMESRV");
-        let cluster = rocketmq_env("ROCKETMQ_CLUSTER");
+    pub fn start(dir: &Path, first: &str, pki: Option<&Pki>, extra: &str) -> Bridge {
+        let namesrv = rocketmq::env("ROCKETMQ_NAMESRV");
+        let cluster = rocketmq::env("ROCKETMQ_CLUSTER");
         Bridge::start_on(dir, first, pki, extra, &namesrv, &cluster)
     }
 
@@ -244,7 +194,7 @@ impl Bridge {
     pub fn start_on(
         dir: &Path,
         first: &str,
-        pki: Option<&certs::Pki>,
+        pki: Option<&Pki>,
         extra: &str,
         namesrv: &str,
         cluster: &str,
@@ -500,59 +450,6 @@ pub fn device_publish(port: u16, client_id: &str, topic: &str, qos: u8, lines: &
     );
 }
 
-/// Reads `count` messages of RocketMQ topic `topic` from the start with the plain Java
-/// consumer; returns one JSON object per message (topic, queueId, keys, body_utf8,
-/// properties, ...).
-pub fn consume(topic: &str, count: usize, timeout: Duration) -> Vec<serde_json::Value> {
-    let (ok, lines, stderr) = run_consume(topic, count, timeout);
-    assert!(
-        ok,
-        "consume {topic}: got {} of {count}: {stderr}",
-        lines.len()
-    );
-    lines
-}
-
-/// Runs the Java consumer from the start of `topic` for up to `count` messages; returns
-/// whether it got them all, the messages it printed, and its stderr.
-fn run_consume(
-    topic: &str,
-    count: usize,
-    timeout: Duration,
-) -> (bool, Vec<serde_json::Value>, String) {
-    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .args(["tool", "consume", "--topic", topic, "--from-start"])
-        .args(["--count", &count.to_string()])
-        .args(["--timeout-ms", &timeout.as_millis().to_string()])
-        .output()
-        .expect("rocketmq.sh tool consume");
-    let lines = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
-    (
-        out.status.success(),
-        lines,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// Sends one message with the plain Java producer (`--prop K=V` pairs).
-pub fn produce(topic: &str, body: &str, props: &[(&str, &str)]) {
-    let mut cmd = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"));
-    cmd.args(["tool", "produce", "--topic", topic, "--body", body]);
-    for (k, v) in props {
-        cmd.args(["--prop", &format!("{k}={v}")]);
-    }
-    let out = cmd.output().expect("rocketmq.sh tool produce");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("SEND_OK"),
-        "produce to {topic}: {} {}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A device subscriber (`mosquitto_sub`, MQTT 5, persistent session `client_id`) that
 /// exits after `count` messages; read its lines with [`Subscriber::wait`].
 #[derive(Debug)]
@@ -659,18 +556,6 @@ pub fn plain_uplink(bridge: &Bridge, gateway: &str) -> String {
         bridge.port,
         bridge.password(gateway)
     )
-}
-
-/// Every message of `topic` the Java consumer finds within `timeout` (at least
-/// `at_least`, or the call panics): for runs where duplicates make the total unknown.
-pub fn consume_all(topic: &str, at_least: usize, timeout: Duration) -> Vec<serde_json::Value> {
-    let (_, lines, stderr) = run_consume(topic, at_least * 10 + 1000, timeout);
-    assert!(
-        lines.len() >= at_least,
-        "consume {topic}: got {} of at least {at_least}: {stderr}",
-        lines.len()
-    );
-    lines
 }
 
 /// `n` numbered payloads: `m0000000`, `m0000001`, ...

@@ -7,10 +7,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{
-    Agent, Bridge, check_delivery, consume_all, device_publish, numbered, plain_uplink, repo_root,
-    unique, wait_log,
-};
+use e2e::{Agent, Bridge, check_delivery, device_publish, numbered, plain_uplink, wait_log};
+use test_support::rocketmq::consume_all;
+use test_support::{repo_root, unique};
 
 const WINDOW: usize = 64;
 

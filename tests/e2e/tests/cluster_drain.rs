@@ -9,7 +9,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use e2e::{Agent, Bridge, device_publish, plain_uplink, repo_root, unique, wait_log};
+use e2e::{Agent, Bridge, device_publish, plain_uplink, wait_log};
+use test_support::{repo_root, unique};
 
 fn cluster(args: &[&str]) -> String {
     let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))

@@ -5,11 +5,10 @@
 
 use std::time::Duration;
 
-use e2e::{
-    Agent, Bridge, check_delivery, consume_all, crash_rng, device_publish, numbered, plain_uplink,
-    unique, wait_log,
-};
+use e2e::{Agent, Bridge, check_delivery, device_publish, numbered, plain_uplink, wait_log};
 use rand::Rng;
+use test_support::rocketmq::consume_all;
+use test_support::{crash_rng, unique};
 
 const WINDOW: usize = 64;
 const ROUNDS: usize = 6;

@@ -15,7 +15,8 @@ use std::io::{Read, Write};
 use std::path::Path;
 use std::process::Command;
 
-use e2e::{Process, free_port, repo_root, rocketmq_env, unique};
+use e2e::Process;
+use test_support::{free_port, repo_root, rocketmq, unique};
 
 fn read(path: &str) -> String {
     std::fs::read_to_string(repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
@@ -234,7 +235,7 @@ fn every_metric_the_bridge_dashboard_queries_is_exported() {
              [auth]\nusername = \"demo\"\nsecret_key = \"s\"\n\n[metrics]\nbind = \
              \"127.0.0.1:{metrics_port}\"\n\n[[listener]]\nname = \"mqtt\"\nbind = \
              \"127.0.0.1:{port}\"\n",
-            ns = rocketmq_env("ROCKETMQ_NAMESRV"),
+            ns = rocketmq::env("ROCKETMQ_NAMESRV"),
             first = unique("docs"),
         ),
     )

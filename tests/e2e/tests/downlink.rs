@@ -6,9 +6,9 @@
 
 use std::time::Duration;
 
-use e2e::{
-    Agent, Bridge, Subscriber, cloud_publish, lmq_name, plain_uplink, produce, unique, wait_log,
-};
+use e2e::{Agent, Bridge, Subscriber, cloud_publish, lmq_name, plain_uplink, wait_log};
+use test_support::rocketmq::produce;
+use test_support::unique;
 
 #[test]
 fn commands_from_rocketmq_and_from_mqtt_reach_online_and_offline_devices() {

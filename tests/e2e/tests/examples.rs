@@ -11,7 +11,10 @@
 use std::process::Command;
 use std::time::Duration;
 
-use e2e::{Process, bin, certs::Pki, consume, device_publish, free_port, repo_root, unique};
+use e2e::{Process, bin, device_publish};
+use test_support::certs::Pki;
+use test_support::rocketmq::{self, consume};
+use test_support::{free_port, repo_root, unique};
 
 fn example(name: &str) -> (std::path::PathBuf, String) {
     let path = repo_root().join("conf/examples").join(name);
@@ -67,7 +70,7 @@ fn the_minimal_examples_validate_and_carry_a_message_to_rocketmq() {
     let bridge_text = adapt(
         &bridge_text,
         &[
-            ("127.0.0.1:9876", &e2e::rocketmq_env("ROCKETMQ_NAMESRV")),
+            ("127.0.0.1:9876", &rocketmq::env("ROCKETMQ_NAMESRV")),
             (
                 "first_level = [\"t1\"]",
                 &format!("first_level = [\"{first}\"]"),

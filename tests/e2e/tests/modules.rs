@@ -11,7 +11,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-use e2e::repo_root;
+use test_support::repo_root;
 
 /// Cycles (as sorted module sets, `crate: a, b`) still to be broken.
 const KNOWN: &[&str] = &[

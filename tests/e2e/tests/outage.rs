@@ -7,9 +7,10 @@
 use std::time::Duration;
 
 use e2e::{
-    Agent, Bridge, check_delivery, consume, consume_all, device_publish, numbered, plain_uplink,
-    proxy::Proxy, unique, wait_log,
+    Agent, Bridge, check_delivery, device_publish, numbered, plain_uplink, proxy::Proxy, wait_log,
 };
+use test_support::rocketmq::{consume, consume_all};
+use test_support::unique;
 
 #[test]
 fn ten_thousand_messages_wait_for_the_bridge_and_arrive_in_order() {

@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use e2e::{Agent, Bridge, certs::Pki, device_publish, numbered, unique, wait_log};
+use e2e::{Agent, Bridge, device_publish, numbered, wait_log};
+use test_support::certs::Pki;
+use test_support::unique;
 
 fn refused_case(tls: bool, uplink: impl Fn(&Bridge, &Pki, &str) -> String, expect: &str) {
     let dir = tempfile::tempdir().unwrap();
@@ -60,7 +62,7 @@ fn refused_case(tls: bool, uplink: impl Fn(&Bridge, &Pki, &str) -> String, expec
 fn tls(
     bridge: &Bridge,
     ca: &std::path::Path,
-    cert: &e2e::certs::ClientCert,
+    cert: &test_support::certs::ClientCert,
     password: &str,
 ) -> String {
     format!(

@@ -75,7 +75,7 @@ impl Scratch {
     fn run(&self, args: &[&str]) -> (Option<i32>, String, String) {
         let started = std::time::Instant::now();
         let out = Command::new("/bin/bash")
-            .arg(e2e::repo_root().join("tests/setup.sh"))
+            .arg(test_support::repo_root().join("tests/setup.sh"))
             .args(args)
             .env_clear()
             .env("PATH", self.bin())

@@ -7,7 +7,7 @@ use std::process::Command;
 
 #[test]
 fn the_one_machine_stack_shows_both_directions() {
-    let root = e2e::repo_root();
+    let root = test_support::repo_root();
     let bins = e2e::bin("edge-agent");
     let bin_dir = bins.parent().expect("target dir");
     e2e::bin("cloud-bridge");

@@ -5,7 +5,10 @@
 
 use std::time::Duration;
 
-use e2e::{Agent, Bridge, certs::Pki, consume, device_publish, unique};
+use e2e::{Agent, Bridge, device_publish};
+use test_support::certs::Pki;
+use test_support::rocketmq::consume;
+use test_support::unique;
 
 #[test]
 fn device_to_rocketmq_consumer_over_mutual_tls() {

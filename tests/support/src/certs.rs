@@ -1,6 +1,5 @@
 //! Test PKI made with rcgen: a CA, a server certificate for 127.0.0.1/localhost, client
-//! certificates signed by the CA, and ones from an untrusted CA. (The same as
-//! cloud-bridge's test harness: that one is a test module this crate cannot import.)
+//! certificates signed by the CA, and ones from an untrusted CA.
 
 use std::path::{Path, PathBuf};
 
