@@ -20,13 +20,33 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{BrokerStore, CounterValues, LocalBroker, store};
+use crate::broker::{self, BrokerStore, CounterValues, LocalBroker, store};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal, JournalEnv};
 use crate::metrics::{AgentExporter, ListenerInfo, SensorValues};
 use crate::sensors::Sensors;
+use crate::topic_map::TopicMap;
 use crate::uplink::UplinkStatus;
+
+/// What the broker takes from the configuration.
+fn broker_settings(config: &Config) -> broker::Settings {
+    let l = &config.limits;
+    broker::Settings {
+        sessions: config.sessions.clone(),
+        auth: config.auth.clone(),
+        acl: config.acl.clone(),
+        uplink_topics: config.uplink.topics.clone(),
+        topic_map: TopicMap::new(config.uplink.rules()),
+        max_subscriptions: l.max_subscriptions,
+        max_filter_length: l.max_filter_length,
+        max_filter_depth: l.max_filter_depth,
+        subscriber_queue: l.subscriber_queue,
+        subscriber_queue_bytes: l.subscriber_queue_bytes,
+        subscriber_wait: Duration::from_millis(l.subscriber_wait_ms),
+        publish_pipeline: l.publish_pipeline,
+    }
+}
 
 /// A running agent.
 #[derive(Debug)]
@@ -91,7 +111,13 @@ impl Agent {
 
         let shutdown = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let broker = LocalBroker::new(&config, journal.clone(), store, snapshot, tracker.clone());
+        let broker = LocalBroker::new(
+            broker_settings(&config),
+            journal.clone(),
+            store,
+            snapshot,
+            tracker.clone(),
+        );
         // Sensor tasks open their devices themselves and retry: never a start failure.
         let sensors = Sensors::start(&config.sensors, &broker, &tracker, &shutdown);
         let uplink = crate::uplink::start(

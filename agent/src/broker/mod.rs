@@ -64,6 +64,7 @@
 //! granted QoS), also from the offline queue and for retained messages sent on
 //! subscribe.
 
+mod config;
 mod router;
 mod session;
 pub mod store;
@@ -80,12 +81,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use config::{SessionsConfig, Settings};
 pub use router::CounterValues;
 pub use session::LocalSession;
 pub use store::{BrokerStore, Snapshot};
 
+use crate::acl::AclRule;
 use crate::auth::Authenticator;
-use crate::config::Config;
 use crate::error::Error;
 use crate::journal::{Journal, NewEntry, Qos};
 use mqtt::budget::StoreBudget;
@@ -103,12 +105,12 @@ pub(crate) struct Core {
     journal: Journal,
     uplink: Vec<String>,
     /// Local -> cloud topic names, to check the cloud name before journaling.
-    map: crate::uplink::TopicMap,
+    map: crate::topic_map::TopicMap,
     /// See [`Core::is_uplink`].
     uplink_refused: AtomicU64,
     auth: Authenticator,
     /// `[[acl]]` rules (`crate::acl`).
-    acl: Vec<crate::config::AclRule>,
+    acl: Vec<AclRule>,
     max_expiry: u32,
     max_sessions: usize,
     /// Subscription bounds: per client, filter bytes, filter levels.
@@ -164,11 +166,11 @@ fn refusal(e: &Error) -> Refusal {
 }
 
 impl LocalBroker {
-    /// A broker over `journal` and `store`, restoring the persistent sessions and retained
-    /// messages of `snapshot`. Tasks it starts (session pipelines, retained deliveries)
-    /// run in `tracker`.
+    /// A broker configured by `settings` over `journal` and `store`, restoring the
+    /// persistent sessions and retained messages of `snapshot`. Tasks it starts (session
+    /// pipelines, retained deliveries) run in `tracker`.
     pub fn new(
-        config: &Config,
+        settings: Settings,
         journal: Journal,
         store: BrokerStore,
         snapshot: Snapshot,
@@ -177,11 +179,11 @@ impl LocalBroker {
         let router = Router::new(
             store,
             RouterLimits {
-                max_queued: config.sessions.max_queued_messages,
-                max_queued_bytes: config.sessions.max_queued_bytes,
-                max_retained: config.sessions.max_retained,
-                max_retained_bytes: config.sessions.max_retained_bytes,
-                wait: Duration::from_millis(config.limits.subscriber_wait_ms),
+                max_queued: settings.sessions.max_queued_messages,
+                max_queued_bytes: settings.sessions.max_queued_bytes,
+                max_retained: settings.sessions.max_retained,
+                max_retained_bytes: settings.sessions.max_retained_bytes,
+                wait: settings.subscriber_wait,
             },
         );
         router.start_tags_at(snapshot.next_tag);
@@ -207,21 +209,21 @@ impl LocalBroker {
             core: Arc::new(Core {
                 router,
                 journal,
-                uplink: config.uplink.topics.clone(),
-                map: crate::uplink::TopicMap::new(config.uplink.rules()),
+                uplink: settings.uplink_topics,
+                map: settings.topic_map,
                 uplink_refused: AtomicU64::new(0),
-                auth: Authenticator::new(&config.auth),
-                acl: config.acl.clone(),
-                max_expiry: config.sessions.max_session_expiry_secs,
-                max_sessions: config.sessions.max_sessions,
+                auth: Authenticator::new(&settings.auth),
+                acl: settings.acl,
+                max_expiry: settings.sessions.max_session_expiry_secs,
+                max_sessions: settings.sessions.max_sessions,
                 subscriptions: SubscriptionLimits {
-                    per_client: config.limits.max_subscriptions,
-                    filter_length: config.limits.max_filter_length,
-                    filter_depth: config.limits.max_filter_depth,
+                    per_client: settings.max_subscriptions,
+                    filter_length: settings.max_filter_length,
+                    filter_depth: settings.max_filter_depth,
                 },
-                subscriber_queue: config.limits.subscriber_queue,
-                subscriber_queue_bytes: config.limits.subscriber_queue_bytes,
-                pipeline: config.limits.publish_pipeline,
+                subscriber_queue: settings.subscriber_queue,
+                subscriber_queue_bytes: settings.subscriber_queue_bytes,
+                pipeline: settings.publish_pipeline,
                 tracker,
                 generation: AtomicU64::new(1),
             }),
@@ -318,7 +320,7 @@ impl Core {
             return false;
         }
         match self.map.to_cloud(topic) {
-            Err(crate::uplink::Unsendable::Refused(e)) => {
+            Err(crate::topic_map::Unsendable::Refused(e)) => {
                 let n = self.uplink_refused.fetch_add(1, Ordering::Relaxed) + 1;
                 // Logged at 1, 2, 4, 8, ...: a device repeating it cannot flood the log.
                 if n.is_power_of_two() {
@@ -327,7 +329,7 @@ impl Core {
                 false
             }
             // No map rule: the uplink removes it unsent and counts it (`unmapped`).
-            Err(crate::uplink::Unsendable::NoRule) | Ok(_) => true,
+            Err(crate::topic_map::Unsendable::NoRule) | Ok(_) => true,
         }
     }
 
