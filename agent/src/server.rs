@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{self, BrokerStore, CounterValues, LocalBroker, store};
+use crate::broker::{self, CounterValues, LocalBroker, SessionsDb, sessions_db};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal, JournalEnv};
@@ -85,8 +85,8 @@ impl Agent {
         let journal =
             Journal::open_with_env(state_dir.join(journal::FILE_NAME), &config.journal, env)
                 .await?;
-        let (store, snapshot) = match BrokerStore::open(
-            &state_dir.join(store::FILE_NAME),
+        let (sessions_db, snapshot) = match SessionsDb::open(
+            &state_dir.join(sessions_db::FILE_NAME),
             config.journal.synchronous,
             config.sessions.max_db_bytes,
         )
@@ -104,7 +104,7 @@ impl Agent {
             .iter()
             .filter(|s| s.disconnected_ms.is_none())
         {
-            store
+            sessions_db
                 .disconnected(&s.client_id, crate::broker::now_ms())
                 .await?;
         }
@@ -114,7 +114,7 @@ impl Agent {
         let broker = LocalBroker::new(
             broker_settings(&config),
             journal.clone(),
-            store,
+            sessions_db,
             snapshot,
             tracker.clone(),
         );

@@ -41,7 +41,7 @@
 //! Session expiry > 0 (3.1.1: clean session false; capped by
 //! `sessions.max_session_expiry_secs`) makes a session persistent: its subscriptions and
 //! every QoS 1/2 message for it not yet acknowledged by the client (connected or not)
-//! are in `broker.db` (`store.rs`), committed before the publish is acknowledged and
+//! are in `broker.db` (`sessions_db.rs`), committed before the publish is acknowledged and
 //! deleted when the client acknowledges them, so they survive a restart and a kill -9.
 //! An MQTT 5 DISCONNECT may change the session expiry (0 ends the session at once).
 //! A session resumed (Clean Start 0) by a CONNECT with expiry 0 gets its stored messages
@@ -67,7 +67,7 @@
 mod config;
 mod router;
 mod session;
-pub mod store;
+pub mod sessions_db;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -84,7 +84,7 @@ use tokio_util::task::TaskTracker;
 pub use config::{SessionsConfig, Settings};
 pub use router::CounterValues;
 pub use session::LocalSession;
-pub use store::{BrokerStore, Snapshot};
+pub use sessions_db::{SessionsDb, Snapshot};
 
 use crate::acl::AclRule;
 use crate::auth::Authenticator;
@@ -140,7 +140,7 @@ pub(crate) fn expiry_deadline(m: &Message) -> Option<i64> {
 /// What routing a message did: the ack's reason, and the `broker.db` rows to wait for.
 pub(crate) struct Routed {
     reason: Reason,
-    commits: Vec<store::Committed<()>>,
+    commits: Vec<sessions_db::Committed<()>>,
     /// Whether some session got a copy (its connection may have a write to do).
     delivered: bool,
 }
@@ -149,7 +149,7 @@ impl Routed {
     /// Waits until every row is committed; the reason for the publisher's ack.
     pub(crate) async fn finish(self) -> Result<Reason, Refusal> {
         for c in self.commits {
-            store::committed(c).await.map_err(|e| refusal(&e))?;
+            sessions_db::committed(c).await.map_err(|e| refusal(&e))?;
         }
         Ok(self.reason)
     }
@@ -166,18 +166,18 @@ fn refusal(e: &Error) -> Refusal {
 }
 
 impl LocalBroker {
-    /// A broker configured by `settings` over `journal` and `store`, restoring the
+    /// A broker configured by `settings` over `journal` and `db`, restoring the
     /// persistent sessions and retained messages of `snapshot`. Tasks it starts (session
     /// pipelines, retained deliveries) run in `tracker`.
     pub fn new(
         settings: Settings,
         journal: Journal,
-        store: BrokerStore,
+        db: SessionsDb,
         snapshot: Snapshot,
         tracker: TaskTracker,
     ) -> Self {
         let router = Router::new(
-            store,
+            db,
             RouterLimits {
                 max_queued: settings.sessions.max_queued_messages,
                 max_queued_bytes: settings.sessions.max_queued_bytes,
@@ -248,7 +248,7 @@ impl LocalBroker {
 
     /// Bytes of content in `broker.db` as of its last commit.
     pub fn db_bytes(&self) -> u64 {
-        self.core.router.store.used_bytes()
+        self.core.router.db.used_bytes()
     }
 
     /// Number of sessions (connected, or persistent and offline).
@@ -289,7 +289,7 @@ impl LocalBroker {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match self.core.router.store.expire(now_ms()).await {
+            match self.core.router.db.expire(now_ms()).await {
                 Ok(ids) => {
                     for id in ids {
                         let c = self.core.router.client(&id);
@@ -382,7 +382,7 @@ impl Core {
             let keep = (!message.payload.is_empty()).then(|| (message.clone(), expires_ms));
             let hold = match &keep {
                 None => None,
-                Some((m, _)) => match self.router.store.reserve(m.topic.len() + m.payload.len()) {
+                Some((m, _)) => match self.router.db.reserve(m.topic.len() + m.payload.len()) {
                     Some(h) => Some(h),
                     None => {
                         // No room in broker.db: not retained (counted), still delivered.
@@ -397,7 +397,7 @@ impl Core {
                     }
                 },
             };
-            if let Err(e) = self.router.store.retain(&message.topic, keep, hold).await {
+            if let Err(e) = self.router.db.retain(&message.topic, keep, hold).await {
                 return Err(refusal(&e));
             }
         }
@@ -468,7 +468,7 @@ impl Core {
             .router
             .deliver(&client, m, copy.expires_ms, ids, Some(copy.key))
             .await
-            && let Err(e) = store::committed(c).await
+            && let Err(e) = sessions_db::committed(c).await
         {
             tracing::warn!(client = %client.id, error = %e, "cannot store a shared message");
         }
@@ -521,7 +521,7 @@ impl Core {
         let now = now_ms();
         if st.online.is_none() && st.persistent && st.expires_at_ms.is_some_and(|t| t <= now) {
             self.router
-                .store
+                .db
                 .delete_session(id)
                 .await
                 .map_err(store_failed)?;
@@ -536,7 +536,7 @@ impl Core {
         if connect.clean_start {
             if was_persistent {
                 self.router
-                    .store
+                    .db
                     .delete_session(id)
                     .await
                     .map_err(store_failed)?;
@@ -551,7 +551,7 @@ impl Core {
         st.expires_at_ms = None;
         if st.persistent {
             self.router
-                .store
+                .db
                 .save_session(id, expiry)
                 .await
                 .map_err(store_failed)?;
@@ -577,18 +577,18 @@ impl Core {
             if !resume {
                 return;
             }
-            match core.router.store.queue_totals(&c.id).await {
+            match core.router.db.queue_totals(&c.id).await {
                 Ok((rows, bytes)) => c.resync(rows, bytes),
                 Err(e) => {
                     tracing::warn!(client = %c.id, error = %e, "cannot read the stored queue");
                     return;
                 }
             }
-            // Page by page (`store::PAGE_ROWS`, `PAGE_BYTES`): memory stays bounded
+            // Page by page (`sessions_db::PAGE_ROWS`, `PAGE_BYTES`): memory stays bounded
             // whatever the queue's size.
             let mut after = 0;
             'pages: loop {
-                let page = match core.router.store.read_queue_page(&c.id, after).await {
+                let page = match core.router.db.read_queue_page(&c.id, after).await {
                     Ok(page) if page.is_empty() => break,
                     Ok(page) => page,
                     Err(e) => {
@@ -601,7 +601,7 @@ impl Core {
                     after = q.id;
                     c.known(q.id, q.message.topic.len() + q.message.payload.len());
                     if q.expires_ms.is_some_and(|e| e <= now) {
-                        core.router.store.acked(q.id);
+                        core.router.db.acked(q.id);
                         c.unqueued(q.id);
                         continue;
                     }

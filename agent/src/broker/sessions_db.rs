@@ -3,7 +3,7 @@
 //! journal, a separate file with its own quota.)
 //!
 //! # Threads and commits
-//! One dedicated OS thread owns the connection; the async [`BrokerStore`] handle sends
+//! One dedicated OS thread owns the connection; the async [`SessionsDb`] handle sends
 //! jobs over a bounded channel (callers wait when it is full) and awaits the answer. The
 //! thread runs every job already queued (up to [`MAX_BATCH`]) in one transaction, commits
 //! once and only then answers, so a reply means "committed" (WAL mode, `synchronous`
@@ -20,7 +20,7 @@
 //!   the session is connected or not, delivered in `id` order. `id` is the delivery's
 //!   tag (given by the router, larger than every id stored, see [`Snapshot::next_tag`]);
 //!   a row is inserted before the publish that produced it is acknowledged and deleted
-//!   only when the subscriber acknowledged it ([`BrokerStore::acked`]). `sent` = the
+//!   only when the subscriber acknowledged it ([`SessionsDb::acked`]). `sent` = the
 //!   message may have reached the client (it was handed to a connection), so a resend
 //!   carries DUP.
 //! - `retained(topic PK, payload, qos, props, expires_ms)`
@@ -34,13 +34,13 @@
 //!
 //! # Size
 //! The content (pages not on the free list) stays within `sessions.max_db_bytes`: a row
-//! or retained message is stored only in room reserved first ([`BrokerStore::reserve`]:
+//! or retained message is stored only in room reserved first ([`SessionsDb::reserve`]:
 //! content as of the last commit plus reservations not yet committed); the thread
 //! measures the content after each batch, before answering it. A resumed session's
-//! queue is read in pages ([`BrokerStore::read_queue_page`]), never whole.
+//! queue is read in pages ([`SessionsDb::read_queue_page`]), never whole.
 //!
 //! # Acknowledgements
-//! [`BrokerStore::acked`] is called from the connection's synchronous ack path, so it
+//! [`SessionsDb::acked`] is called from the connection's synchronous ack path, so it
 //! only records the id in a list the thread takes at its next batch (waking the thread
 //! if idle). The thread deletes those rows after the batch's jobs, and only when the
 //! batch emptied the job queue: a delete is recorded after its row's insert job was
@@ -314,7 +314,7 @@ fn take_acks(acks: &Acks) -> Vec<u64> {
 
 /// Handle to the broker database thread. Clones share the thread.
 #[derive(Debug, Clone)]
-pub struct BrokerStore {
+pub struct SessionsDb {
     tx: mpsc::Sender<Job>,
     path: Arc<PathBuf>,
     acks: Acks,
@@ -345,10 +345,10 @@ fn sqlite(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
-impl BrokerStore {
+impl SessionsDb {
     /// Opens (or creates) the database and starts its thread; returns what it holds.
     /// Rows and retained messages are stored while its content stays within `max_bytes`
-    /// ([`BrokerStore::reserve`]).
+    /// ([`SessionsDb::reserve`]).
     pub async fn open(
         path: &Path,
         synchronous: SyncMode,
