@@ -6,6 +6,8 @@
 //! - [`fault_kind`]: why a sensor fails (shared by sensors and errors).
 //! - [`error`]: the crate's one error enum.
 //! - [`state_dir`]: where the agent keeps its files.
+//! - `sqlite_worker`: the thread that owns a SQLite connection and group-commits the
+//!   requests of async callers (the journal's and the sessions database's).
 //! - [`acl`]: `[[acl]]` rules, what a client may publish and subscribe to.
 //! - [`topic_map`]: local ↔ cloud topic names (`[[uplink.map]]` rules).
 //! - [`auth`]: `[auth]`, who may connect (certificates, Argon2 passwords).
@@ -34,6 +36,7 @@ pub mod journal;
 pub mod metrics;
 pub mod sensors;
 pub mod server;
+mod sqlite_worker;
 pub mod state_dir;
 pub mod topic_map;
 pub mod uplink;

@@ -3,7 +3,7 @@
 //! journal, a separate file with its own quota.)
 //!
 //! # Threads and commits
-//! One dedicated OS thread owns the connection; the async [`SessionsDb`] handle sends
+//! One [`sqlite_worker`] thread owns the connection; the async [`SessionsDb`] handle sends
 //! jobs over a bounded channel (callers wait when it is full) and awaits the answer. The
 //! thread runs every job already queued (up to [`MAX_BATCH`]) in one transaction, commits
 //! once and only then answers, so a reply means "committed" (WAL mode, `synchronous`
@@ -47,6 +47,7 @@
 //! queued, so the insert has then run. A lost delete (crash) means a redelivery with
 //! DUP, never a loss.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,9 +60,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::journal::SyncMode;
+use crate::sqlite_worker::{self, Batches};
 
 /// Most jobs in one transaction.
 pub const MAX_BATCH: usize = 256;
+/// Jobs queued at most (callers wait beyond).
+const QUEUE: usize = 1024;
 /// File name inside the state directory.
 pub const FILE_NAME: &str = "broker.db";
 
@@ -345,6 +349,48 @@ fn sqlite(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
+/// The database's side of its [`sqlite_worker`] thread.
+struct DbThread {
+    c: Connection,
+    path: PathBuf,
+    room: Arc<Room>,
+    acks: Acks,
+    /// Acknowledged rows to delete (see the module doc).
+    deletes: Vec<u64>,
+}
+
+impl Batches for DbThread {
+    type Job = Job;
+
+    fn starting(&mut self) {
+        // Taken before the jobs: their inserts were queued before them.
+        self.deletes.extend(take_acks(&self.acks));
+    }
+
+    fn run(&mut self, jobs: &mut Vec<Job>, drained: bool) -> ControlFlow<()> {
+        let now: &[u64] = if drained { &self.deletes } else { &[] };
+        run_batch(&self.c, &self.path, jobs, now, &self.room);
+        if drained {
+            self.deletes.clear();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn finish(mut self) {
+        self.deletes.extend(take_acks(&self.acks));
+        if !self.deletes.is_empty() {
+            run_batch(
+                &self.c,
+                &self.path,
+                &mut Vec::new(),
+                &self.deletes,
+                &self.room,
+            );
+        }
+        tracing::debug!(path = %self.path.display(), "broker database closed");
+    }
+}
+
 impl SessionsDb {
     /// Opens (or creates) the database and starts its thread; returns what it holds.
     /// Rows and retained messages are stored while its content stays within `max_bytes`
@@ -360,76 +406,38 @@ impl SessionsDb {
             reserved: AtomicU64::new(0),
         });
         let thread_room = room.clone();
-        let (tx, mut rx) = mpsc::channel::<Job>(1024);
-        let (ready_tx, ready_rx) = oneshot::channel();
         let p = path.to_path_buf();
-        let open = move || -> rusqlite::Result<(Connection, Snapshot)> {
-            let c = Connection::open(&p)?;
-            c.pragma_update(None, "journal_mode", "WAL")?;
-            // The WAL file is cut back to this after each checkpoint (it would otherwise
-            // keep the size of the largest batch).
-            c.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-            c.pragma_update(None, "synchronous", synchronous.pragma_value())?;
-            c.busy_timeout(std::time::Duration::from_secs(5))?;
-            c.execute_batch(SCHEMA)?;
-            migrate(&c)?;
-            let snapshot = load(&c, crate::broker::now_ms())?;
-            thread_room.used.store(used_bytes(&c), Ordering::Relaxed);
-            Ok((c, snapshot))
-        };
-        let name = path.to_path_buf();
-        let thread_room_batches = room.clone();
         let acks = Acks::default();
         let thread_acks = acks.clone();
-        std::thread::Builder::new()
-            .name("broker-db".to_owned())
-            .spawn(move || {
-                let c = match open() {
-                    Ok((c, snapshot)) => {
-                        let _ = ready_tx.send(Ok(snapshot));
-                        c
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(Error::Open {
-                            path: name.clone(),
-                            source: e,
-                        }));
-                        return;
-                    }
-                };
-                let mut batch = Vec::with_capacity(MAX_BATCH);
-                let mut deletes = Vec::new();
-                while let Some(first) = rx.blocking_recv() {
-                    // Taken before the jobs: their inserts were queued before them.
-                    deletes.extend(take_acks(&thread_acks));
-                    batch.push(first);
-                    let mut emptied = false;
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(j) => batch.push(j),
-                            Err(_) => {
-                                emptied = true;
-                                break;
-                            }
-                        }
-                    }
-                    let now: &[u64] = if emptied { &deletes } else { &[] };
-                    run_batch(&c, &name, &mut batch, now, &thread_room_batches);
-                    if emptied {
-                        deletes.clear();
-                    }
-                }
-                deletes.extend(take_acks(&thread_acks));
-                if !deletes.is_empty() {
-                    run_batch(&c, &name, &mut batch, &deletes, &thread_room_batches);
-                }
-                drop(c);
-                tracing::debug!(path = %name.display(), "broker database closed");
-            })
-            .map_err(|source| Error::Io {
-                path: path.to_path_buf(),
+        let open = move || -> Result<(DbThread, Snapshot)> {
+            let opened = || -> rusqlite::Result<(Connection, Snapshot)> {
+                let c = Connection::open(&p)?;
+                c.pragma_update(None, "journal_mode", "WAL")?;
+                // The WAL file is cut back to this after each checkpoint (it would
+                // otherwise keep the size of the largest batch).
+                c.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+                c.pragma_update(None, "synchronous", synchronous.pragma_value())?;
+                c.busy_timeout(std::time::Duration::from_secs(5))?;
+                c.execute_batch(SCHEMA)?;
+                migrate(&c)?;
+                let snapshot = load(&c, crate::broker::now_ms())?;
+                thread_room.used.store(used_bytes(&c), Ordering::Relaxed);
+                Ok((c, snapshot))
+            };
+            let (c, snapshot) = opened().map_err(|source| Error::Open {
+                path: p.clone(),
                 source,
             })?;
+            let thread = DbThread {
+                c,
+                path: p,
+                room: thread_room,
+                acks: thread_acks,
+                deletes: Vec::new(),
+            };
+            Ok((thread, snapshot))
+        };
+        let (tx, ready_rx) = sqlite_worker::spawn("broker-db", QUEUE, MAX_BATCH, open)?;
         let snapshot = ready_rx.await.map_err(|_| Error::Closed)??;
         Ok((
             Self {
