@@ -73,7 +73,10 @@ pub use mqtt::listener::ListenerConfig;
 /// TLS files of a listener (`mqtt::tls::TlsFiles`).
 pub use mqtt::tls::TlsFiles as TlsConfig;
 
-/// Limits of client connections and of memory.
+/// `[limits]`: limits of client connections and of memory. The keys both binaries have
+/// are handed to `mqtt::server` as [`mqtt::server::Limits`] ([`Limits::server`]); the
+/// others are the agent's own (the broker's queues and subscriptions, per-address
+/// admission).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -134,6 +137,22 @@ impl Default for Limits {
             max_filter_depth: 16,
             max_keepalive: 65535,
             topic_alias_maximum: 10,
+        }
+    }
+}
+
+impl Limits {
+    /// The keys both servers share (`mqtt::server`'s scaffold applies them).
+    pub fn server(&self) -> mqtt::server::Limits {
+        mqtt::server::Limits {
+            max_connections: self.max_connections,
+            max_packet_size: self.max_packet_size,
+            connect_timeout_secs: self.connect_timeout_secs,
+            receive_maximum: self.receive_maximum,
+            publish_pipeline: self.publish_pipeline,
+            max_storing_bytes: self.max_storing_bytes,
+            max_keepalive: self.max_keepalive,
+            topic_alias_maximum: self.topic_alias_maximum,
         }
     }
 }

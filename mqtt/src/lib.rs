@@ -17,6 +17,7 @@ pub mod protocol;
 pub mod quickack;
 mod reason_codes;
 pub mod registry;
+pub mod server;
 pub mod signal;
 pub mod systemd;
 pub mod tls;
