@@ -21,7 +21,29 @@
 //! The agent's own messages (sensors, downlink, uplink) are not clients: no rule
 //! applies to them.
 
-use crate::config::AclRule;
+use serde::Deserialize;
+
+/// One `[[acl]]` rule (the module doc says how rules apply).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AclRule {
+    /// Client identifiers this rule applies to; a trailing `*` matches any suffix.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    /// User names (or certificate identities) this rule applies to; a trailing `*`
+    /// matches any suffix.
+    #[serde(default)]
+    pub users: Vec<String>,
+    /// Filters the client may publish to (`{client}`, `{username}` substituted).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// Filters the client may subscribe to (a subscription must be within one).
+    #[serde(default)]
+    pub subscribe: Vec<String>,
+    /// Filters the client may neither publish to, subscribe within, nor receive.
+    #[serde(default)]
+    pub deny: Vec<String>,
+}
 
 /// What an ACL check is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 //!    (verified on the blocking pool: a hash costs milliseconds of CPU and ~19 MiB of
 //!    memory by design);
 //! 3. no user name at all, if anonymous access is allowed
-//!    ([`crate::config::AuthConfig::anonymous_allowed`]).
+//!    ([`AuthConfig::anonymous_allowed`]).
 //!
 //! Anything else is refused with "bad user name or password" (MQTT 5 0x86, 3.1.1 code 4)
 //! and the same text whether the user exists or not; an unknown user's password is
@@ -32,9 +32,54 @@ use argon2::Argon2;
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use mqtt::broker::{Peer, Refusal};
 use mqtt::packet::{Connect, Reason};
+use serde::Deserialize;
 
-use crate::config::AuthConfig;
 use crate::error::{Error, Result};
+
+/// Authentication: a verified client certificate, a user with a password, or anonymous.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Accept clients that send no user name (and no certificate). Unset: yes without
+    /// `users`, no with them (see [`AuthConfig::anonymous_allowed`]).
+    pub allow_anonymous: Option<bool>,
+    /// Users and their password hashes (PHC strings, `edge-agent passwd` makes one).
+    pub users: Vec<UserConfig>,
+    /// Password checks (Argon2, ~19 MiB and tens of ms each) running at once.
+    pub max_concurrent_checks: usize,
+    /// How long a CONNECT waits for a free check before it is refused as "server busy"
+    /// (MQTT 5 0x89, 3.1.1 code 3), milliseconds.
+    pub check_wait_ms: u64,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            allow_anonymous: None,
+            users: Vec::new(),
+            max_concurrent_checks: 2,
+            check_wait_ms: 2000,
+        }
+    }
+}
+
+impl AuthConfig {
+    /// Whether clients without a user name (and without a certificate) are accepted:
+    /// `allow_anonymous` when set, else only when no `[[auth.users]]` are configured.
+    pub fn anonymous_allowed(&self) -> bool {
+        self.allow_anonymous.unwrap_or(self.users.is_empty())
+    }
+}
+
+/// One user.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// The MQTT user name.
+    pub name: String,
+    /// Argon2 PHC string, for example `$argon2id$v=19$m=19456,t=2,p=1$...`.
+    pub password_hash: String,
+}
 
 /// Checks that `hash` is a PHC string Argon2 can verify against.
 pub fn parse_hash(hash: &str) -> std::result::Result<(), String> {

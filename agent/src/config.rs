@@ -17,8 +17,12 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::acl::AclRule;
+pub use crate::auth::{AuthConfig, UserConfig};
+pub use crate::broker::SessionsConfig;
 use crate::error::{Error, Result};
-use crate::journal::JournalConfig;
+pub use crate::journal::JournalConfig;
+pub use crate::sensors::SensorConfig;
 pub use crate::uplink::{DownlinkConfig, UplinkConfig};
 
 /// The shipped defaults.
@@ -58,7 +62,7 @@ pub struct Config {
     pub journal: JournalConfig,
     /// Sensors attached to the gateway (`[[sensor]]` tables, `crate::sensors`).
     #[serde(default, rename = "sensor")]
-    pub sensors: Vec<crate::sensors::SensorConfig>,
+    pub sensors: Vec<SensorConfig>,
     /// The metrics and health endpoint (`crate::metrics`).
     #[serde(default)]
     pub metrics: mqtt::metrics::MetricsConfig,
@@ -69,74 +73,10 @@ pub use mqtt::listener::ListenerConfig;
 /// TLS files of a listener (`mqtt::tls::TlsFiles`).
 pub use mqtt::tls::TlsFiles as TlsConfig;
 
-/// One `[[acl]]` rule (see `crate::acl`).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AclRule {
-    /// Client identifiers this rule applies to; a trailing `*` matches any suffix.
-    #[serde(default)]
-    pub clients: Vec<String>,
-    /// User names (or certificate identities) this rule applies to; a trailing `*`
-    /// matches any suffix.
-    #[serde(default)]
-    pub users: Vec<String>,
-    /// Filters the client may publish to (`{client}`, `{username}` substituted).
-    #[serde(default)]
-    pub publish: Vec<String>,
-    /// Filters the client may subscribe to (a subscription must be within one).
-    #[serde(default)]
-    pub subscribe: Vec<String>,
-    /// Filters the client may neither publish to, subscribe within, nor receive.
-    #[serde(default)]
-    pub deny: Vec<String>,
-}
-
-/// Authentication: a verified client certificate, a user with a password, or anonymous.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct AuthConfig {
-    /// Accept clients that send no user name (and no certificate). Unset: yes without
-    /// `users`, no with them (see [`AuthConfig::anonymous_allowed`]).
-    pub allow_anonymous: Option<bool>,
-    /// Users and their password hashes (PHC strings, `edge-agent passwd` makes one).
-    pub users: Vec<UserConfig>,
-    /// Password checks (Argon2, ~19 MiB and tens of ms each) running at once.
-    pub max_concurrent_checks: usize,
-    /// How long a CONNECT waits for a free check before it is refused as "server busy"
-    /// (MQTT 5 0x89, 3.1.1 code 3), milliseconds.
-    pub check_wait_ms: u64,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self {
-            allow_anonymous: None,
-            users: Vec::new(),
-            max_concurrent_checks: 2,
-            check_wait_ms: 2000,
-        }
-    }
-}
-
-impl AuthConfig {
-    /// Whether clients without a user name (and without a certificate) are accepted:
-    /// `allow_anonymous` when set, else only when no `[[auth.users]]` are configured.
-    pub fn anonymous_allowed(&self) -> bool {
-        self.allow_anonymous.unwrap_or(self.users.is_empty())
-    }
-}
-
-/// One user.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UserConfig {
-    /// The MQTT user name.
-    pub name: String,
-    /// Argon2 PHC string, for example `$argon2id$v=19$m=19456,t=2,p=1$...`.
-    pub password_hash: String,
-}
-
-/// Limits of client connections and of memory.
+/// `[limits]`: limits of client connections and of memory. The keys both binaries have
+/// are handed to `mqtt::server` as [`mqtt::server::Limits`] ([`Limits::server`]); the
+/// others are the agent's own (the broker's queues and subscriptions, per-address
+/// admission).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
@@ -201,48 +141,18 @@ impl Default for Limits {
     }
 }
 
-/// Persistent sessions and retained messages (kept in `<state dir>/broker.db`).
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SessionsConfig {
-    /// Messages kept for one disconnected persistent session; later ones are dropped
-    /// (and counted) until the client comes back.
-    pub max_queued_messages: usize,
-    /// Upper bound of a session's expiry (3.1.1 clean-session-false sessions get this).
-    pub max_session_expiry_secs: u32,
-    /// Most retained topics; a retained publish to a new topic beyond it is not retained.
-    pub max_retained: usize,
-    /// Bytes (topic + payload) of retained messages, all topics together; a retained
-    /// publish that would pass it is not retained (counted).
-    pub max_retained_bytes: usize,
-    /// Bytes (topic + payload) kept for one persistent session (its unacknowledged and
-    /// offline messages); newer ones are dropped (counted).
-    pub max_queued_bytes: usize,
-    /// Sessions (connected, or persistent and offline); a CONNECT that would open one
-    /// more is refused (CONNACK 0x97, 3.1.1 code 3).
-    pub max_sessions: usize,
-    /// Bytes of content in `broker.db` (queued and retained messages); past it offline
-    /// messages are dropped and retained publishes are not retained (counted).
-    pub max_db_bytes: u64,
-    /// Delayed wills (MQTT 5 will delay) held in memory at once; one more is published
-    /// at once instead of waiting (counted).
-    pub max_pending_wills: usize,
-    /// Bytes (topic + payload) of the delayed wills held.
-    pub max_pending_will_bytes: usize,
-}
-
-impl Default for SessionsConfig {
-    fn default() -> Self {
-        Self {
-            max_queued_messages: 1000,
-            max_session_expiry_secs: 7 * 24 * 3600,
-            max_retained: 10_000,
-            max_retained_bytes: 8 * 1024 * 1024,
-            max_queued_bytes: 4 * 1024 * 1024,
-            max_sessions: 1000,
-            max_db_bytes: 128 * 1024 * 1024,
-            max_pending_wills: 1000,
-            max_pending_will_bytes: 4 * 1024 * 1024,
+impl Limits {
+    /// The keys both servers share (`mqtt::server`'s scaffold applies them).
+    pub fn server(&self) -> mqtt::server::Limits {
+        mqtt::server::Limits {
+            max_connections: self.max_connections,
+            max_packet_size: self.max_packet_size,
+            connect_timeout_secs: self.connect_timeout_secs,
+            receive_maximum: self.receive_maximum,
+            publish_pipeline: self.publish_pipeline,
+            max_storing_bytes: self.max_storing_bytes,
+            max_keepalive: self.max_keepalive,
+            topic_alias_maximum: self.topic_alias_maximum,
         }
     }
 }
@@ -511,5 +421,87 @@ mod tests {
             let e = Config::parse(&text, "x").expect_err(new).to_string();
             assert!(e.contains(field), "{e}");
         }
+    }
+}
+
+/// `[[sensor]]` tables parsed and checked as part of a whole file.
+#[cfg(test)]
+#[allow(clippy::expect_used)]
+mod sensor_tests {
+    use super::{Config, DEFAULT_CONFIG};
+
+    fn with_sensor(table: &str) -> String {
+        format!("{DEFAULT_CONFIG}\n[[sensor]]\n{table}\n")
+    }
+
+    fn refused(table: &str) -> String {
+        Config::parse(&with_sensor(table), "x.toml")
+            .expect_err(table)
+            .to_string()
+    }
+
+    const BME: &str = "id = \"bme-1\"\ntype = \"bme280\"\nbus = \"/dev/i2c-1\"\naddress = 0x76\ntopic = \"sensors/bme-1\"";
+
+    #[test]
+    fn each_type_parses_with_its_defaults() {
+        let text = format!(
+            "{}\n[[sensor]]\nid = \"adc\"\ntype = \"mcp3008\"\ndevice = \"/dev/spidev0.0\"\nchannels = [0, 7]\ntopic = \"s/adc\"\n\
+             [[sensor]]\nid = \"door\"\ntype = \"digital\"\nchip = \"/dev/gpiochip0\"\nline = 17\ntopic = \"s/door\"\n\
+             [[sensor]]\nid = \"sim\"\ntype = \"simulated\"\ntopic = \"s/sim\"\nqos = 0\n",
+            with_sensor(BME)
+        );
+        let c = Config::parse(&text, "x").expect("valid");
+        assert_eq!(c.sensors.len(), 4);
+        assert_eq!(c.sensors[0].status_topic(), "sensors/bme-1/status");
+        assert_eq!(c.sensors[0].interval_ms(), 10_000);
+        assert_eq!(c.sensors[2].interval_ms(), 10);
+        assert_eq!(c.sensors[3].qos, 0);
+        assert!(Config::load(None).expect("defaults").sensors.is_empty());
+    }
+
+    #[test]
+    fn bad_sensor_config_is_refused_naming_the_sensor() {
+        let cases = [
+            (BME.replace("bme280", "bme680"), "unknown type"),
+            (BME.replace("/dev/i2c-1", "/dev/spi-1"), "unknown bus"),
+            (BME.replace("/dev/i2c-1", "i2c-1"), "unknown bus"),
+            (BME.replace("0x76", "0x200"), "not a 7-bit I2C address"),
+            (BME.replace("0x76", "0x40"), "only at 0x76 or 0x77"),
+            (BME.replace("bus = \"/dev/i2c-1\"\n", ""), "bus: missing"),
+            (format!("{BME}\ninterval_ms = 0"), "interval_ms"),
+            (BME.replace("sensors/bme-1", "sensors/+/t"), "wildcard"),
+            (BME.replace("sensors/bme-1", "sensors/#"), "wildcard"),
+            (format!("{BME}\nqos = 3"), "qos"),
+            (
+                format!("{BME}\nline = 3"),
+                "does not apply to a bme280 sensor",
+            ),
+        ];
+        for (table, what) in cases {
+            let e = refused(&table);
+            assert!(e.contains("sensor[0] \"bme-1\""), "{table}: {e}");
+            assert!(e.contains(what), "{table}: expected {what:?} in {e}");
+        }
+        let e = refused(&format!("{BME}\ncolour = \"red\""));
+        assert!(e.contains("colour"), "{e}");
+        let e = refused("id = \"a\"\ntype = \"mcp3008\"\ndevice = \"/dev/spidev0\"\ntopic = \"t\"");
+        assert!(
+            e.contains("sensor[0] \"a\".device") && e.contains("spidevB.C"),
+            "{e}"
+        );
+        let e = refused(
+            "id = \"a\"\ntype = \"mcp3008\"\ndevice = \"/dev/spidev0.1\"\nchannels = [8]\ntopic = \"t\"",
+        );
+        assert!(e.contains("channels"), "{e}");
+        let e = refused(
+            "id = \"d\"\ntype = \"digital\"\nchip = \"/sys/class/gpio\"\nline = 1\ntopic = \"t\"",
+        );
+        assert!(e.contains("gpiochipN"), "{e}");
+        let dup = format!("{}\n[[sensor]]\n{BME}\n", with_sensor(BME));
+        let e = Config::parse(&dup, "x").expect_err("duplicate").to_string();
+        assert!(
+            e.contains("sensor[1] \"bme-1\".id") && e.contains("used twice"),
+            "{e}"
+        );
     }
 }

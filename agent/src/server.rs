@@ -1,4 +1,6 @@
-//! Starting and stopping the agent: journal, broker database, listeners, sweepers.
+//! Starting and stopping the agent: journal, sessions database, broker, sensors, uplink
+//! and sweepers, served on `mqtt::server`'s scaffold (listeners, metrics endpoint,
+//! `stop(grace)`).
 //!
 //! Shutdown (`Agent::stop`, on SIGTERM/SIGINT from `main`): the token is cancelled, so
 //! listeners stop accepting and every connection ends (MQTT 5 clients get DISCONNECT
@@ -12,28 +14,45 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqtt::budget::StoreBudget;
-use mqtt::connection::{ConnectionConfig, Shared};
-use mqtt::listener;
-use mqtt::metrics::{ServerCounters, endpoint};
+use mqtt::admission::AdmissionConfig;
+use mqtt::connection::ConnectionConfig;
+use mqtt::server::{self, Tasks};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
-use crate::broker::{BrokerStore, CounterValues, LocalBroker, store};
+use crate::broker::{self, CounterValues, LocalBroker, SessionsDb, sessions_db};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::journal::{self, Journal, JournalEnv};
 use crate::metrics::{AgentExporter, ListenerInfo, SensorValues};
 use crate::sensors::Sensors;
+use crate::topic_map::TopicMap;
 use crate::uplink::UplinkStatus;
+
+/// What the broker takes from the configuration.
+fn broker_settings(config: &Config) -> broker::Settings {
+    let l = &config.limits;
+    broker::Settings {
+        sessions: config.sessions.clone(),
+        auth: config.auth.clone(),
+        acl: config.acl.clone(),
+        uplink_topics: config.uplink.topics.clone(),
+        topic_map: TopicMap::new(config.uplink.rules()),
+        max_subscriptions: l.max_subscriptions,
+        max_filter_length: l.max_filter_length,
+        max_filter_depth: l.max_filter_depth,
+        subscriber_queue: l.subscriber_queue,
+        subscriber_queue_bytes: l.subscriber_queue_bytes,
+        subscriber_wait: Duration::from_millis(l.subscriber_wait_ms),
+        publish_pipeline: l.publish_pipeline,
+    }
+}
 
 /// A running agent.
 #[derive(Debug)]
 pub struct Agent {
     addrs: Vec<(String, SocketAddr)>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    tasks: Tasks,
     journal: Journal,
     broker: LocalBroker,
     state_dir: PathBuf,
@@ -57,16 +76,12 @@ impl Agent {
             path: state_dir.to_path_buf(),
             source,
         })?;
-        let listeners = listener::bind_all(&config.listeners).await?;
-        let metrics_socket = match config.metrics_addr()? {
-            Some(addr) => Some(endpoint::bind(addr).await?),
-            None => None,
-        };
+        let bound = server::bind(&config.listeners, config.metrics_addr()?).await?;
         let journal =
             Journal::open_with_env(state_dir.join(journal::FILE_NAME), &config.journal, env)
                 .await?;
-        let (store, snapshot) = match BrokerStore::open(
-            &state_dir.join(store::FILE_NAME),
+        let (sessions_db, snapshot) = match SessionsDb::open(
+            &state_dir.join(sessions_db::FILE_NAME),
             config.journal.synchronous,
             config.sessions.max_db_bytes,
         )
@@ -84,14 +99,20 @@ impl Agent {
             .iter()
             .filter(|s| s.disconnected_ms.is_none())
         {
-            store
+            sessions_db
                 .disconnected(&s.client_id, crate::broker::now_ms())
                 .await?;
         }
 
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let broker = LocalBroker::new(&config, journal.clone(), store, snapshot, tracker.clone());
+        let tasks = Tasks::new();
+        let (shutdown, tracker) = (tasks.shutdown.clone(), tasks.tracker.clone());
+        let broker = LocalBroker::new(
+            broker_settings(&config),
+            journal.clone(),
+            sessions_db,
+            snapshot,
+            tracker.clone(),
+        );
         // Sensor tasks open their devices themselves and retry: never a start failure.
         let sensors = Sensors::start(&config.sensors, &broker, &tracker, &shutdown);
         let uplink = crate::uplink::start(
@@ -102,56 +123,38 @@ impl Agent {
             &tracker,
             shutdown.clone(),
         )?;
-        let shared = Arc::new(Shared {
-            broker: Arc::new(broker.clone()),
-            config: ConnectionConfig {
-                max_packet_size: config.limits.max_packet_size,
-                connect_timeout: config.connect_timeout(),
-                receive_maximum: config.limits.receive_maximum,
-                publish_pipeline: config.limits.publish_pipeline,
-                max_keepalive: config.limits.max_keepalive,
-                topic_alias_maximum: config.limits.topic_alias_maximum,
-                retain_available: true,
-                // The broker fills Delivery::subscription_ids and serves `$share/...`.
-                subscription_identifiers_available: true,
-                shared_subscriptions_available: true,
-                max_will_delay_secs: config.sessions.max_session_expiry_secs,
-                wills: mqtt::registry::WillLimits {
-                    count: config.sessions.max_pending_wills,
-                    bytes: config.sessions.max_pending_will_bytes,
-                },
-                ..ConnectionConfig::default()
+        let limits = config.limits.server();
+        let connection = limits.connection(ConnectionConfig {
+            retain_available: true,
+            // The broker fills Delivery::subscription_ids and serves `$share/...`.
+            subscription_identifiers_available: true,
+            shared_subscriptions_available: true,
+            max_will_delay_secs: config.sessions.max_session_expiry_secs,
+            wills: mqtt::registry::WillLimits {
+                count: config.sessions.max_pending_wills,
+                bytes: config.sessions.max_pending_will_bytes,
             },
-            registry: Default::default(),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-            counters: Arc::new(ServerCounters::default()),
-            budget: StoreBudget::new(config.limits.max_storing_bytes),
+            ..ConnectionConfig::default()
         });
-        let limit = Arc::new(mqtt::admission::Admission::new(
-            config.limits.max_connections,
-            mqtt::admission::AdmissionConfig {
-                per_address: config.limits.max_connections_per_address,
-                rate_per_address: f64::from(config.limits.accept_rate_per_address),
-            },
-        ));
+        let admission = AdmissionConfig {
+            per_address: config.limits.max_connections_per_address,
+            rate_per_address: f64::from(config.limits.accept_rate_per_address),
+        };
         for w in config.warnings() {
             warn!("{w}");
         }
-        let mut addrs = Vec::new();
-        for l in listeners {
-            let addr = l.socket.local_addr().map_err(|source| Error::Bind {
-                addr: SocketAddr::from(([0, 0, 0, 0], 0)),
-                source,
-            })?;
-            info!(listener = %l.name, %addr, tls = l.tls.is_some(), websocket = l.websocket, "listening");
-            addrs.push((l.name.clone(), addr));
-            tracker.spawn(listener::run(l, shared.clone(), limit.clone()));
-        }
+        let mut serving = bound.serve(
+            Arc::new(broker.clone()),
+            connection,
+            &limits,
+            admission,
+            &tasks,
+        )?;
+        let addrs = serving.addrs.clone();
         let metrics = AgentExporter {
             journal: journal.clone(),
             broker: broker.clone(),
-            server: shared.counters.clone(),
+            server: serving.shared.counters.clone(),
             listeners: addrs
                 .iter()
                 .map(|(name, addr)| ListenerInfo {
@@ -177,17 +180,7 @@ impl Agent {
                 move || sensors.stats().iter().map(SensorValues::from).collect()
             })),
         };
-        let mut metrics_addr = None;
-        if let Some(socket) = metrics_socket {
-            metrics_addr = socket.local_addr().ok();
-            info!(addr = ?metrics_addr, "metrics endpoint listening");
-            tracker.spawn(endpoint::run(
-                socket,
-                Arc::new(metrics.clone()),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
+        let metrics_addr = serving.serve_metrics(Arc::new(metrics.clone()), &tasks);
         let j = journal.clone();
         tracker.spawn({
             let cancel = shutdown.clone();
@@ -201,8 +194,7 @@ impl Agent {
         info!(state_dir = %state_dir.display(), "edge-agent running");
         Ok(Self {
             addrs,
-            shutdown,
-            tracker,
+            tasks,
             journal,
             broker,
             state_dir: state_dir.to_path_buf(),
@@ -263,17 +255,12 @@ impl Agent {
 
     /// A token that stops the agent when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.tasks.shutdown.clone()
     }
 
     /// Stops everything (see the module doc), waiting up to `grace` for connections.
     pub async fn stop(self, grace: Duration) -> Result<()> {
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        if !self.tasks.stop(grace).await {
             warn!("some tasks did not stop within the shutdown grace period");
         }
         drop(self.broker);
@@ -286,7 +273,7 @@ impl Agent {
     pub async fn run_until(self, stop: CancellationToken) -> Result<()> {
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = self.shutdown.cancelled() => {}
+            _ = self.tasks.shutdown.cancelled() => {}
         }
         info!("shutting down");
         self.stop(Duration::from_secs(10)).await

@@ -1,15 +1,16 @@
-//! Starting and stopping the bridge: RocketMQ client, meta refresher, listeners.
+//! Starting and stopping the bridge: RocketMQ client, meta refresher, state tables,
+//! will sweeper, and its backend on `mqtt::server`'s scaffold (listeners, metrics
+//! endpoint, `stop(grace)`).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mqtt::budget::StoreBudget;
+use mqtt::admission::AdmissionConfig;
 use mqtt::connection::{ConnectionConfig, Shared};
-use mqtt::listener;
-use mqtt::metrics::{ServerCounterValues, ServerCounters, endpoint};
+use mqtt::metrics::{ServerCounterValues, ServerCounters};
+use mqtt::server::{self as scaffold, Tasks};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 use crate::bridge::Bridge;
@@ -25,8 +26,7 @@ use crate::rocketmq::{Client, ClientConfig, NameServer, Producer, ProducerConfig
 #[derive(Debug)]
 pub struct Server {
     addrs: Vec<(String, SocketAddr)>,
-    shutdown: CancellationToken,
-    tracker: TaskTracker,
+    tasks: Tasks,
     metrics_addr: Option<SocketAddr>,
     counters: Arc<ServerCounters>,
 }
@@ -58,16 +58,13 @@ impl Server {
             warn!(error = %e, "cannot read kvconfig yet; using the configured topics and wildcards");
         }
 
-        let shutdown = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let listeners = listener::bind_all(&config.listeners).await?;
-        let metrics_socket = match config.metrics_addr().map_err(|reason| Error::Config {
+        let tasks = Tasks::new();
+        let (shutdown, tracker) = (tasks.shutdown.clone(), tasks.tracker.clone());
+        let metrics_addr = config.metrics_addr().map_err(|reason| Error::Config {
             origin: "metrics".to_owned(),
             reason,
-        })? {
-            Some(addr) => Some(endpoint::bind(addr).await?),
-            None => None,
-        };
+        })?;
+        let bound = scaffold::bind(&config.listeners, metrics_addr).await?;
 
         let tables = Tables::new(
             &config,
@@ -95,66 +92,39 @@ impl Server {
             producer,
             tables,
         );
-        let shared = Arc::new(Shared {
-            broker: Arc::new(bridge.clone()),
-            config: ConnectionConfig {
-                max_packet_size: config.limits.max_packet_size,
-                connect_timeout: Duration::from_secs(config.limits.connect_timeout_secs),
-                receive_maximum: config.limits.receive_maximum,
-                publish_pipeline: config.limits.publish_pipeline,
-                retain_available: true,
-                max_inflight_deliveries: config.limits.max_inflight,
-                max_keepalive: config.limits.max_keepalive,
-                topic_alias_maximum: config.limits.topic_alias_maximum,
-                // Sessions fill Delivery::subscription_ids; `$share/...` is refused (0x9E).
-                subscription_identifiers_available: true,
-                shared_subscriptions_available: false,
-                ..ConnectionConfig::default()
-            },
-            registry: Default::default(),
-            shutdown: shutdown.clone(),
-            tracker: tracker.clone(),
-            counters: Arc::new(ServerCounters::default()),
-            budget: StoreBudget::new(config.limits.max_storing_bytes),
+        let limits = server_limits(&config.limits);
+        let connection = limits.connection(ConnectionConfig {
+            retain_available: true,
+            max_inflight_deliveries: config.limits.max_inflight,
+            // Sessions fill Delivery::subscription_ids; `$share/...` is refused (0x9E).
+            subscription_identifiers_available: true,
+            shared_subscriptions_available: false,
+            ..ConnectionConfig::default()
         });
+        let mut serving = bound.serve(
+            Arc::new(bridge.clone()),
+            connection,
+            &limits,
+            AdmissionConfig::default(),
+            &tasks,
+        )?;
+        let shared = serving.shared.clone();
         tracker.spawn(sweeper(bridge.clone(), shared.clone(), shutdown.clone()));
         tracker.spawn(bridge.wildcards().clone().run(shutdown.clone()));
-        let limit = Arc::new(mqtt::admission::Admission::new(
-            config.limits.max_connections,
-            mqtt::admission::AdmissionConfig::default(),
-        ));
-        let mut addrs = Vec::new();
-        for l in listeners {
-            let addr = l.socket.local_addr()?;
-            info!(listener = %l.name, %addr, tls = l.tls.is_some(), websocket = l.websocket, "listening");
-            addrs.push((l.name.clone(), addr));
-            tracker.spawn(listener::run(l, shared.clone(), limit.clone()));
-        }
-        let mut metrics_addr = None;
-        if let Some(socket) = metrics_socket {
-            metrics_addr = socket.local_addr().ok();
-            info!(addr = ?metrics_addr, "metrics endpoint listening");
-            let exporter = BridgeExporter {
-                bridge,
-                server: shared.counters.clone(),
-                listeners: addrs.clone(),
-            };
-            tracker.spawn(endpoint::run(
-                socket,
-                Arc::new(exporter),
-                shutdown.clone(),
-                tracker.clone(),
-            ));
-        }
+        let exporter = BridgeExporter {
+            bridge,
+            server: shared.counters.clone(),
+            listeners: serving.addrs.clone(),
+        };
+        let metrics_addr = serving.serve_metrics(Arc::new(exporter), &tasks);
         tracker.spawn(meta.refresh_loop(
             namesrv,
             Duration::from_secs(config.rocketmq.meta_refresh_secs.max(1)),
             shutdown.clone(),
         ));
         Ok(Self {
-            addrs,
-            shutdown,
-            tracker,
+            addrs: serving.addrs,
+            tasks,
             metrics_addr,
             counters: shared.counters.clone(),
         })
@@ -180,18 +150,13 @@ impl Server {
 
     /// A token that stops the server when cancelled.
     pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
+        self.tasks.shutdown.clone()
     }
 
     /// Stops accepting, closes connections (MQTT 5 clients get DISCONNECT 0x8B), publishes
     /// pending wills, and waits up to `grace` for all of it.
     pub async fn stop(self, grace: Duration) {
-        self.shutdown.cancel();
-        self.tracker.close();
-        if tokio::time::timeout(grace, self.tracker.wait())
-            .await
-            .is_err()
-        {
+        if !self.tasks.stop(grace).await {
             warn!("some connections did not close within the shutdown grace period");
         }
     }
@@ -200,10 +165,24 @@ impl Server {
     pub async fn run_until(self, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => {}
-            _ = self.shutdown.cancelled() => {}
+            _ = self.tasks.shutdown.cancelled() => {}
         }
         info!("shutting down");
         self.stop(Duration::from_secs(10)).await;
+    }
+}
+
+/// The `[limits]` keys the bridge shares with the agent, for `mqtt::server`.
+fn server_limits(l: &crate::config::Limits) -> scaffold::Limits {
+    scaffold::Limits {
+        max_connections: l.max_connections,
+        max_packet_size: l.max_packet_size,
+        connect_timeout_secs: l.connect_timeout_secs,
+        receive_maximum: l.receive_maximum,
+        publish_pipeline: l.publish_pipeline,
+        max_storing_bytes: l.max_storing_bytes,
+        max_keepalive: l.max_keepalive,
+        topic_alias_maximum: l.topic_alias_maximum,
     }
 }
 

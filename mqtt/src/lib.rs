@@ -16,6 +16,8 @@
 //!   [`budget`]: bytes held by publishes being stored, server-wide;
 //! - [`topic`]: topic and filter rules and matching; [`cloud_topic`]: what RocketMQ
 //!   cannot carry;
+//! - [`server`]: the scaffold both binaries start and stop on (the shared `[limits]`
+//!   keys, binding listeners and the metrics endpoint, `stop(grace)`);
 //! - around a server: [`config_file`] (shared TOML handling), [`metrics`] (counters and
 //!   the `/metrics` endpoint), [`systemd`] (notify) and [`signal`] (SIGTERM/SIGINT);
 //!   [`error`]: the crate's one error enum.
@@ -35,6 +37,7 @@ pub mod protocol;
 pub mod quickack;
 mod reason_codes;
 pub mod registry;
+pub mod server;
 pub mod signal;
 pub mod systemd;
 pub mod tls;

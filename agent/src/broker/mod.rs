@@ -41,7 +41,7 @@
 //! Session expiry > 0 (3.1.1: clean session false; capped by
 //! `sessions.max_session_expiry_secs`) makes a session persistent: its subscriptions and
 //! every QoS 1/2 message for it not yet acknowledged by the client (connected or not)
-//! are in `broker.db` (`store.rs`), committed before the publish is acknowledged and
+//! are in `broker.db` (`sessions_db.rs`), committed before the publish is acknowledged and
 //! deleted when the client acknowledges them, so they survive a restart and a kill -9.
 //! An MQTT 5 DISCONNECT may change the session expiry (0 ends the session at once).
 //! A session resumed (Clean Start 0) by a CONNECT with expiry 0 gets its stored messages
@@ -64,9 +64,10 @@
 //! granted QoS), also from the offline queue and for retained messages sent on
 //! subscribe.
 
+mod config;
 mod router;
 mod session;
-pub mod store;
+pub mod sessions_db;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -80,12 +81,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use config::{SessionsConfig, Settings};
 pub use router::CounterValues;
 pub use session::LocalSession;
-pub use store::{BrokerStore, Snapshot};
+pub use sessions_db::{SessionsDb, Snapshot};
 
+use crate::acl::AclRule;
 use crate::auth::Authenticator;
-use crate::config::Config;
 use crate::error::Error;
 use crate::journal::{Journal, NewEntry, Qos};
 use mqtt::budget::StoreBudget;
@@ -103,12 +105,12 @@ pub(crate) struct Core {
     journal: Journal,
     uplink: Vec<String>,
     /// Local -> cloud topic names, to check the cloud name before journaling.
-    map: crate::uplink::TopicMap,
+    map: crate::topic_map::TopicMap,
     /// See [`Core::is_uplink`].
     uplink_refused: AtomicU64,
     auth: Authenticator,
     /// `[[acl]]` rules (`crate::acl`).
-    acl: Vec<crate::config::AclRule>,
+    acl: Vec<AclRule>,
     max_expiry: u32,
     max_sessions: usize,
     /// Subscription bounds: per client, filter bytes, filter levels.
@@ -138,7 +140,7 @@ pub(crate) fn expiry_deadline(m: &Message) -> Option<i64> {
 /// What routing a message did: the ack's reason, and the `broker.db` rows to wait for.
 pub(crate) struct Routed {
     reason: Reason,
-    commits: Vec<store::Committed<()>>,
+    commits: Vec<sessions_db::Committed<()>>,
     /// Whether some session got a copy (its connection may have a write to do).
     delivered: bool,
 }
@@ -147,7 +149,7 @@ impl Routed {
     /// Waits until every row is committed; the reason for the publisher's ack.
     pub(crate) async fn finish(self) -> Result<Reason, Refusal> {
         for c in self.commits {
-            store::committed(c).await.map_err(|e| refusal(&e))?;
+            sessions_db::committed(c).await.map_err(|e| refusal(&e))?;
         }
         Ok(self.reason)
     }
@@ -164,24 +166,24 @@ fn refusal(e: &Error) -> Refusal {
 }
 
 impl LocalBroker {
-    /// A broker over `journal` and `store`, restoring the persistent sessions and retained
-    /// messages of `snapshot`. Tasks it starts (session pipelines, retained deliveries)
-    /// run in `tracker`.
+    /// A broker configured by `settings` over `journal` and `db`, restoring the
+    /// persistent sessions and retained messages of `snapshot`. Tasks it starts (session
+    /// pipelines, retained deliveries) run in `tracker`.
     pub fn new(
-        config: &Config,
+        settings: Settings,
         journal: Journal,
-        store: BrokerStore,
+        db: SessionsDb,
         snapshot: Snapshot,
         tracker: TaskTracker,
     ) -> Self {
         let router = Router::new(
-            store,
+            db,
             RouterLimits {
-                max_queued: config.sessions.max_queued_messages,
-                max_queued_bytes: config.sessions.max_queued_bytes,
-                max_retained: config.sessions.max_retained,
-                max_retained_bytes: config.sessions.max_retained_bytes,
-                wait: Duration::from_millis(config.limits.subscriber_wait_ms),
+                max_queued: settings.sessions.max_queued_messages,
+                max_queued_bytes: settings.sessions.max_queued_bytes,
+                max_retained: settings.sessions.max_retained,
+                max_retained_bytes: settings.sessions.max_retained_bytes,
+                wait: settings.subscriber_wait,
             },
         );
         router.start_tags_at(snapshot.next_tag);
@@ -207,21 +209,21 @@ impl LocalBroker {
             core: Arc::new(Core {
                 router,
                 journal,
-                uplink: config.uplink.topics.clone(),
-                map: crate::uplink::TopicMap::new(config.uplink.rules()),
+                uplink: settings.uplink_topics,
+                map: settings.topic_map,
                 uplink_refused: AtomicU64::new(0),
-                auth: Authenticator::new(&config.auth),
-                acl: config.acl.clone(),
-                max_expiry: config.sessions.max_session_expiry_secs,
-                max_sessions: config.sessions.max_sessions,
+                auth: Authenticator::new(&settings.auth),
+                acl: settings.acl,
+                max_expiry: settings.sessions.max_session_expiry_secs,
+                max_sessions: settings.sessions.max_sessions,
                 subscriptions: SubscriptionLimits {
-                    per_client: config.limits.max_subscriptions,
-                    filter_length: config.limits.max_filter_length,
-                    filter_depth: config.limits.max_filter_depth,
+                    per_client: settings.max_subscriptions,
+                    filter_length: settings.max_filter_length,
+                    filter_depth: settings.max_filter_depth,
                 },
-                subscriber_queue: config.limits.subscriber_queue,
-                subscriber_queue_bytes: config.limits.subscriber_queue_bytes,
-                pipeline: config.limits.publish_pipeline,
+                subscriber_queue: settings.subscriber_queue,
+                subscriber_queue_bytes: settings.subscriber_queue_bytes,
+                pipeline: settings.publish_pipeline,
                 tracker,
                 generation: AtomicU64::new(1),
             }),
@@ -246,7 +248,7 @@ impl LocalBroker {
 
     /// Bytes of content in `broker.db` as of its last commit.
     pub fn db_bytes(&self) -> u64 {
-        self.core.router.store.used_bytes()
+        self.core.router.db.used_bytes()
     }
 
     /// Number of sessions (connected, or persistent and offline).
@@ -287,7 +289,7 @@ impl LocalBroker {
                 _ = cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            match self.core.router.store.expire(now_ms()).await {
+            match self.core.router.db.expire(now_ms()).await {
                 Ok(ids) => {
                     for id in ids {
                         let c = self.core.router.client(&id);
@@ -318,7 +320,7 @@ impl Core {
             return false;
         }
         match self.map.to_cloud(topic) {
-            Err(crate::uplink::Unsendable::Refused(e)) => {
+            Err(crate::topic_map::Unsendable::Refused(e)) => {
                 let n = self.uplink_refused.fetch_add(1, Ordering::Relaxed) + 1;
                 // Logged at 1, 2, 4, 8, ...: a device repeating it cannot flood the log.
                 if n.is_power_of_two() {
@@ -327,7 +329,7 @@ impl Core {
                 false
             }
             // No map rule: the uplink removes it unsent and counts it (`unmapped`).
-            Err(crate::uplink::Unsendable::NoRule) | Ok(_) => true,
+            Err(crate::topic_map::Unsendable::NoRule) | Ok(_) => true,
         }
     }
 
@@ -380,7 +382,7 @@ impl Core {
             let keep = (!message.payload.is_empty()).then(|| (message.clone(), expires_ms));
             let hold = match &keep {
                 None => None,
-                Some((m, _)) => match self.router.store.reserve(m.topic.len() + m.payload.len()) {
+                Some((m, _)) => match self.router.db.reserve(m.topic.len() + m.payload.len()) {
                     Some(h) => Some(h),
                     None => {
                         // No room in broker.db: not retained (counted), still delivered.
@@ -395,7 +397,7 @@ impl Core {
                     }
                 },
             };
-            if let Err(e) = self.router.store.retain(&message.topic, keep, hold).await {
+            if let Err(e) = self.router.db.retain(&message.topic, keep, hold).await {
                 return Err(refusal(&e));
             }
         }
@@ -466,7 +468,7 @@ impl Core {
             .router
             .deliver(&client, m, copy.expires_ms, ids, Some(copy.key))
             .await
-            && let Err(e) = store::committed(c).await
+            && let Err(e) = sessions_db::committed(c).await
         {
             tracing::warn!(client = %client.id, error = %e, "cannot store a shared message");
         }
@@ -519,7 +521,7 @@ impl Core {
         let now = now_ms();
         if st.online.is_none() && st.persistent && st.expires_at_ms.is_some_and(|t| t <= now) {
             self.router
-                .store
+                .db
                 .delete_session(id)
                 .await
                 .map_err(store_failed)?;
@@ -534,7 +536,7 @@ impl Core {
         if connect.clean_start {
             if was_persistent {
                 self.router
-                    .store
+                    .db
                     .delete_session(id)
                     .await
                     .map_err(store_failed)?;
@@ -549,7 +551,7 @@ impl Core {
         st.expires_at_ms = None;
         if st.persistent {
             self.router
-                .store
+                .db
                 .save_session(id, expiry)
                 .await
                 .map_err(store_failed)?;
@@ -575,18 +577,18 @@ impl Core {
             if !resume {
                 return;
             }
-            match core.router.store.queue_totals(&c.id).await {
+            match core.router.db.queue_totals(&c.id).await {
                 Ok((rows, bytes)) => c.resync(rows, bytes),
                 Err(e) => {
                     tracing::warn!(client = %c.id, error = %e, "cannot read the stored queue");
                     return;
                 }
             }
-            // Page by page (`store::PAGE_ROWS`, `PAGE_BYTES`): memory stays bounded
+            // Page by page (`sessions_db::PAGE_ROWS`, `PAGE_BYTES`): memory stays bounded
             // whatever the queue's size.
             let mut after = 0;
             'pages: loop {
-                let page = match core.router.store.read_queue_page(&c.id, after).await {
+                let page = match core.router.db.read_queue_page(&c.id, after).await {
                     Ok(page) if page.is_empty() => break,
                     Ok(page) => page,
                     Err(e) => {
@@ -599,7 +601,7 @@ impl Core {
                     after = q.id;
                     c.known(q.id, q.message.topic.len() + q.message.payload.len());
                     if q.expires_ms.is_some_and(|e| e <= now) {
-                        core.router.store.acked(q.id);
+                        core.router.db.acked(q.id);
                         c.unqueued(q.id);
                         continue;
                     }

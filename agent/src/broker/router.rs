@@ -24,7 +24,7 @@
 //!   `sessions.max_retained_bytes` (topic + payload); a retained publish past either is
 //!   not retained (counted as `retained_refused`), and is still delivered.
 //! - Every QoS 1/2 message for a persistent session, connected or not, is a row in
-//!   `broker.db` (`store.rs`), queued to the database thread before the message is handed
+//!   `broker.db` (`sessions_db.rs`), queued to the database thread before the message is handed
 //!   to the connection and committed before the publish that produced it is
 //!   acknowledged (the publish's future waits for the returned commit). The row goes
 //!   when the client acknowledges it (PUBACK/PUBCOMP: the delivery's tag is the row id).
@@ -48,7 +48,7 @@ use mqtt::packet::{Message, QoS};
 use mqtt::topic;
 use tokio::sync::mpsc;
 
-use super::store::{BrokerStore, Committed, SubOptions};
+use super::sessions_db::{Committed, SessionsDb, SubOptions};
 
 fn read<T>(m: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
     m.read().unwrap_or_else(|p| p.into_inner())
@@ -310,7 +310,7 @@ pub(crate) struct Router {
     /// subscriptions' bound).
     turns: std::sync::Mutex<HashMap<Arc<str>, usize>>,
     pub counters: Counters,
-    pub store: BrokerStore,
+    pub db: SessionsDb,
     pub limits: RouterLimits,
 }
 
@@ -336,14 +336,14 @@ fn size(m: &Message) -> usize {
 }
 
 impl Router {
-    pub fn new(store: BrokerStore, limits: RouterLimits) -> Self {
+    pub fn new(db: SessionsDb, limits: RouterLimits) -> Self {
         Self {
             clients: RwLock::default(),
             retained: RwLock::default(),
             next_tag: AtomicU64::new(1),
             turns: std::sync::Mutex::default(),
             counters: Counters::default(),
-            store,
+            db,
             limits,
         }
     }
@@ -600,7 +600,7 @@ impl Router {
             match online.room(&message, wait).await {
                 Ok((p, share)) => {
                     // Without room in broker.db it goes out without a row.
-                    let hold = keep.then(|| self.store.reserve(size(&message))).flatten();
+                    let hold = keep.then(|| self.db.reserve(size(&message))).flatten();
                     let (tag, commit) = match (hold, shared) {
                         (Some(hold), _) => {
                             let tag = self.tag();
@@ -677,7 +677,7 @@ impl Router {
                 .fetch_add(1, Ordering::Relaxed);
             return None;
         }
-        let Some(hold) = self.store.reserve(size(&message)) else {
+        let Some(hold) = self.db.reserve(size(&message)) else {
             self.counters
                 .dropped_db_full
                 .fetch_add(1, Ordering::Relaxed);
@@ -698,10 +698,10 @@ impl Router {
         expires_ms: Option<i64>,
         sent: bool,
         ids: &[u32],
-        hold: super::store::Reserved,
+        hold: super::sessions_db::Reserved,
     ) -> Option<Committed<()>> {
         match self
-            .store
+            .db
             .enqueue(&client.id, tag, message, expires_ms, sent, ids, hold)
             .await
         {
@@ -718,7 +718,7 @@ impl Router {
 
     /// Hands a resumed session's stored row to its connection (the row stays until
     /// acknowledged); `false` if the connection's queue stayed full or is gone.
-    pub async fn redeliver(&self, st: &ClientState, q: super::store::Queued) -> bool {
+    pub async fn redeliver(&self, st: &ClientState, q: super::sessions_db::Queued) -> bool {
         let Some(online) = &st.online else {
             return false;
         };

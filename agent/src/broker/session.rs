@@ -26,7 +26,7 @@ use mqtt::packet::{Message, QoS, Reason, SubscribeOutcome, SubscriptionRequest, 
 use tokio::sync::{mpsc, oneshot};
 
 use super::router::{Client, SharedCopy, shared_parts};
-use super::store::SubOptions;
+use super::sessions_db::SubOptions;
 use super::{Core, Routed, expiry_deadline, now_ms, refusal};
 use crate::acl::{Access, Grants};
 
@@ -274,11 +274,7 @@ impl Session for LocalSession {
                     id: r.subscription_id,
                 };
                 if persistent
-                    && let Err(e) = core
-                        .router
-                        .store
-                        .subscribe(&client.id, &r.filter, opts)
-                        .await
+                    && let Err(e) = core.router.db.subscribe(&client.id, &r.filter, opts).await
                 {
                     tracing::warn!(client = %client.id, error = %e, "cannot store a subscription");
                     outcomes.push(SubscribeOutcome::Refused(Reason::UnspecifiedError));
@@ -326,7 +322,7 @@ impl Session for LocalSession {
                     reasons.push(Reason::NoSubscriptionExisted);
                     continue;
                 }
-                if persistent && let Err(e) = core.router.store.unsubscribe(&client.id, &f).await {
+                if persistent && let Err(e) = core.router.db.unsubscribe(&client.id, &f).await {
                     tracing::warn!(client = %client.id, error = %e, "cannot delete a subscription");
                 }
                 reasons.push(Reason::Success);
@@ -341,7 +337,7 @@ impl Session for LocalSession {
             if self.client.inflight().remove(&tag).is_some() {
                 return; // a shared copy without a row
             }
-            self.core.router.store.acked(tag);
+            self.core.router.db.acked(tag);
             self.client.unqueued(tag);
         }
     }
@@ -370,7 +366,7 @@ impl Session for LocalSession {
                 // Expiry 0 (the CONNECT's, or set by DISCONNECT): the session ends now.
                 st.persistent = false;
                 client.resync(0, 0);
-                if let Err(e) = core.router.store.delete_session(&client.id).await {
+                if let Err(e) = core.router.db.delete_session(&client.id).await {
                     tracing::warn!(client = %client.id, error = %e, "cannot delete the session");
                 }
             }
@@ -389,11 +385,11 @@ impl Session for LocalSession {
             st.expiry_secs = expiry;
             st.expires_at_ms = Some(now.saturating_add(i64::from(expiry).saturating_mul(1000)));
             if update.is_some()
-                && let Err(e) = core.router.store.save_session(&client.id, expiry).await
+                && let Err(e) = core.router.db.save_session(&client.id, expiry).await
             {
                 tracing::warn!(client = %client.id, error = %e, "cannot update the session expiry");
             }
-            if let Err(e) = core.router.store.disconnected(&client.id, now).await {
+            if let Err(e) = core.router.db.disconnected(&client.id, now).await {
                 tracing::warn!(client = %client.id, error = %e, "cannot record the disconnect");
             }
         })

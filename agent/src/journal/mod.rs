@@ -18,9 +18,10 @@
 //!   whole: every caller of that batch gets the error and nothing stored before is lost.
 //!
 //! # Group commit and threads
-//! The database is owned by one dedicated OS thread. The async API sends commands over a
-//! bounded tokio channel (`queue_capacity`; appenders wait when it is full, which is the
-//! back-pressure the broker needs) and awaits a oneshot reply. The thread takes every
+//! The database is owned by one dedicated OS thread (a `sqlite_worker`, as is the
+//! sessions database). The async API sends commands over a bounded tokio channel
+//! (`queue_capacity`; appenders wait when it is full, which is the back-pressure the
+//! broker needs) and awaits a oneshot reply. The thread takes every
 //! queued command (up to `max_batch`) into one `BEGIN IMMEDIATE … COMMIT`, so concurrent
 //! publishes share one fsync; replies leave after the commit. With `synchronous = full`
 //! a second thread, the syncer (`syncer.rs`), flushes the WAL (`fdatasync`) before the replies

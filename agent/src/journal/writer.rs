@@ -1,4 +1,4 @@
-//! The journal thread: a dedicated OS thread that owns the SQLite connection and carries
+//! The journal thread: a [`sqlite_worker`] that owns the SQLite connection and carries
 //! out commands in batches. It blocks for the first command, then takes whatever else is
 //! already queued (up to `max_batch`), runs all of them in one transaction and commits
 //! once, then answers every caller. So N concurrent appends cost one fsync, and no reply
@@ -8,6 +8,7 @@
 //! [syncer](super::syncer), which flushes the WAL before they leave, while this thread
 //! already runs the next batch.
 
+use std::ops::ControlFlow;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use super::stats::Stats;
 use super::store::{Record, Sql, Store, StoreOptions};
 use super::syncer::{Changes, FlushStats, Syncer};
 use crate::error::{Error, Result};
+use crate::sqlite_worker::{self, Batches};
 
 /// A request to the journal thread, with the channel for its answer.
 #[derive(Debug)]
@@ -421,7 +423,43 @@ fn open(path: &std::path::Path, opts: StoreOptions, env: JournalEnv) -> Result<(
     }
 }
 
-/// Starts the journal thread; the returned receiver yields the outcome of opening.
+/// The journal's side of its [`sqlite_worker`] thread: the store and where replies go.
+struct JournalThread {
+    store: Store,
+    outbox: Outbox,
+    /// The close request that stopped the thread, answered once the file is closed.
+    close: Option<oneshot::Sender<()>>,
+}
+
+impl Batches for JournalThread {
+    type Job = Command;
+
+    fn run(&mut self, jobs: &mut Vec<Command>, _drained: bool) -> ControlFlow<()> {
+        self.close = run_batch(&mut self.store, jobs, &self.outbox);
+        if self.close.is_some() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    }
+
+    fn finish(self) {
+        let JournalThread {
+            store,
+            outbox,
+            close,
+        } = self;
+        // Every reply leaves (flushed) before the connection closes.
+        drop(outbox);
+        drop(store);
+        if let Some(tx) = close {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Starts the journal thread; the returned receiver yields the outcome of opening
+/// (whether the journal is read-only).
 pub(crate) fn spawn(
     path: PathBuf,
     opts: StoreOptions,
@@ -429,51 +467,16 @@ pub(crate) fn spawn(
     queue_capacity: usize,
     max_batch: usize,
 ) -> Result<(mpsc::Sender<Command>, oneshot::Receiver<Result<bool>>)> {
-    let (tx, mut rx) = mpsc::channel::<Command>(queue_capacity);
-    let (ready_tx, ready_rx) = oneshot::channel();
-    let name = path.display().to_string();
-    std::thread::Builder::new()
-        .name("journal".to_owned())
-        .spawn(move || {
-            let opened = open(&path, opts, env);
-            let (mut store, outbox) = match opened {
-                Ok(opened) => {
-                    drop(ready_tx.send(Ok(opened.0.read_only())));
-                    opened
-                }
-                Err(e) => {
-                    drop(ready_tx.send(Err(e)));
-                    return;
-                }
-            };
-            tracing::debug!(path = %name, "journal thread running");
-            let mut batch = Vec::with_capacity(max_batch);
-            let mut close = None;
-            while let Some(first) = rx.blocking_recv() {
-                batch.push(first);
-                while batch.len() < max_batch {
-                    match rx.try_recv() {
-                        Ok(cmd) => batch.push(cmd),
-                        Err(_) => break,
-                    }
-                }
-                close = run_batch(&mut store, &mut batch, &outbox);
-                if close.is_some() {
-                    break;
-                }
-            }
-            rx.close();
-            // Every reply leaves (flushed) before the connection closes.
-            drop(outbox);
-            drop(store);
-            if let Some(tx) = close {
-                let _ = tx.send(());
-            }
-            tracing::debug!(path = %name, "journal thread stopped");
-        })
-        .map_err(|source| Error::Io {
-            path: PathBuf::from("journal thread"),
-            source,
-        })?;
-    Ok((tx, ready_rx))
+    sqlite_worker::spawn("journal", queue_capacity, max_batch, move || {
+        let (store, outbox) = open(&path, opts, env)?;
+        let read_only = store.read_only();
+        Ok((
+            JournalThread {
+                store,
+                outbox,
+                close: None,
+            },
+            read_only,
+        ))
+    })
 }

@@ -123,11 +123,12 @@ fn open(cfg: &SensorConfig) -> Result<Box<dyn Sampler>> {
 #[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::config::{Config, DEFAULT_CONFIG};
 
     fn sensor(table: &str) -> SensorConfig {
-        let text = format!("{DEFAULT_CONFIG}\n[[sensor]]\nid = \"s\"\ntopic = \"t\"\n{table}\n");
-        Config::parse(&text, "test").unwrap().sensors.remove(0)
+        let text = format!("id = \"s\"\ntopic = \"t\"\n{table}\n");
+        let sensor: SensorConfig = mqtt::config_file::from_toml(&text).unwrap();
+        sensor.check(0).unwrap();
+        sensor
     }
 
     fn open_kind(table: &str) -> (FaultKind, String) {

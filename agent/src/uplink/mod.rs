@@ -31,7 +31,6 @@ pub mod config;
 mod feeder;
 mod link;
 pub mod status;
-pub mod topic_map;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,10 +41,11 @@ use tokio_rustls::TlsConnector;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Local ↔ cloud topic names (a module of its own: the broker checks them too).
+pub use crate::topic_map::{self, TopicMap, Unsendable};
 pub use config::{DownlinkConfig, DrainPolicy, TopicRule, UplinkConfig, UplinkTls};
 pub use link::{DOWNLINK_PUBLISHER, MSG_KEY};
 pub use status::{LinkState, UplinkStatus};
-pub use topic_map::{TopicMap, Unsendable};
 
 use crate::broker::LocalBroker;
 use crate::error::Result;

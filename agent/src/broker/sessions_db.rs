@@ -3,7 +3,7 @@
 //! journal, a separate file with its own quota.)
 //!
 //! # Threads and commits
-//! One dedicated OS thread owns the connection; the async [`BrokerStore`] handle sends
+//! One [`sqlite_worker`] thread owns the connection; the async [`SessionsDb`] handle sends
 //! jobs over a bounded channel (callers wait when it is full) and awaits the answer. The
 //! thread runs every job already queued (up to [`MAX_BATCH`]) in one transaction, commits
 //! once and only then answers, so a reply means "committed" (WAL mode, `synchronous`
@@ -20,7 +20,7 @@
 //!   the session is connected or not, delivered in `id` order. `id` is the delivery's
 //!   tag (given by the router, larger than every id stored, see [`Snapshot::next_tag`]);
 //!   a row is inserted before the publish that produced it is acknowledged and deleted
-//!   only when the subscriber acknowledged it ([`BrokerStore::acked`]). `sent` = the
+//!   only when the subscriber acknowledged it ([`SessionsDb::acked`]). `sent` = the
 //!   message may have reached the client (it was handed to a connection), so a resend
 //!   carries DUP.
 //! - `retained(topic PK, payload, qos, props, expires_ms)`
@@ -34,19 +34,20 @@
 //!
 //! # Size
 //! The content (pages not on the free list) stays within `sessions.max_db_bytes`: a row
-//! or retained message is stored only in room reserved first ([`BrokerStore::reserve`]:
+//! or retained message is stored only in room reserved first ([`SessionsDb::reserve`]:
 //! content as of the last commit plus reservations not yet committed); the thread
 //! measures the content after each batch, before answering it. A resumed session's
-//! queue is read in pages ([`BrokerStore::read_queue_page`]), never whole.
+//! queue is read in pages ([`SessionsDb::read_queue_page`]), never whole.
 //!
 //! # Acknowledgements
-//! [`BrokerStore::acked`] is called from the connection's synchronous ack path, so it
+//! [`SessionsDb::acked`] is called from the connection's synchronous ack path, so it
 //! only records the id in a list the thread takes at its next batch (waking the thread
 //! if idle). The thread deletes those rows after the batch's jobs, and only when the
 //! batch emptied the job queue: a delete is recorded after its row's insert job was
 //! queued, so the insert has then run. A lost delete (crash) means a redelivery with
 //! DUP, never a loss.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -59,9 +60,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::error::{Error, Result};
 use crate::journal::SyncMode;
+use crate::sqlite_worker::{self, Batches};
 
 /// Most jobs in one transaction.
 pub const MAX_BATCH: usize = 256;
+/// Jobs queued at most (callers wait beyond).
+const QUEUE: usize = 1024;
 /// File name inside the state directory.
 pub const FILE_NAME: &str = "broker.db";
 
@@ -314,7 +318,7 @@ fn take_acks(acks: &Acks) -> Vec<u64> {
 
 /// Handle to the broker database thread. Clones share the thread.
 #[derive(Debug, Clone)]
-pub struct BrokerStore {
+pub struct SessionsDb {
     tx: mpsc::Sender<Job>,
     path: Arc<PathBuf>,
     acks: Acks,
@@ -345,10 +349,52 @@ fn sqlite(path: &Path, e: rusqlite::Error) -> Error {
     }
 }
 
-impl BrokerStore {
+/// The database's side of its [`sqlite_worker`] thread.
+struct DbThread {
+    c: Connection,
+    path: PathBuf,
+    room: Arc<Room>,
+    acks: Acks,
+    /// Acknowledged rows to delete (see the module doc).
+    deletes: Vec<u64>,
+}
+
+impl Batches for DbThread {
+    type Job = Job;
+
+    fn starting(&mut self) {
+        // Taken before the jobs: their inserts were queued before them.
+        self.deletes.extend(take_acks(&self.acks));
+    }
+
+    fn run(&mut self, jobs: &mut Vec<Job>, drained: bool) -> ControlFlow<()> {
+        let now: &[u64] = if drained { &self.deletes } else { &[] };
+        run_batch(&self.c, &self.path, jobs, now, &self.room);
+        if drained {
+            self.deletes.clear();
+        }
+        ControlFlow::Continue(())
+    }
+
+    fn finish(mut self) {
+        self.deletes.extend(take_acks(&self.acks));
+        if !self.deletes.is_empty() {
+            run_batch(
+                &self.c,
+                &self.path,
+                &mut Vec::new(),
+                &self.deletes,
+                &self.room,
+            );
+        }
+        tracing::debug!(path = %self.path.display(), "broker database closed");
+    }
+}
+
+impl SessionsDb {
     /// Opens (or creates) the database and starts its thread; returns what it holds.
     /// Rows and retained messages are stored while its content stays within `max_bytes`
-    /// ([`BrokerStore::reserve`]).
+    /// ([`SessionsDb::reserve`]).
     pub async fn open(
         path: &Path,
         synchronous: SyncMode,
@@ -360,76 +406,38 @@ impl BrokerStore {
             reserved: AtomicU64::new(0),
         });
         let thread_room = room.clone();
-        let (tx, mut rx) = mpsc::channel::<Job>(1024);
-        let (ready_tx, ready_rx) = oneshot::channel();
         let p = path.to_path_buf();
-        let open = move || -> rusqlite::Result<(Connection, Snapshot)> {
-            let c = Connection::open(&p)?;
-            c.pragma_update(None, "journal_mode", "WAL")?;
-            // The WAL file is cut back to this after each checkpoint (it would otherwise
-            // keep the size of the largest batch).
-            c.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
-            c.pragma_update(None, "synchronous", synchronous.pragma_value())?;
-            c.busy_timeout(std::time::Duration::from_secs(5))?;
-            c.execute_batch(SCHEMA)?;
-            migrate(&c)?;
-            let snapshot = load(&c, crate::broker::now_ms())?;
-            thread_room.used.store(used_bytes(&c), Ordering::Relaxed);
-            Ok((c, snapshot))
-        };
-        let name = path.to_path_buf();
-        let thread_room_batches = room.clone();
         let acks = Acks::default();
         let thread_acks = acks.clone();
-        std::thread::Builder::new()
-            .name("broker-db".to_owned())
-            .spawn(move || {
-                let c = match open() {
-                    Ok((c, snapshot)) => {
-                        let _ = ready_tx.send(Ok(snapshot));
-                        c
-                    }
-                    Err(e) => {
-                        let _ = ready_tx.send(Err(Error::Open {
-                            path: name.clone(),
-                            source: e,
-                        }));
-                        return;
-                    }
-                };
-                let mut batch = Vec::with_capacity(MAX_BATCH);
-                let mut deletes = Vec::new();
-                while let Some(first) = rx.blocking_recv() {
-                    // Taken before the jobs: their inserts were queued before them.
-                    deletes.extend(take_acks(&thread_acks));
-                    batch.push(first);
-                    let mut emptied = false;
-                    while batch.len() < MAX_BATCH {
-                        match rx.try_recv() {
-                            Ok(j) => batch.push(j),
-                            Err(_) => {
-                                emptied = true;
-                                break;
-                            }
-                        }
-                    }
-                    let now: &[u64] = if emptied { &deletes } else { &[] };
-                    run_batch(&c, &name, &mut batch, now, &thread_room_batches);
-                    if emptied {
-                        deletes.clear();
-                    }
-                }
-                deletes.extend(take_acks(&thread_acks));
-                if !deletes.is_empty() {
-                    run_batch(&c, &name, &mut batch, &deletes, &thread_room_batches);
-                }
-                drop(c);
-                tracing::debug!(path = %name.display(), "broker database closed");
-            })
-            .map_err(|source| Error::Io {
-                path: path.to_path_buf(),
+        let open = move || -> Result<(DbThread, Snapshot)> {
+            let opened = || -> rusqlite::Result<(Connection, Snapshot)> {
+                let c = Connection::open(&p)?;
+                c.pragma_update(None, "journal_mode", "WAL")?;
+                // The WAL file is cut back to this after each checkpoint (it would
+                // otherwise keep the size of the largest batch).
+                c.pragma_update(None, "journal_size_limit", WAL_SIZE_LIMIT)?;
+                c.pragma_update(None, "synchronous", synchronous.pragma_value())?;
+                c.busy_timeout(std::time::Duration::from_secs(5))?;
+                c.execute_batch(SCHEMA)?;
+                migrate(&c)?;
+                let snapshot = load(&c, crate::broker::now_ms())?;
+                thread_room.used.store(used_bytes(&c), Ordering::Relaxed);
+                Ok((c, snapshot))
+            };
+            let (c, snapshot) = opened().map_err(|source| Error::Open {
+                path: p.clone(),
                 source,
             })?;
+            let thread = DbThread {
+                c,
+                path: p,
+                room: thread_room,
+                acks: thread_acks,
+                deletes: Vec::new(),
+            };
+            Ok((thread, snapshot))
+        };
+        let (tx, ready_rx) = sqlite_worker::spawn("broker-db", QUEUE, MAX_BATCH, open)?;
         let snapshot = ready_rx.await.map_err(|_| Error::Closed)??;
         Ok((
             Self {
