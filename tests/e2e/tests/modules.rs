@@ -17,7 +17,6 @@ use e2e::repo_root;
 const KNOWN: &[&str] = &[
     "agent: acl, auth, broker, config, metrics, sensors, uplink",
     "cloud-bridge: auth, bridge, config, error, meta, metrics, retained, retry, session, session_store, state_table, wildcards, will_store",
-    "mqtt: codec, reason_codes",
 ];
 
 /// The top-level module a source file belongs to (`None` for the crate roots).
