@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::future::BoxFuture;
 use mqtt::broker::{Accepted, Broker, Peer, Refusal};
@@ -32,9 +32,6 @@ use crate::session_store;
 use crate::state_table::Tables;
 use crate::wildcards::Wildcards;
 use crate::will_store;
-
-/// How long a topic's broker list is used before it is looked up again.
-const ROUTE_TTL: Duration = Duration::from_secs(30);
 
 /// What every connection of the bridge shares.
 #[derive(Debug, Clone)]
@@ -217,7 +214,8 @@ impl Bridge {
         self.inner.namesrv.client()
     }
 
-    /// The readable master brokers of a first-level topic (cached for [`ROUTE_TTL`]).
+    /// The readable master brokers of a first-level topic (cached for
+    /// `rocketmq.route_refresh_secs`).
     pub async fn route_brokers(&self, first: &str) -> Result<Vec<String>, Error> {
         let cached = self
             .inner
@@ -225,7 +223,7 @@ impl Bridge {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(first)
-            .filter(|(at, _)| at.elapsed() < ROUTE_TTL)
+            .filter(|(at, _)| at.elapsed() < self.inner.config.route_refresh())
             .map(|(_, b)| b.clone());
         if let Some(b) = cached {
             return Ok(b);

@@ -62,6 +62,11 @@ pub struct RocketMqConfig {
     /// Meta refresh period, s.
     #[serde(default = "default_meta_refresh")]
     pub meta_refresh_secs: u64,
+    /// How long a topic route (which brokers hold a topic) is used before it is read
+    /// again from the name servers, s: a broker that joins the cluster is written to and
+    /// read from within about this time (the Java client's `pollNameServerInterval`).
+    #[serde(default = "default_route_refresh")]
+    pub route_refresh_secs: u64,
     /// Whether one topic's sends may be pipelined (`rocketmq/producer.rs`).
     #[serde(default)]
     pub pipeline_sends: PipelineSends,
@@ -77,6 +82,9 @@ fn default_send_timeout() -> u64 {
 }
 fn default_meta_refresh() -> u64 {
     5
+}
+fn default_route_refresh() -> u64 {
+    30
 }
 
 /// First-level topics, wildcards and the special topics of rocketmq-mqtt.
@@ -508,6 +516,11 @@ impl Config {
         self.metrics
             .address(crate::metrics::DEFAULT_BIND)
             .map_err(|e| format!("metrics.bind: {e}"))
+    }
+
+    /// How long a topic route is used before it is read again (`route_refresh_secs`).
+    pub fn route_refresh(&self) -> Duration {
+        Duration::from_secs(self.rocketmq.route_refresh_secs.max(1))
     }
 
     /// Send timeout.

@@ -196,9 +196,10 @@ pub struct Reader {
 
 /// Finds where a session reads `key` from: the offset committed for `group` whenever
 /// there is one (by this bridge or by rocketmq-mqtt, with or without a bridge session
-/// record) and `use_committed` (false after a clean start, which discards it); else, for
-/// a resumed subscription made at `since_ms`, the first message stored since then (the
-/// broker lost the offset, or is new to the route); else the latest message. A
+/// record) and `use_committed` (false after a clean start, which discards it); else, with
+/// `since_ms` (a resumed subscription, or a broker that joined the route of a live one),
+/// the first message stored since then (the broker lost the offset, or is new to the
+/// route); else the latest message. A
 /// persistent session's start is committed at once, so a crash before
 /// the first acknowledgement resumes there. Returns the offset and whether it was a
 /// committed one.
@@ -217,9 +218,9 @@ pub async fn resolve_start(
     if let Some(o) = stored {
         return Ok((o, true));
     }
-    let start = match (use_committed, since_ms) {
-        (true, Some(since)) => b.offset_at_time(&key.lmq, 0, since).await?,
-        _ => b.max_offset(&key.lmq, 0).await?,
+    let start = match since_ms {
+        Some(since) => b.offset_at_time(&key.lmq, 0, since).await?,
+        None => b.max_offset(&key.lmq, 0).await?,
     };
     if let Some(g) = group {
         b.update_consumer_offset(g, &key.lmq, 0, start).await?;

@@ -46,6 +46,7 @@ impl Server {
             ProducerConfig {
                 send_timeout: config.send_timeout(),
                 pipeline: config.rocketmq.pipeline_sends,
+                route_ttl: config.route_refresh(),
                 ..ProducerConfig::default()
             },
         );

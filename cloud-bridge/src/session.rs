@@ -84,6 +84,14 @@ impl Drop for Subscription {
 struct LmqUse {
     users: usize,
     queues: Vec<(QueueKey, CancellationToken)>,
+    /// The first-level topic whose route says which brokers hold the LMQ.
+    first: String,
+    /// When the first subscription reading it was made (ms since the epoch): a broker
+    /// that joins the route later is read from its first message stored since then.
+    since_ms: u64,
+    /// Its first readers are started ([`Inner::acquire`] done): only then does
+    /// [`Inner::add_joined_brokers`] add readers to it.
+    started: bool,
 }
 
 #[derive(Debug)]
@@ -100,8 +108,14 @@ struct Inner {
     subs: Mutex<HashMap<String, Subscription>>,
     /// The implicit p2p and retry queues' readers, by LMQ.
     implicit: Mutex<HashMap<String, Vec<(QueueKey, CancellationToken)>>>,
+    /// When the session was opened (ms since the epoch): the implicit queues on a broker
+    /// that joins the cluster later are read from their first message stored since then.
+    opened_ms: u64,
     /// The LMQs that subscriptions read.
     lmqs: Mutex<HashMap<String, LmqUse>>,
+    /// How long the SUBACK of the SUBSCRIBE just carried out is held back (it registered
+    /// a wildcard): taken by [`BridgeSession::take_suback_delay`].
+    suback_delay: Mutex<Option<std::time::Duration>>,
     stalls: Mutex<Vec<Stall>>,
     handed: Vec<Handed>,
     owner: String,
@@ -189,7 +203,9 @@ impl BridgeSession {
             has_will: opening.has_will,
             subs: Mutex::new(HashMap::new()),
             implicit: Mutex::new(HashMap::new()),
+            opened_ms: session_store::now_ms(),
             lmqs: Mutex::new(HashMap::new()),
+            suback_delay: Mutex::new(None),
             stalls: Mutex::new(
                 stored
                     .as_ref()
@@ -222,6 +238,7 @@ impl BridgeSession {
         }
         let (started, implicit_started) = tokio::sync::oneshot::channel();
         tokio::spawn(inner.clone().start_background(stored, started));
+        tokio::spawn(inner.clone().watch_routes());
         // CONNACK waits (a bounded time) for the implicit queues, not for stored
         // subscriptions, which resume from committed offsets anyway.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), implicit_started).await;
@@ -274,6 +291,10 @@ fn request_options(r: &SubscriptionRequest) -> SubEntry {
 /// How often a subscription spanning first-level topics looks for new ones (in the meta,
 /// which is refreshed every `meta_refresh_secs`).
 const EXPAND_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How often a session looks for brokers that joined the routes of the queues it reads
+/// (routes themselves are cached by the bridge for `rocketmq.route_refresh_secs`).
+const ROUTE_WATCH_PERIOD: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl Inner {
     /// Starts one reader per broker for an LMQ (`filter`: the subscription's, `None` for
@@ -439,6 +460,9 @@ impl Inner {
                 LmqUse {
                     users: 1,
                     queues: Vec::new(),
+                    first: first.to_owned(),
+                    since_ms: since_ms.unwrap_or_else(session_store::now_ms),
+                    started: false,
                 },
             );
         }
@@ -453,7 +477,10 @@ impl Inner {
             Ok(keys) => {
                 let mut lmqs = lock(&self.lmqs);
                 match lmqs.get_mut(&name) {
-                    Some(u) => u.queues = keys,
+                    Some(u) => {
+                        u.queues = keys;
+                        u.started = true;
+                    }
                     None => stop_queues(&self.reader, keys),
                 }
                 Ok(())
@@ -461,6 +488,99 @@ impl Inner {
             Err(e) => {
                 self.release(part);
                 Err(e)
+            }
+        }
+    }
+
+    /// Adds readers, every [`ROUTE_WATCH_PERIOD`] until the session ends, for brokers
+    /// that joined the route of a queue the session reads (issue #16: a broker added to
+    /// the cluster while a subscription is live). A broker that leaves the route keeps its
+    /// reader, which retries until the broker is back and goes on from its offset.
+    async fn watch_routes(self: Arc<Self>) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ROUTE_WATCH_PERIOD) => {}
+                _ = self.cancel.cancelled() => return,
+            }
+            self.add_joined_brokers().await;
+        }
+    }
+
+    /// One pass of [`Inner::watch_routes`]. A joined broker's reader starts at the
+    /// committed offset of a persistent session if the broker has one, else at the first
+    /// message it stored since the subscription (or, for the implicit queues, the
+    /// session) began: everything it holds for the session is new to it.
+    async fn add_joined_brokers(&self) {
+        let watched: Vec<(String, String, u64, Vec<Arc<str>>)> = lock(&self.lmqs)
+            .iter()
+            .filter(|(_, u)| u.started)
+            .map(|(name, u)| {
+                let have = u.queues.iter().map(|(k, _)| k.broker.clone()).collect();
+                (name.clone(), u.first.clone(), u.since_ms, have)
+            })
+            .collect();
+        for (name, first, since, have) in watched {
+            let Ok(brokers) = self.bridge.route_brokers(&first).await else {
+                continue;
+            };
+            let joined: Vec<String> = brokers
+                .into_iter()
+                .filter(|b| !have.iter().any(|h| **h == **b))
+                .collect();
+            if joined.is_empty() {
+                continue;
+            }
+            match self
+                .start_queues(&name, false, &joined, true, Some(since))
+                .await
+            {
+                Ok(keys) => {
+                    info!(client = %self.client_id, lmq = %name, brokers = ?joined, "reading brokers that joined the route");
+                    let mut lmqs = lock(&self.lmqs);
+                    match lmqs.get_mut(&name) {
+                        Some(u) => add_readers(&mut u.queues, keys),
+                        None => stop_queues(&self.reader, keys),
+                    }
+                }
+                Err(e) => {
+                    debug!(client = %self.client_id, lmq = %name, error = %e, "joined brokers not read yet")
+                }
+            }
+        }
+        let implicit: Vec<(String, Vec<Arc<str>>)> = lock(&self.implicit)
+            .iter()
+            .map(|(name, q)| {
+                (
+                    name.clone(),
+                    q.iter().map(|(k, _)| k.broker.clone()).collect(),
+                )
+            })
+            .collect();
+        if implicit.is_empty() {
+            return;
+        }
+        let Ok(brokers) = self.bridge.cluster_brokers().await else {
+            return;
+        };
+        for (name, have) in implicit {
+            let joined: Vec<String> = brokers
+                .iter()
+                .filter(|b| !have.iter().any(|h| **h == ***b))
+                .cloned()
+                .collect();
+            if joined.is_empty() {
+                continue;
+            }
+            if let Ok(keys) = self
+                .start_queues(&name, true, &joined, true, Some(self.opened_ms))
+                .await
+            {
+                info!(client = %self.client_id, lmq = %name, brokers = ?joined, "reading brokers that joined the cluster");
+                let mut implicit = lock(&self.implicit);
+                match implicit.get_mut(&name) {
+                    Some(q) => add_readers(q, keys),
+                    None => stop_queues(&self.reader, keys),
+                }
             }
         }
     }
@@ -940,21 +1060,22 @@ impl Session for BridgeSession {
                 }
             }
             // A wildcard registered just now: rocketmq-mqtt servers dispatch into its queue
-            // only once they re-read kvconfig. Its readers already run (from the offset
+            // only once they re-read kvconfig, so its SUBACK is held back that long (the
+            // connection goes on meanwhile). Its readers already run (from the offset
             // resolved above), so nothing published through a bridge is lost meanwhile.
             let settle = inner.bridge.config().subscriptions.registration_settle_ms;
-            if registered && settle > 0 {
-                tokio::select! {
-                    _ = tokio::time::sleep(std::time::Duration::from_millis(settle)) => {}
-                    _ = inner.cancel.cancelled() => {}
-                }
-            }
+            *lock(&inner.suback_delay) =
+                (registered && settle > 0).then(|| std::time::Duration::from_millis(settle));
             if !retained_for.is_empty() {
                 tokio::spawn(send_retained_messages(inner.clone(), retained_for));
             }
             inner.save(None).await;
             outcomes
         })
+    }
+
+    fn take_suback_delay(&mut self) -> Option<std::time::Duration> {
+        lock(&self.inner.suback_delay).take()
     }
 
     fn unsubscribe(&mut self, filters: Vec<String>) -> BoxFuture<'static, Vec<Reason>> {
@@ -1025,6 +1146,21 @@ impl Session for BridgeSession {
 }
 
 /// Stops the readers of one LMQ.
+/// Adds started readers to an LMQ's list; one for a broker the list already reads (it was
+/// restarted meanwhile) is cancelled, leaving the offset tracking to the one listed.
+fn add_readers(
+    queues: &mut Vec<(QueueKey, CancellationToken)>,
+    keys: Vec<(QueueKey, CancellationToken)>,
+) {
+    for (key, cancel) in keys {
+        if queues.iter().any(|(k, _)| k.broker == key.broker) {
+            cancel.cancel();
+        } else {
+            queues.push((key, cancel));
+        }
+    }
+}
+
 fn stop_queues(shared: &reader::Shared, queues: Vec<(QueueKey, CancellationToken)>) {
     let mut tracker = lock(&shared.tracker);
     for (key, cancel) in queues {

@@ -4,6 +4,9 @@
 //! to different MQTT topics run concurrently. Stores to one topic go out in publish order,
 //! each one once the previous one was either queued on a broker connection that keeps
 //! arrival order (a broker with one send thread: `Producer::send_queued`), or answered.
+//! When the route changed between the two and the next one goes to another broker than
+//! the one the previous one was queued on, it waits for the previous one's answer: two
+//! broker connections keep no order between them.
 //! Two concurrent sends to a broker with several send threads may be appended in either
 //! order (a 5.x broker has min(cores, 4) by default), and an LMQ's offsets are assigned
 //! at append time, so this is what keeps a topic's LMQ in the order its publisher sent.
@@ -31,7 +34,8 @@ use tokio::sync::oneshot;
 use crate::rocketmq::OnQueued;
 
 type Done = Shared<oneshot::Receiver<bool>>;
-type Queued = Shared<oneshot::Receiver<()>>;
+/// Completes with the address of the broker the store was queued on.
+type Queued = Shared<oneshot::Receiver<Arc<str>>>;
 
 /// What a store waits for from the one before it.
 #[derive(Debug, Clone)]
@@ -78,6 +82,7 @@ impl TopicOrder {
             topic: topic.to_owned(),
             id,
             previous,
+            queued_on: None,
             queued: Some(queued_tx),
             done: Some(tx),
             passed: false,
@@ -103,7 +108,9 @@ pub struct Turn {
     topic: String,
     id: u64,
     previous: Option<Previous>,
-    queued: Option<oneshot::Sender<()>>,
+    /// The broker the previous store was queued on, once [`Turn::ready`] saw it.
+    queued_on: Option<Arc<str>>,
+    queued: Option<oneshot::Sender<Arc<str>>>,
     done: Option<oneshot::Sender<bool>>,
     passed: bool,
 }
@@ -116,8 +123,9 @@ impl Turn {
         let Some(previous) = &self.previous else {
             return true;
         };
-        if previous.queued.clone().await.is_ok() {
+        if let Ok(broker) = previous.queued.clone().await {
             // Sent ahead of this one: `finish` waits for its outcome.
+            self.queued_on = Some(broker);
             return true;
         }
         // Ended without being queued in order: its outcome decides. A dropped sender
@@ -128,9 +136,23 @@ impl Turn {
     }
 
     /// The notifier to hand to `Producer::send_queued`: it lets the next store to this
-    /// topic go as soon as this one is queued in order.
+    /// topic go as soon as this one is queued in order, and holds this one back until
+    /// the previous one was answered if this one goes to another broker than the one the
+    /// previous one was queued on (the route changed between them).
     pub fn on_queued(&mut self) -> OnQueued {
-        self.queued.take().map(OnQueued::new).unwrap_or_default()
+        let notifier = self.queued.take().map(OnQueued::new).unwrap_or_default();
+        match (&self.queued_on, &self.previous) {
+            (Some(broker), Some(previous)) => {
+                let done = previous.done.clone();
+                notifier.after(
+                    broker.clone(),
+                    Box::pin(async move {
+                        let _ = done.await;
+                    }),
+                )
+            }
+            _ => notifier,
+        }
     }
 
     /// Ends this store with its outcome, which stands only if the store sent before it
@@ -202,7 +224,7 @@ mod tests {
         let mut first = order.turn("t");
         let mut second = order.turn("t");
         assert!(first.ready().await);
-        first.on_queued().fire();
+        first.on_queued().fire("broker-a:10911");
         let ready = tokio::time::timeout(Duration::from_secs(1), second.ready()).await;
         assert_eq!(
             ready.ok(),
@@ -221,13 +243,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_store_for_another_broker_waits_for_the_answer_of_the_one_before() {
+        let order = TopicOrder::default();
+        let mut first = order.turn("t");
+        let mut second = order.turn("t");
+        let mut third = order.turn("t");
+        assert!(first.ready().await);
+        first.on_queued().fire("broker-a:10911");
+        assert!(second.ready().await);
+        // Same broker as the one before: no wait (one connection keeps the order).
+        let mut same = second.on_queued();
+        tokio::time::timeout(
+            Duration::from_secs(1),
+            same.wait_unless_on("broker-a:10911"),
+        )
+        .await
+        .expect("no wait on the same broker");
+        same.fire("broker-a:10911");
+        assert!(third.ready().await);
+        // The route changed: the third goes to broker-b while the second is unanswered.
+        let mut other = third.on_queued();
+        let waiting = tokio::spawn(async move { other.wait_unless_on("broker-b:10911").await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(
+            !waiting.is_finished(),
+            "sent to another broker before the one ahead of it was answered"
+        );
+        first.finish(Ok(Reason::Success)).await.unwrap();
+        second.finish(Ok(Reason::Success)).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(1), waiting)
+            .await
+            .expect("goes once the one before was answered")
+            .unwrap();
+    }
+
+    #[tokio::test]
     async fn a_failed_store_fails_the_ones_sent_behind_it() {
         let order = TopicOrder::default();
         let mut first = order.turn("t");
         let mut second = order.turn("t");
         let mut third = order.turn("t");
         assert!(first.ready().await);
-        first.on_queued().fire();
+        first.on_queued().fire("broker-a:10911");
         assert!(second.ready().await);
         // The third waits for the second, which is never queued in order.
         let not_stored = Refusal::new(Reason::ImplementationSpecificError, "broker busy");

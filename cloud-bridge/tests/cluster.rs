@@ -596,3 +596,146 @@ async fn a_persistent_session_away_during_a_broker_kill_gets_everything_on_resum
     drop(back);
     b1.stop(Duration::from_secs(2)).await;
 }
+
+/// The brokers the name servers list as readable for `first`.
+async fn readable_brokers(env: &HashMap<String, String>, first: &str) -> Vec<String> {
+    let ns = NameServer::new(Client::new(ClientConfig::default()), namesrvs(env)).unwrap();
+    match ns.topic_route(first).await {
+        Ok(route) => route
+            .readable_masters()
+            .into_iter()
+            .map(|(name, _)| name.to_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// Waits (bounded) until `first`'s route lists `want` readable brokers.
+async fn wait_route(env: &HashMap<String, String>, first: &str, want: usize) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let now = readable_brokers(env, first).await;
+        if now.len() == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "route of {first} still lists {now:?}, not {want} brokers"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Test 5: a broker that joins the cluster while clients are connected (broker-b, stopped
+/// gracefully so that it left the route, then started) is written to by new publishes and
+/// read by live subscriptions made before it joined, without a reconnect: a wildcard and
+/// an exact subscriber and a live persistent session get every acknowledged message, in
+/// publish order per topic, and broker-b holds some of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_that_joins_is_written_and_read_without_a_reconnect() {
+    let _one = CLUSTER.lock().await;
+    let env = cluster_up();
+    let first = unique("cj");
+    let mut config = config(&env, &first);
+    config.rocketmq.route_refresh_secs = 2;
+    cloud_bridge::admin::init(&config).await.expect("init");
+    // broker-b leaves the route (a graceful stop unregisters it from the name servers).
+    rmq(&["stop", "broker-b"]);
+    wait_route(&env, &first, 1).await;
+
+    let b1 = bridge(&config).await;
+    let addr = b1.local_addr("mqtt").unwrap();
+    let wild = format!("{first}/#");
+    let exact = format!("{first}/k3");
+    let id = unique("w");
+    let mut wsub =
+        rumqttc_subscribe(addr, Proto::V5, &id, &password(&id), true, &[(&wild, 1)]).await;
+    let id = unique("e");
+    let mut esub =
+        rumqttc_subscribe(addr, Proto::V311, &id, &password(&id), true, &[(&exact, 1)]).await;
+    let id = unique("s");
+    let mut psub =
+        rumqttc_subscribe(addr, Proto::V311, &id, &password(&id), false, &[(&wild, 1)]).await;
+    assert_eq!(
+        (
+            wsub.suback.clone(),
+            esub.suback.clone(),
+            psub.suback.clone()
+        ),
+        (vec![1], vec![1], vec![1])
+    );
+
+    const COUNT: usize = 3000;
+    const RATE: f64 = 100.0;
+    let publisher = steady_publisher(addr, &first, COUNT, RATE);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let t = Instant::now();
+    rmq(&["start", "broker-b"]);
+    wait_route(&env, &first, 2).await;
+    println!("broker-b in the route {:?} after its start", t.elapsed());
+    let acked: Vec<String> = publisher_results(publisher)
+        .await
+        .iter()
+        .filter(|r| r["acked"] == true)
+        .map(|r| r["payload"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(acked.len() >= COUNT * 9 / 10, "most publishes acknowledged");
+
+    // broker-b took some of them: the topics hash over its queues too now.
+    let client = Client::new(ClientConfig::default());
+    let (_, b_addr) = env["ROCKETMQ_BROKERS"]
+        .split(',')
+        .filter_map(|b| b.split_once('='))
+        .find(|(name, _)| *name == "broker-b")
+        .unwrap();
+    let mut on_b = 0;
+    for q in 0..2 {
+        on_b += client.broker(b_addr).max_offset(&first, q).await.unwrap();
+    }
+    println!(
+        "broker-b stored {on_b} of {} acknowledged publishes",
+        acked.len()
+    );
+    assert!(on_b > 0, "new publishes went to broker-b");
+
+    // Each subscriber: every acknowledged message of its filter, in publish order per
+    // topic (the payload's number grows with each publish of a topic).
+    let k3: Vec<String> = acked
+        .iter()
+        .filter(|p| p[1..].parse::<usize>().unwrap() % 10 == 3)
+        .cloned()
+        .collect();
+    for (who, sub, want) in [
+        ("wildcard subscriber", &mut wsub, &acked),
+        ("exact subscriber", &mut esub, &k3),
+        ("live persistent session", &mut psub, &acked),
+    ] {
+        let mut got = HashSet::new();
+        let mut last: BTreeMap<String, usize> = BTreeMap::new();
+        let deadline = Instant::now() + WAIT;
+        while want.iter().any(|p| !got.contains(p)) && Instant::now() < deadline {
+            let Some(m) = sub.next(Duration::from_secs(10)).await else {
+                break;
+            };
+            let payload = String::from_utf8_lossy(&m.payload).into_owned();
+            let n: usize = payload[1..].parse().unwrap();
+            if let Some(before) = last.insert(m.topic.clone(), n) {
+                assert!(
+                    n > before || got.contains(&payload),
+                    "{who}: {} went back from m{before:06} to {payload}",
+                    m.topic
+                );
+            }
+            got.insert(payload);
+        }
+        let missed: Vec<&String> = want.iter().filter(|p| !got.contains(*p)).collect();
+        assert!(
+            missed.is_empty(),
+            "{who} missed {} of {} acknowledged messages, e.g. {:?}",
+            missed.len(),
+            want.len(),
+            &missed[..missed.len().min(10)]
+        );
+    }
+    b1.stop(Duration::from_secs(2)).await;
+}

@@ -810,3 +810,67 @@ async fn unused_wildcard_registrations_are_pruned_and_used_ones_kept() {
     b1.stop(Duration::from_secs(2)).await;
     b2.stop(Duration::from_secs(2)).await;
 }
+
+/// A SUBSCRIBE that registers a new wildcard gets its SUBACK only after
+/// `registration_settle_ms` (so that rocketmq-mqtt servers see the filter), but the
+/// connection goes on meanwhile: a QoS 1 publish sent right after it is acknowledged and
+/// delivered through the new subscription, both before the SUBACK (rumqttc, MQTT 5).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_suback_does_not_hold_the_connection() {
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+
+    let first = unique("held");
+    let extra = "[subscriptions]\nregistration_settle_ms = 4000\n";
+    let (server, _) = start_bridge(&config_text(&first, &[], extra)).await;
+    let addr = server.local_addr("mqtt").unwrap();
+    let id = unique("c");
+    let mut o = MqttOptions::new(&id, "127.0.0.1", addr.port());
+    o.set_credentials("demo", password(&id));
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 10);
+    let filter = format!("{first}/+/temp");
+    let topic = format!("{first}/m1/temp");
+    let start = std::time::Instant::now();
+    client
+        .subscribe(filter.clone(), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    client
+        .publish(topic.clone(), QoS::AtLeastOnce, false, b"warm".to_vec())
+        .await
+        .unwrap();
+    // (event, seconds since the SUBSCRIBE) in arrival order, until the SUBACK.
+    let mut seen: Vec<(&str, f64)> = Vec::new();
+    while !seen.iter().any(|(e, _)| *e == "suback") {
+        let event = tokio::time::timeout(WAIT, events.poll())
+            .await
+            .expect("no event for a while")
+            .expect("connection");
+        let at = start.elapsed().as_secs_f64();
+        match event {
+            Event::Incoming(Packet::PubAck(_)) => seen.push(("puback", at)),
+            Event::Incoming(Packet::Publish(p)) if p.payload.as_ref() == b"warm" => {
+                seen.push(("delivery", at))
+            }
+            Event::Incoming(Packet::SubAck(_)) => seen.push(("suback", at)),
+            _ => {}
+        }
+    }
+    println!("events before the SUBACK: {seen:?}");
+    let at = |name: &str| seen.iter().find(|(e, _)| *e == name).map(|(_, t)| *t);
+    let suback = at("suback").unwrap();
+    assert!(
+        suback >= 3.5,
+        "the SUBACK waits registration_settle_ms: {suback:.2} s"
+    );
+    let puback = at("puback").expect("PUBACK before the SUBACK");
+    assert!(
+        puback < 2.0,
+        "the publish was acknowledged at once: {puback:.2} s"
+    );
+    let delivery = at("delivery").expect("delivered before the SUBACK");
+    assert!(delivery < suback);
+    server.stop(Duration::from_secs(5)).await;
+}

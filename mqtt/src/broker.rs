@@ -167,6 +167,14 @@ pub trait Session: Send + 'static {
     /// Removes subscriptions; one reason per filter, in order.
     fn unsubscribe(&mut self, filters: Vec<String>) -> BoxFuture<'static, Vec<Reason>>;
 
+    /// How long the SUBACK of the SUBSCRIBE just carried out by [`Session::subscribe`] is to
+    /// be held back, while the connection goes on: its subscriptions are in effect, but
+    /// another server may not see them yet (the bridge's newly registered wildcards).
+    /// Called once after each `subscribe` completes. Default: not held.
+    fn take_suback_delay(&mut self) -> Option<std::time::Duration> {
+        None
+    }
+
     /// The client acknowledged a delivery (PUBACK, PUBCOMP, or written at QoS 0).
     fn acked(&mut self, tag: u64);
 

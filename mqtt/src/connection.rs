@@ -38,8 +38,14 @@
 //!   during which the socket is read: back-pressure is not the client's silence;
 //! - an MQTT 5 DISCONNECT's session expiry interval reaches the backend
 //!   (`Close::Normal`); changing it from 0 (in CONNECT) to non-0 is a protocol error
-//!   (server DISCONNECT 0x82, the will is published).
+//!   (server DISCONNECT 0x82, the will is published);
+//! - a SUBACK the backend holds back ([`Session::take_suback_delay`]) does not hold the
+//!   connection: publishes, deliveries and PINGREQs go on meanwhile (the subscription is
+//!   in effect, 3.8.4 lets deliveries precede the SUBACK); SUBACKs and UNSUBACKs still
+//!   leave in the order of their requests, and at most `MAX_HELD_ACKS` (16) wait (then the
+//!   socket is not read until one leaves).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -267,6 +273,7 @@ where
         parked: None,
         broker: shared.broker.clone(),
         counters: shared.counters.clone(),
+        held_acks: VecDeque::new(),
     };
     let ended = conn
         .run(
@@ -469,6 +476,9 @@ struct Conn<B: Broker> {
     parked: Option<Parked>,
     broker: Arc<B>,
     counters: Arc<ServerCounters>,
+    /// SUBACKs held back by the backend, and the UNSUBACKs queued behind them: each with
+    /// the time it may leave, in request order.
+    held_acks: VecDeque<(Instant, Outbound)>,
 }
 
 impl<B: Broker> Conn<B> {
@@ -559,6 +569,7 @@ impl<B: Broker> Conn<B> {
                         self.perform(framed, action).await
                     }
                 },
+                Event::AckDue => self.release_acks(framed).await,
                 Event::Delivery(Some(d)) => self.deliver(framed, d).await,
                 Event::Delivery(None) => {
                     deliveries = None;
@@ -656,8 +667,11 @@ impl<B: Broker> Conn<B> {
         kicked: &CancellationToken,
         shutdown: &CancellationToken,
     ) -> Event {
-        let can_read = self.stores.len() < self.pipeline && self.parked.is_none();
+        let can_read = self.stores.len() < self.pipeline
+            && self.parked.is_none()
+            && self.held_acks.len() < MAX_HELD_ACKS;
         let can_deliver = deliveries.is_some() && self.core.can_deliver();
+        let ack_due = self.held_acks.front().map(|(at, _)| *at);
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => Event::Shutdown,
@@ -667,6 +681,9 @@ impl<B: Broker> Conn<B> {
             }
             share = wait_parked(&mut self.parked), if self.parked.is_some() => {
                 Event::Budget(share)
+            }
+            _ = sleep_until(ack_due.unwrap_or_else(Instant::now)), if ack_due.is_some() => {
+                Event::AckDue
             }
             packet = framed.next(), if can_read => Event::Packet(packet),
             d = recv(deliveries), if can_deliver => Event::Delivery(d),
@@ -700,6 +717,35 @@ impl<B: Broker> Conn<B> {
         }
     }
 
+    /// Sends a SUBACK or UNSUBACK, or queues it behind the held ones (and for `delay`).
+    async fn ack<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<IO, Codec>,
+        ack: Outbound,
+        delay: Option<Duration>,
+    ) -> Result<(), Error> {
+        if delay.is_none() && self.held_acks.is_empty() {
+            return framed.feed(ack).await;
+        }
+        let at = Instant::now() + delay.unwrap_or_default();
+        self.held_acks.push_back((at, ack));
+        Ok(())
+    }
+
+    /// Sends the held acks whose time came, in order (one not due holds those behind it).
+    async fn release_acks<IO: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        framed: &mut Framed<IO, Codec>,
+    ) -> Result<Step, Error> {
+        let now = Instant::now();
+        while self.held_acks.front().is_some_and(|(at, _)| *at <= now) {
+            if let Some((_, ack)) = self.held_acks.pop_front() {
+                framed.feed(ack).await?;
+            }
+        }
+        Ok(Step::Continue)
+    }
+
     /// Carries out what the session core decided.
     async fn perform<IO: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
@@ -725,18 +771,19 @@ impl<B: Broker> Conn<B> {
             } => {
                 let outcomes = self.session.subscribe(subscriptions).await;
                 self.counters.subscribed();
-                framed
-                    .feed(Outbound::SubAck {
-                        pkid,
-                        outcomes,
-                        reason_string: None,
-                    })
-                    .await?;
+                let delay = self.session.take_suback_delay();
+                let suback = Outbound::SubAck {
+                    pkid,
+                    outcomes,
+                    reason_string: None,
+                };
+                self.ack(framed, suback, delay).await?;
             }
             Action::Unsubscribe { pkid, filters } => {
                 let reasons = self.session.unsubscribe(filters).await;
                 self.counters.unsubscribed();
-                framed.feed(Outbound::UnsubAck { pkid, reasons }).await?;
+                self.ack(framed, Outbound::UnsubAck { pkid, reasons }, None)
+                    .await?;
             }
             Action::Acked(tag) => self.session.acked(tag),
             Action::Disconnected {
@@ -866,6 +913,8 @@ impl<B: Broker> Conn<B> {
 
 /// Most events handled between two flushes.
 const MAX_UNFLUSHED: usize = 64;
+/// SUBACKs/UNSUBACKs held back at most per connection; past it, reading stops.
+const MAX_HELD_ACKS: usize = 16;
 /// Events ready at once after which a connection counts as busy.
 const BUSY_STREAK: usize = 8;
 /// Read buffer of a busy connection, bytes.
@@ -881,6 +930,8 @@ enum Event {
     Packet(Option<Result<Inbound, Error>>),
     Delivery(Option<Delivery>),
     KeepAlive,
+    /// The first held SUBACK may leave.
+    AckDue,
 }
 
 enum Step {

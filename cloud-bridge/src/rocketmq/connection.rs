@@ -27,6 +27,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::BytesMut;
+use futures_util::future::BoxFuture;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -58,21 +59,53 @@ pub(crate) enum Failure {
     Error(Error),
 }
 
-/// Told once a request has been handed to the connection's writer: requests handed over
-/// one after another are written to the socket in that order.
-/// The default one tells nobody.
-#[derive(Debug, Default)]
+/// Told once a request has been handed to the connection's writer (with the broker's
+/// address): requests handed over one after another are written to the socket in that
+/// order. It may also carry where the previous request of the same order was queued: a
+/// request for another broker must wait until that one was answered, as two connections
+/// keep no order between them. The default one tells nobody and waits for nothing.
+#[derive(Default)]
 pub struct OnQueued {
-    tx: Option<oneshot::Sender<()>>,
+    tx: Option<oneshot::Sender<Arc<str>>>,
     fired: bool,
+    /// The previous request's broker, and a future that completes once it was answered.
+    after: Option<(Arc<str>, BoxFuture<'static, ()>)>,
+}
+
+impl std::fmt::Debug for OnQueued {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OnQueued")
+            .field("wanted", &self.tx.is_some())
+            .field("fired", &self.fired)
+            .field("after", &self.after.as_ref().map(|(b, _)| b))
+            .finish()
+    }
 }
 
 impl OnQueued {
-    /// A notifier that completes `tx`.
-    pub fn new(tx: oneshot::Sender<()>) -> Self {
+    /// A notifier that completes `tx` with the broker's address.
+    pub fn new(tx: oneshot::Sender<Arc<str>>) -> Self {
         Self {
             tx: Some(tx),
             fired: false,
+            after: None,
+        }
+    }
+
+    /// The previous request of the same order was queued on `broker` and `answered`
+    /// completes once its answer came.
+    pub fn after(mut self, broker: Arc<str>, answered: BoxFuture<'static, ()>) -> Self {
+        self.after = Some((broker, answered));
+        self
+    }
+
+    /// Before sending to `addr`: waits until the previous request was answered when it
+    /// was queued on another broker (at once otherwise). Only the first call may wait.
+    pub async fn wait_unless_on(&mut self, addr: &str) {
+        if let Some((broker, answered)) = self.after.take()
+            && *broker != *addr
+        {
+            answered.await;
         }
     }
 
@@ -86,11 +119,11 @@ impl OnQueued {
         self.fired
     }
 
-    /// Tells the waiting side, once.
-    pub fn fire(&mut self) {
+    /// Tells the waiting side, once, that the request is queued on broker `addr`.
+    pub fn fire(&mut self, addr: &str) {
         if let Some(tx) = self.tx.take() {
             self.fired = true;
-            let _ = tx.send(());
+            let _ = tx.send(Arc::from(addr));
         }
     }
 }
@@ -203,7 +236,7 @@ impl Connection {
             armed: true,
         };
         match timeout_at(deadline, self.queue.send(cmd)).await {
-            Ok(Ok(())) => on_queued.fire(),
+            Ok(Ok(())) => on_queued.fire(&self.shared.addr),
             Ok(Err(mpsc::error::SendError(cmd))) => return Err(Failure::NotSent(cmd)),
             Err(_) => return Err(Failure::Error(Error::Timeout)),
         }

@@ -260,6 +260,9 @@ impl Producer {
                 .client()
                 .broker(&queue.addr)
                 .with_timeout(self.config.send_timeout);
+            // The previous send of this order key went to another broker (the route
+            // changed): its answer first, or the two could be stored in either order.
+            on_queued.wait_unless_on(&queue.addr).await;
             let sent = if on_queued.is_wanted() && self.appends_in_order(&queue.addr).await {
                 broker.send_queued(&request, on_queued).await
             } else {

@@ -90,12 +90,13 @@ fn cloud_bridge_pipeline(config: &std::path::Path) -> String {
         .unwrap_or_else(|| "16 (default)".to_owned())
 }
 
-/// The direct Java producer's rate (msg/s) with `inflight` async sends in flight.
-fn direct_producer_rate(topic: &str, inflight: usize) -> f64 {
+/// The direct Java producer's rate (msg/s) with `inflight` async sends in flight, over
+/// `seconds`.
+fn direct_producer_rate(topic: &str, inflight: usize, seconds: u32) -> f64 {
     let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
         .args(["tool", "bench-produce", "--topic", topic])
         .args(["--inflight", &inflight.to_string()])
-        .args(["--seconds", "10", "--size", "100", "--lmq"])
+        .args(["--seconds", &seconds.to_string(), "--size", "100", "--lmq"])
         .output()
         .expect("bench-produce");
     let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
@@ -104,6 +105,29 @@ fn direct_producer_rate(topic: &str, inflight: usize) -> f64 {
         .ok()
         .and_then(|v| v["rate"].as_f64())
         .unwrap_or(0.0)
+}
+
+/// Entries waiting in the agent's journal, from its `/metrics` (not by reading the file:
+/// a reader's snapshot of a large WAL database would hold back the agent's checkpoints
+/// and add its own load to the latency measured).
+fn depth(agent: &Agent) -> u64 {
+    use std::io::Read;
+    for _ in 0..100 {
+        let mut text = String::new();
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", agent.metrics_port)) {
+            let _ = s.write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let _ = s.read_to_string(&mut text);
+        }
+        if let Some(v) = text
+            .lines()
+            .find_map(|l| l.strip_prefix("edge_agent_journal_entries "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+        {
+            return v as u64;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the agent's /metrics has no edge_agent_journal_entries");
 }
 
 /// One backlog's drain figures.
@@ -151,20 +175,34 @@ fn drain(
     let before = flushes(&agent);
     bridge.process.start();
     bridge.wait();
+    // The drain is timed from its first confirmed message: before it, the agent waits
+    // out its reconnect backoff (printed apart).
+    let up = Instant::now();
+    while depth(&agent) as usize >= n {
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            up.elapsed() < Duration::from_secs(300),
+            "the agent did not reconnect within 5 min"
+        );
+    }
+    println!(
+        "  the agent's first message confirmed {:.1} s after the bridge was listening",
+        up.elapsed().as_secs_f64()
+    );
     let t = Instant::now();
     let watcher = std::thread::scope(|scope| {
         let live = scope.spawn(|| during(&agent));
-        let mut last = (Instant::now(), agent.journal_depth());
+        let mut last = (Instant::now(), depth(&agent));
         loop {
             std::thread::sleep(Duration::from_millis(250));
-            let depth = agent.journal_depth();
+            let depth = depth(&agent);
             if depth == 0 {
                 break;
             }
             if last.0.elapsed() > Duration::from_secs(10) {
                 println!(
                     "  ... {depth} left ({:.0} msg/s over the last 10 s)",
-                    (last.1 - depth) as f64 / last.0.elapsed().as_secs_f64()
+                    last.1.saturating_sub(depth) as f64 / last.0.elapsed().as_secs_f64()
                 );
                 last = (Instant::now(), depth);
             }
@@ -332,8 +370,10 @@ fn main() {
         "bridge publish_pipeline = {}",
         cloud_bridge_pipeline(&bridge.config)
     );
+    println!("direct RocketMQ producer (async, 256 in flight), warm-up (not counted):");
+    direct_producer_rate(&first, 256, 5);
     println!("direct RocketMQ producer (async, 256 in flight), before the drains:");
-    let java_before = direct_producer_rate(&first, 256);
+    let java_before = direct_producer_rate(&first, 256, 10);
 
     let mut drains = Vec::new();
     for (key, name, shape) in [
@@ -349,7 +389,7 @@ fn main() {
     }
 
     println!("direct RocketMQ producer (async, 256 in flight), after the drains:");
-    let java_after = direct_producer_rate(&first, 256);
+    let java_after = direct_producer_rate(&first, 256, 10);
     let java = (java_before + java_after) / 2.0;
     println!("summary (ratio to the direct producer's mean, {java:.0} msg/s):");
     for d in &drains {
@@ -372,13 +412,25 @@ fn main() {
         &first,
         "live-first drain",
         (n * 5, 1, 1),
-        "drain = \"live-first\"",
+        &format!(
+            "drain = \"live-first\"\n{}",
+            std::env::var("BENCH_LIVE_UPLINK").unwrap_or_default()
+        ),
         |agent| {
             std::thread::sleep(Duration::from_secs(2));
             *lat.lock().unwrap() = live_latency(agent, &first, live_secs);
         },
     );
     let mut lat = lat.into_inner().unwrap();
+    // When the slow ones were sent: the latency of each second of the live publisher.
+    let per_second: Vec<String> = lat
+        .chunks(100)
+        .map(|c| format!("{}", c.iter().max().copied().unwrap_or(0)))
+        .collect();
+    println!(
+        "  live latency, worst of each second (ms): {}",
+        per_second.join(" ")
+    );
     println!(
         "live QoS 1 latency device -> RocketMQ store during the {} msg/s drain: {}",
         d.rate as u64,

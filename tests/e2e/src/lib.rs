@@ -234,6 +234,21 @@ impl Bridge {
     /// for its listener: plain TCP, or TLS with client certificates required when `pki`
     /// is given.
     pub fn start(dir: &Path, first: &str, pki: Option<&certs::Pki>, extra: &str) -> Bridge {
+        let namesrv = rocketmq_env("ROCKETMQ_NAMESRV");
+        let cluster = rocketmq_env("ROCKETMQ_CLUSTER");
+        Bridge::start_on(dir, first, pki, extra, &namesrv, &cluster)
+    }
+
+    /// [`Bridge::start`] on the RocketMQ name servers `namesrv` (`host:port`, several
+    /// separated by `;` as `rocketmq.sh cluster env` lists them) of `cluster`.
+    pub fn start_on(
+        dir: &Path,
+        first: &str,
+        pki: Option<&certs::Pki>,
+        extra: &str,
+        namesrv: &str,
+        cluster: &str,
+    ) -> Bridge {
         let port = free_port();
         let tls = pki.map_or(String::new(), |p| {
             format!(
@@ -245,7 +260,7 @@ impl Bridge {
         let text = format!(
             r#"
 [rocketmq]
-namesrv = ["{ns}"]
+namesrv = [{ns}]
 cluster = "{cluster}"
 meta_refresh_secs = 1
 
@@ -273,8 +288,11 @@ bind = "127.0.0.1:{port}"
 {tls}
 {extra}
 "#,
-            ns = rocketmq_env("ROCKETMQ_NAMESRV"),
-            cluster = rocketmq_env("ROCKETMQ_CLUSTER"),
+            ns = namesrv
+                .split(';')
+                .map(|a| format!("{a:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
         );
         std::fs::write(&config, text).expect("bridge config");
         let init = Command::new(bin("cloud-bridge"))
