@@ -164,16 +164,7 @@ impl Agent {
                 .collect(),
             uplink: Some({
                 let u = uplink.clone();
-                Arc::new(move || crate::metrics::UplinkValues {
-                    state: u.state().as_str().to_owned(),
-                    in_flight: UplinkStatus::get(&u.inflight),
-                    sent: UplinkStatus::get(&u.sent),
-                    acked: UplinkStatus::get(&u.acked),
-                    rejected: UplinkStatus::get(&u.rejected) + UplinkStatus::get(&u.unmapped),
-                    connects: UplinkStatus::get(&u.connects),
-                    failures: UplinkStatus::get(&u.failures),
-                    last_error: u.last_error(),
-                })
+                Arc::new(move || crate::metrics::UplinkValues::from(&*u))
             }),
             sensors: Some(Arc::new({
                 let sensors = sensors.clone();

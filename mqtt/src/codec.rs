@@ -18,45 +18,13 @@ use tokio_util::codec::{Decoder, Encoder};
 
 use crate::error::Error;
 use crate::packet::{
-    Connect, Inbound, Message, MessageProperties, Outbound, QoS, Reason, SubscribeOutcome,
+    Connect, Inbound, Message, MessageProperties, Outbound, Reason, SubscribeOutcome,
     SubscriptionRequest, Version, Will,
 };
 use crate::reason_codes::{
-    v4_connect_code, v5_connect_code, v5_disconnect_reason, v5_puback_reason, v5_pubrec_reason,
-    v5_suback_code, v5_unsuback_reason,
+    qos_from_v4, qos_from_v5, qos_to_v4, qos_to_v5, v4_connect_code, v5_connect_code,
+    v5_disconnect_reason, v5_puback_reason, v5_pubrec_reason, v5_suback_code, v5_unsuback_reason,
 };
-
-fn qos_from_v4(q: rumqttc::mqttbytes::QoS) -> QoS {
-    match q {
-        rumqttc::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
-        rumqttc::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        rumqttc::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
-fn qos_to_v4(q: QoS) -> rumqttc::mqttbytes::QoS {
-    match q {
-        QoS::AtMostOnce => rumqttc::mqttbytes::QoS::AtMostOnce,
-        QoS::AtLeastOnce => rumqttc::mqttbytes::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => rumqttc::mqttbytes::QoS::ExactlyOnce,
-    }
-}
-
-fn qos_from_v5(q: rumqttc::v5::mqttbytes::QoS) -> QoS {
-    match q {
-        rumqttc::v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
-        rumqttc::v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
-        rumqttc::v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
-    }
-}
-
-pub(crate) fn qos_to_v5(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
-    match q {
-        QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-        QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-        QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
-    }
-}
 
 /// Smallest maximum packet size we accept in configuration.
 pub const MIN_PACKET_SIZE: usize = 64;
@@ -713,6 +681,7 @@ pub fn discard(src: &mut BytesMut) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::QoS;
 
     fn decode_all(codec: &mut Codec, bytes: &[u8]) -> Result<Vec<Inbound>, Error> {
         let mut buf = BytesMut::from(bytes);

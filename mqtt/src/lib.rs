@@ -7,10 +7,11 @@
 //!   server and per address, accept rate), [`tls`], [`websocket`] and [`quickack`];
 //! - [`codec`]: bytes ⇄ [`packet`]s (version-neutral packets as the server sees them), with
 //!   [`wellformed`] (the spec's rules rumqttc's decoders let through) and the MQTT 5
-//!   reason codes (`reason_codes`, private);
+//!   reason codes and QoS levels mapped onto rumqttc's types (`reason_codes`, private);
 //! - [`connection`]: one connection from CONNECT to close, the I/O driver of
 //!   [`protocol`], the session core without I/O (packet ids, in-flight and QoS 2
-//!   tables, Receive Maximum, topic aliases, keepalive);
+//!   tables, Receive Maximum, topic aliases, keepalive), whose client side
+//!   ([`protocol::ClientCore`]) the edge-agent's uplink drives;
 //! - [`broker`]: the seam to storage ([`broker::Broker`], [`broker::Session`]), which
 //!   each binary implements; [`registry`]: who is connected, and delayed wills;
 //!   [`budget`]: bytes held by publishes being stored, server-wide;

@@ -1,11 +1,69 @@
-//! MQTT 5 reason codes ([`Reason`]) mapped onto rumqttc's per-packet enums, and onto the
-//! 3.1.1 CONNACK return codes (3.1.1 has no other reason codes).
+//! The neutral values of `packet.rs` mapped onto rumqttc's types: MQTT 5 reason codes
+//! ([`Reason`]) onto rumqttc's per-packet enums (and back, for a PUBACK a client reads),
+//! and onto the 3.1.1 CONNACK return codes (3.1.1 has no other reason codes); QoS levels
+//! onto both versions' `QoS`. A leaf: `codec.rs` uses it, it uses nothing above
+//! `packet.rs`.
 
 use rumqttc::mqttbytes::v4;
 use rumqttc::v5::mqttbytes::v5;
 
-use crate::codec::qos_to_v5;
-use crate::packet::{Reason, SubscribeOutcome};
+use crate::packet::{QoS, Reason, SubscribeOutcome};
+
+pub(crate) fn qos_from_v4(q: rumqttc::mqttbytes::QoS) -> QoS {
+    match q {
+        rumqttc::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+pub(crate) fn qos_to_v4(q: QoS) -> rumqttc::mqttbytes::QoS {
+    match q {
+        QoS::AtMostOnce => rumqttc::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+pub(crate) fn qos_from_v5(q: rumqttc::v5::mqttbytes::QoS) -> QoS {
+    match q {
+        rumqttc::v5::mqttbytes::QoS::AtMostOnce => QoS::AtMostOnce,
+        rumqttc::v5::mqttbytes::QoS::AtLeastOnce => QoS::AtLeastOnce,
+        rumqttc::v5::mqttbytes::QoS::ExactlyOnce => QoS::ExactlyOnce,
+    }
+}
+
+pub(crate) fn qos_to_v5(q: QoS) -> rumqttc::v5::mqttbytes::QoS {
+    match q {
+        QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+impl From<rumqttc::v5::mqttbytes::QoS> for QoS {
+    fn from(q: rumqttc::v5::mqttbytes::QoS) -> Self {
+        qos_from_v5(q)
+    }
+}
+
+/// A PUBACK's reason as a client reads it (rumqttc's decoder knows these nine).
+impl From<v5::PubAckReason> for Reason {
+    fn from(r: v5::PubAckReason) -> Self {
+        use v5::PubAckReason as P;
+        match r {
+            P::Success => Reason::Success,
+            P::NoMatchingSubscribers => Reason::NoMatchingSubscribers,
+            P::UnspecifiedError => Reason::UnspecifiedError,
+            P::ImplementationSpecificError => Reason::ImplementationSpecificError,
+            P::NotAuthorized => Reason::NotAuthorized,
+            P::TopicNameInvalid => Reason::TopicNameInvalid,
+            P::PacketIdentifierInUse => Reason::PacketIdentifierInUse,
+            P::QuotaExceeded => Reason::QuotaExceeded,
+            P::PayloadFormatInvalid => Reason::PayloadFormatInvalid,
+        }
+    }
+}
 
 pub(crate) fn v4_connect_code(r: Reason) -> v4::ConnectReturnCode {
     use v4::ConnectReturnCode as C;
@@ -119,5 +177,28 @@ pub(crate) fn v5_disconnect_reason(r: Reason) -> v5::DisconnectReasonCode {
         Reason::QuotaExceeded => D::QuotaExceeded,
         Reason::PayloadFormatInvalid => D::PayloadFormatInvalid,
         _ => D::UnspecifiedError,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn puback_reasons_round_trip() {
+        use v5::PubAckReason as P;
+        for p in [
+            P::Success,
+            P::NoMatchingSubscribers,
+            P::UnspecifiedError,
+            P::ImplementationSpecificError,
+            P::NotAuthorized,
+            P::TopicNameInvalid,
+            P::PacketIdentifierInUse,
+            P::QuotaExceeded,
+            P::PayloadFormatInvalid,
+        ] {
+            assert_eq!(v5_puback_reason(Reason::from(p)), p);
+        }
     }
 }

@@ -93,6 +93,18 @@ pub fn render_status(s: &Snapshot, at: &str) -> String {
         }
         None => out.push('\n'),
     }
+    if u.journal_read.count() > 0 || u.puback.count() > 0 {
+        // The drain's stages (issue #17): where a slow drain spends its time.
+        let _ = writeln!(
+            out,
+            "             window {}/{} held; avg journal read {:.2} ms, PUBACK {:.2} ms, confirm {:.2} ms",
+            u.window_used,
+            u.window,
+            u.journal_read.average_ms(),
+            u.puback.average_ms(),
+            u.confirm.average_ms()
+        );
+    }
     if s.sensors.is_empty() {
         let _ = writeln!(out, "sensors      none");
     }

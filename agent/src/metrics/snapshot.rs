@@ -7,12 +7,14 @@ use std::net::SocketAddr;
 use mqtt::metrics::ServerCounterValues;
 use mqtt::metrics::encode::{counter, counter_f64, counter_family, gauge, gauge_f64, gauge_family};
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use serde::{Deserialize, Serialize};
 
 use crate::journal::{Counter, Stats};
 use crate::sensors::SensorStats;
+use crate::uplink::status::{STAGE_BUCKETS_MICROS, StageTimes, UplinkStatus};
 
 /// Uplink states as exported (`edge_agent_uplink_state{state}`), one series each.
 pub const UPLINK_STATES: [&str; 6] = [
@@ -149,6 +151,105 @@ pub struct UplinkValues {
     pub failures: u64,
     /// The last failure since the last successful connection.
     pub last_error: Option<String>,
+    /// The window (`[uplink] window`).
+    #[serde(default)]
+    pub window: u64,
+    /// Its slots held: entries sent and not yet acknowledged, or acknowledged and not
+    /// yet confirmed in the journal.
+    #[serde(default)]
+    pub window_used: u64,
+    /// Entries read from the journal by the uplink.
+    #[serde(default)]
+    pub journal_read_entries: u64,
+    /// Time of the uplink's journal reads (a batch each).
+    #[serde(default)]
+    pub journal_read: StageFigures,
+    /// From a PUBLISH's write to its PUBACK.
+    #[serde(default)]
+    pub puback: StageFigures,
+    /// From a PUBACK to the journal's answer to its confirm.
+    #[serde(default)]
+    pub confirm: StageFigures,
+}
+
+impl From<&UplinkStatus> for UplinkValues {
+    fn from(u: &UplinkStatus) -> Self {
+        let (window, window_used) = u.window();
+        Self {
+            state: u.state().as_str().to_owned(),
+            in_flight: UplinkStatus::get(&u.inflight),
+            sent: UplinkStatus::get(&u.sent),
+            acked: UplinkStatus::get(&u.acked),
+            rejected: UplinkStatus::get(&u.rejected) + UplinkStatus::get(&u.unmapped),
+            connects: UplinkStatus::get(&u.connects),
+            failures: UplinkStatus::get(&u.failures),
+            last_error: u.last_error(),
+            window,
+            window_used,
+            journal_read_entries: UplinkStatus::get(&u.journal_read_entries),
+            journal_read: StageFigures::from(&u.journal_read),
+            puback: StageFigures::from(&u.puback),
+            confirm: StageFigures::from(&u.confirm),
+        }
+    }
+}
+
+/// One stage's latency histogram (an uplink [`StageTimes`]) at one instant.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StageFigures {
+    /// Observations per bucket, not cumulative: `counts[i]` took at most
+    /// `STAGE_BUCKETS_MICROS[i]` µs (and more than the bound before); the last one,
+    /// more than every bound.
+    pub counts: Vec<u64>,
+    /// Sum of the observations, microseconds.
+    pub sum_micros: u64,
+}
+
+impl From<&StageTimes> for StageFigures {
+    fn from(t: &StageTimes) -> Self {
+        Self {
+            counts: t.counts(),
+            sum_micros: t.sum_micros(),
+        }
+    }
+}
+
+impl StageFigures {
+    /// Observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// Their mean, milliseconds (0 without any).
+    pub fn average_ms(&self) -> f64 {
+        match self.count() {
+            0 => 0.0,
+            n => self.sum_micros as f64 / n as f64 / 1000.0,
+        }
+    }
+
+    /// Writes the histogram `name` (seconds).
+    fn encode(
+        &self,
+        e: &mut DescriptorEncoder,
+        name: &str,
+        help: &str,
+    ) -> Result<(), std::fmt::Error> {
+        let bounds = STAGE_BUCKETS_MICROS
+            .iter()
+            .map(|m| *m as f64 / 1e6)
+            .chain(std::iter::once(f64::INFINITY));
+        // A snapshot from another version may have fewer buckets: the rest are empty.
+        let counts = self.counts.iter().copied().chain(std::iter::repeat(0));
+        let mut buckets: Vec<(f64, u64)> = bounds.zip(counts).collect();
+        // Anything beyond the known buckets counts as above every bound.
+        let extra: u64 = self.counts.iter().skip(buckets.len()).sum();
+        if let Some(last) = buckets.last_mut() {
+            last.1 += extra;
+        }
+        let mut m = e.encode_descriptor(name, help, None, MetricType::Histogram)?;
+        m.encode_histogram::<NoLabelSet>(self.sum_micros as f64 / 1e6, self.count(), &buckets, None)
+    }
 }
 
 impl Default for UplinkValues {
@@ -162,6 +263,12 @@ impl Default for UplinkValues {
             connects: 0,
             failures: 0,
             last_error: None,
+            window: 0,
+            window_used: 0,
+            journal_read_entries: 0,
+            journal_read: StageFigures::default(),
+            puback: StageFigures::default(),
+            confirm: StageFigures::default(),
         }
     }
 }
@@ -428,6 +535,39 @@ impl Snapshot {
             "Uplink connection failures",
             u.failures,
         )?;
+        gauge(
+            e,
+            "uplink_window",
+            "The uplink's window (uplink.window): entries sent and not yet confirmed, at most",
+            u.window,
+        )?;
+        gauge(
+            e,
+            "uplink_window_used",
+            "Window slots held: entries sent and not yet acknowledged, or acknowledged and not yet confirmed in the journal",
+            u.window_used,
+        )?;
+        counter(
+            e,
+            "uplink_journal_read_entries",
+            "Entries the uplink read from the journal (resends included)",
+            u.journal_read_entries,
+        )?;
+        u.journal_read.encode(
+            e,
+            "uplink_journal_read_seconds",
+            "Time of the uplink's journal reads, one batch each",
+        )?;
+        u.puback.encode(
+            e,
+            "uplink_puback_seconds",
+            "From an uplink PUBLISH's write to its PUBACK from the bridge",
+        )?;
+        u.confirm.encode(
+            e,
+            "uplink_confirm_seconds",
+            "From a PUBACK to the journal's answer to the confirm of its entry (its window slot returns)",
+        )?;
         let readings: Vec<_> = self
             .sensors
             .iter()
@@ -511,5 +651,48 @@ mod tests {
             assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
         }
         assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+
+    #[test]
+    fn uplink_stage_histograms_are_cumulative_seconds() {
+        let times = StageTimes::default();
+        for ms in [1, 2, 2, 3] {
+            times.observe(std::time::Duration::from_millis(ms));
+        }
+        times.observe(std::time::Duration::from_secs(60));
+        let s = Snapshot {
+            version: "1".into(),
+            listeners: vec![],
+            server: ServerCounterValues::default(),
+            broker: BrokerFigures::default(),
+            journal: None,
+            journal_error: None,
+            uplink: UplinkValues {
+                window: 256,
+                window_used: 17,
+                puback: StageFigures::from(&times),
+                ..Default::default()
+            },
+            sensors: vec![],
+        };
+        let text = s.openmetrics();
+        for line in [
+            "edge_agent_uplink_window 256",
+            "edge_agent_uplink_window_used 17",
+            "edge_agent_uplink_puback_seconds_count 5",
+            "edge_agent_uplink_puback_seconds_sum 60.008",
+            // 1 ms is in (0.8 ms, 1.6 ms]; 2 and 3 ms in (1.6, 3.2].
+            "edge_agent_uplink_puback_seconds_bucket{le=\"0.0016\"} 1",
+            "edge_agent_uplink_puback_seconds_bucket{le=\"0.0032\"} 4",
+            "edge_agent_uplink_puback_seconds_bucket{le=\"+Inf\"} 5",
+            "edge_agent_uplink_confirm_seconds_count 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} missing in\n{text}");
+        }
+        // The JSON of /status carries them too, and reads back.
+        let json = serde_json::to_string(&s).unwrap();
+        let back: Snapshot = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.uplink.puback.count(), 5);
+        assert_eq!(back, s);
     }
 }

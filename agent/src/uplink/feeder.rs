@@ -3,15 +3,18 @@
 //! memory, however large the backlog). It starts at the beginning of the journal: what
 //! a previous connection sent but did not get acknowledged is sent again. New entries
 //! wake it through [`Journal::committed_seq`] (and a one-second poll, for appends made
-//! by other processes). The optional rate cap uses `governor`'s token bucket.
+//! by other processes). The optional rate cap uses `governor`'s token bucket. Each
+//! journal read is timed in [`UplinkStatus::journal_read`].
 
 use std::num::NonZeroU32;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{mpsc, watch};
 
 use super::config::DrainPolicy;
+use super::status::UplinkStatus;
 use crate::error::Error;
 use crate::journal::{Cursor, Entry, Journal, ReadOrder};
 
@@ -31,6 +34,7 @@ pub(crate) fn spawn(
     policy: DrainPolicy,
     max_rate: u32,
     capacity: usize,
+    status: Arc<UplinkStatus>,
 ) -> (mpsc::Receiver<Entry>, tokio::task::JoinHandle<()>) {
     let capacity = match policy {
         DrainPolicy::Fifo => capacity,
@@ -44,6 +48,7 @@ pub(crate) fn spawn(
             journal,
             tx,
             limiter,
+            status,
         };
         let result = match policy {
             DrainPolicy::Fifo => feeder.fifo().await,
@@ -61,6 +66,7 @@ struct Feeder {
     commits: watch::Receiver<u64>,
     tx: mpsc::Sender<Entry>,
     limiter: Option<DefaultDirectRateLimiter>,
+    status: Arc<UplinkStatus>,
 }
 
 /// Why the feeder stopped: the link went away (normal) or the journal failed.
@@ -125,7 +131,10 @@ impl Feeder {
     /// on. Ok(false): nothing (more) to read.
     async fn step(&mut self, cursor: &mut Cursor, limit: usize, until: u64) -> Result<bool, Stop> {
         self.commits.borrow_and_update();
+        let started = Instant::now();
         let batch = self.journal.next_batch(*cursor, limit).await?;
+        self.status.journal_read.observe(started.elapsed());
+        UplinkStatus::add(&self.status.journal_read_entries, batch.len() as u64);
         cursor.advance_past(&batch);
         let mut any = false;
         for entry in batch.into_iter().take_while(|e| e.seq <= until) {
@@ -188,7 +197,7 @@ mod tests {
     async fn live_first_sends_new_entries_before_the_rest_of_the_backlog() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal_with_backlog(dir.path(), 300).await;
-        let (mut rx, _task) = spawn(j.clone(), DrainPolicy::LiveFirst, 0, 8);
+        let (mut rx, _task) = spawn(j.clone(), DrainPolicy::LiveFirst, 0, 8, Arc::default());
         let mut got = take(&mut rx, 1).await;
         for i in 0..5 {
             j.append(NewEntry::new("new", format!("{i}"), Qos::AtLeastOnce))
@@ -214,7 +223,7 @@ mod tests {
     async fn fifo_keeps_journal_order_and_wakes_on_new_commits() {
         let dir = tempfile::tempdir().unwrap();
         let j = journal_with_backlog(dir.path(), 100).await;
-        let (mut rx, _task) = spawn(j.clone(), DrainPolicy::Fifo, 0, 8);
+        let (mut rx, _task) = spawn(j.clone(), DrainPolicy::Fifo, 0, 8, Arc::default());
         let mut got = take(&mut rx, 1).await;
         j.append(NewEntry::new("new", "x", Qos::AtLeastOnce))
             .await
@@ -222,5 +231,19 @@ mod tests {
         got.extend(take(&mut rx, 100).await);
         assert!(got.windows(2).all(|w| w[0].seq < w[1].seq));
         assert_eq!(got.last().map(|e| e.topic.as_str()), Some("new"));
+    }
+
+    #[tokio::test]
+    async fn every_journal_read_is_timed() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = journal_with_backlog(dir.path(), 700).await;
+        let status = Arc::new(UplinkStatus::default());
+        let (mut rx, _task) = spawn(j.clone(), DrainPolicy::Fifo, 0, 8, status.clone());
+        take(&mut rx, 700).await;
+        // 700 entries take two reads of at most 512; both returned before the last entry.
+        let reads: u64 = status.journal_read.counts().iter().sum();
+        assert!(reads >= 2, "{reads} reads");
+        assert_eq!(UplinkStatus::get(&status.journal_read_entries), 700);
+        assert!(status.journal_read.sum_micros() > 0);
     }
 }

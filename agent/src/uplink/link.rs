@@ -15,6 +15,14 @@
 //! and then it is one of the `window`. The bridge's receive maximum caps, in addition,
 //! the publishes in flight per connection.
 //!
+//! # The protocol core
+//! What to send and what a packet from the bridge means (packet ids, the in-flight
+//! table bounded by the window and the bridge's Receive Maximum, which journal entry a
+//! PUBACK confirms, the downlink's acknowledgements, keepalive, topic aliases) is
+//! decided by `mqtt::protocol::ClientCore`, synchronous and tested on its own; this
+//! module is its I/O driver: the socket and codec, TLS, the journal feeder, the window's
+//! slots, the downlink task and the hand-over to the confirmer.
+//!
 //! # Why packets are handled here and not by rumqttc's client
 //! rumqttc's `AsyncClient` does not say which packet id a publish got, so a PUBACK
 //! cannot be tied to a journal entry, and its event loop resends unacknowledged
@@ -22,19 +30,20 @@
 //! resend. So this module uses rumqttc's MQTT 5 packet codec (`mqttbytes::v5::Codec`)
 //! and keeps the flow itself: the journal is the only record of what is unsent.
 
-use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use mqtt::packet::{Message, MessageProperties, QoS as LocalQoS};
+use mqtt::protocol::{ClientCore, ClientParams, Event, FromServer, Lost, Publishing};
 
 use super::Unsendable;
 use rumqttc::v5::mqttbytes::v5::{
     Codec, ConnAck, Connect, ConnectProperties, ConnectReturnCode, Disconnect,
-    DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, PubAckReason, Publish,
-    PublishProperties, Subscribe, SubscribeReasonCode,
+    DisconnectReasonCode, Filter, Login, Packet, PingReq, PubAck, Publish, PublishProperties,
+    Subscribe, SubscribeReasonCode,
 };
 use rumqttc::v5::mqttbytes::{Error as MqttError, QoS};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -232,326 +241,472 @@ pub(crate) async fn connect(ctx: &Ctx) -> Result<(Conn, ConnAck), Failure> {
     }
 }
 
-/// Packet ids for outgoing publishes and subscribes (1..=65535, skipping those in use).
-#[derive(Debug, Default)]
-struct PacketIds {
-    last: u16,
-}
-
-impl PacketIds {
-    fn next(&mut self, in_use: impl Fn(u16) -> bool) -> u16 {
-        loop {
-            self.last = self.last.checked_add(1).unwrap_or(1);
-            if !in_use(self.last) {
-                return self.last;
-            }
-        }
-    }
-}
-
-/// A journal entry as the PUBLISH the bridge gets.
-fn publish_for(ctx: &Ctx, entry: Entry, cloud_topic: String, pkid: u16, now_ms: u64) -> Publish {
+/// A journal entry as the PUBLISH the bridge gets, written as the core said (`how`: its
+/// packet id and topic alias).
+fn publish_for(
+    ctx: &Ctx,
+    entry: Entry,
+    cloud_topic: String,
+    how: Publishing,
+    now_ms: u64,
+) -> Publish {
     let mut user_properties = entry.user_properties;
     user_properties.push((MSG_KEY.to_owned(), format!("{}:{}", ctx.gateway, entry.seq)));
     let message_expiry_interval = entry.expires_ms.map(|at| {
         let left = at.saturating_sub(now_ms).div_ceil(1000).max(1);
         u32::try_from(left).unwrap_or(u32::MAX)
     });
+    let topic = if how.elide_topic {
+        Bytes::new()
+    } else {
+        Bytes::from(cloud_topic)
+    };
     Publish {
         dup: false,
         qos: QoS::AtLeastOnce,
         retain: entry.retain,
-        topic: Bytes::from(cloud_topic),
-        pkid,
+        topic,
+        pkid: how.pkid,
         payload: entry.payload,
         properties: Some(PublishProperties {
             message_expiry_interval,
+            topic_alias: how.topic_alias,
             user_properties,
             ..PublishProperties::default()
         }),
     }
 }
 
+/// How often the keepalive is looked at.
+const TICK: Duration = Duration::from_millis(100);
+
 /// Runs a connected link until it fails, or until `cancel` (then Ok, after a short wait
 /// for outstanding acknowledgements and a DISCONNECT).
 pub(crate) async fn run(
     ctx: &Ctx,
-    mut conn: Conn,
+    conn: Conn,
     ack: ConnAck,
     cancel: &CancellationToken,
 ) -> Result<(), Failure> {
-    let server_window = ack
-        .properties
-        .as_ref()
-        .and_then(|p| p.receive_max)
-        .unwrap_or(u16::MAX);
-    let window = usize::from(ctx.cfg.window.min(server_window).max(1));
-    let keepalive = Duration::from_secs(u64::from(ctx.cfg.keepalive_secs.max(1)));
-    let status = &ctx.status;
-
-    let mut ids = PacketIds::default();
-    // pkid -> journal seq of publishes in flight; the SUBSCRIBE's id until its SUBACK.
-    let mut inflight: HashMap<u16, (u64, OwnedSemaphorePermit)> = HashMap::new();
-    let mut subscribing: Option<u16> = None;
-    let mut acked = Acked::default();
-    // The window: a slot per entry from its send until its confirm is answered.
-    let slots = &ctx.slots;
-    let mut slot: Option<OwnedSemaphorePermit> = None;
-
-    // The downlink: subscribe (the bridge keeps the session), and a task that hands
-    // cloud messages to the local broker in order and returns packet ids to acknowledge.
-    let filters: Vec<Filter> = ctx
-        .down
-        .subscribe
-        .iter()
-        .map(|f| {
-            let mut filter = Filter::new(ctx.cfg.expand(f), QoS::AtLeastOnce);
-            if ctx.down.qos == 0 {
-                filter.qos = QoS::AtMostOnce;
-            }
-            filter
-        })
-        .collect();
-    if !filters.is_empty() {
-        let pkid = ids.next(|_| false);
-        subscribing = Some(pkid);
-        let mut sub = Subscribe::new_many(filters, None);
-        sub.pkid = pkid;
-        conn.send(Packet::Subscribe(sub))
-            .await
-            .map_err(|e| transient("send SUBSCRIBE", e))?;
-    }
-    let (down_tx, down_rx) = mpsc::channel::<(u16, Publish)>(usize::from(ctx.down.window));
-    let (ack_tx, mut ack_rx) = mpsc::channel::<u16>(usize::from(ctx.down.window));
-    let downlink = tokio::spawn(downlink(
-        ctx.broker.clone(),
-        ctx.map.clone(),
-        ctx.down.qos,
-        status.clone(),
-        down_rx,
-        ack_tx,
-    ));
-    let _downlink = AbortOnDrop(downlink.abort_handle());
-
-    let (mut feed, feeder) = feeder::spawn(
-        ctx.journal.clone(),
-        ctx.cfg.drain,
-        ctx.cfg.max_rate,
-        window.max(READ_AHEAD_MIN),
-    );
-    let _feeder = AbortOnDrop(feeder.abort_handle());
-
-    status
-        .inflight
-        .store(0, std::sync::atomic::Ordering::Relaxed);
-    let mut last_sent = Instant::now();
-    let mut last_received = Instant::now();
-    let mut ping_sent: Option<Instant> = None;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    let result = loop {
-        let open = inflight.len() < window;
-        if slot.is_none() && open {
-            slot = slots.clone().try_acquire_owned().ok();
-        }
-        let room = open && slot.is_some();
-        tokio::select! {
-            biased;
-            _ = cancel.cancelled() => break Ok(()),
-            packet = conn.next() => {
-                last_received = Instant::now();
-                let packet = match packet {
-                    None => break Err(Failure::Transient("the bridge closed the connection".into())),
-                    Some(Err(e)) => break Err(transient("bad packet from the bridge", e)),
-                    Some(Ok(p)) => p,
-                };
-                match packet {
-                    Packet::PubAck(PubAck { pkid, reason, .. }) => {
-                        let Some((seq, held)) = inflight.remove(&pkid) else {
-                            break Err(Failure::Transient(format!("PUBACK for unknown packet id {pkid}")));
-                        };
-                        match reason {
-                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => acked.push(seq, held),
-                            PubAckReason::NotAuthorized | PubAckReason::TopicNameInvalid | PubAckReason::PayloadFormatInvalid => {
-                                break Err(Failure::Refused(format!(
-                                    "the bridge refused journal entry {seq}: {reason:?} (kept; check the topic mapping and the bridge's ACLs)")));
-                            }
-                            other => break Err(Failure::Transient(format!(
-                                "the bridge could not store journal entry {seq}: {other:?} (kept, sent again)"))),
-                        }
-                    }
-                    Packet::SubAck(sub) => {
-                        if subscribing == Some(sub.pkid) {
-                            subscribing = None;
-                        }
-                        for (filter, code) in ctx.down.subscribe.iter().zip(&sub.return_codes) {
-                            if !matches!(code, SubscribeReasonCode::Success(_)) {
-                                tracing::error!(filter = %ctx.cfg.expand(filter), ?code, "uplink: the bridge refused a downlink subscription");
-                            }
-                        }
-                    }
-                    Packet::Publish(p) => {
-                        if p.qos == QoS::ExactlyOnce {
-                            break Err(Failure::Transient("QoS 2 publish from the bridge (subscribed at QoS 1 at most)".into()));
-                        }
-                        let pkid = if p.qos == QoS::AtLeastOnce { p.pkid } else { 0 };
-                        if down_tx.send((pkid, p)).await.is_err() {
-                            break Err(Failure::Transient("downlink stopped".into()));
-                        }
-                    }
-                    Packet::PingResp(_) => ping_sent = None,
-                    Packet::Disconnect(d) => {
-                        break Err(Failure::Transient(format!("the bridge disconnected: {:?}", d.reason_code)));
-                    }
-                    other => break Err(Failure::Transient(format!("unexpected packet from the bridge: {other:?}"))),
-                }
-            }
-            pkid = ack_rx.recv() => {
-                let Some(pkid) = pkid else {
-                    break Err(Failure::Transient("the local broker did not take a downlink message".into()));
-                };
-                if let Err(e) = conn.feed(Packet::PubAck(PubAck::new(pkid, None))).await {
-                    break Err(transient("send PUBACK", e));
-                }
-                // Acknowledge what else is ready in one write.
-                while let Ok(pkid) = ack_rx.try_recv() {
-                    if conn.feed(Packet::PubAck(PubAck::new(pkid, None))).await.is_err() {
-                        break; // the flush below reports it
-                    }
-                }
-                if let Err(e) = conn.flush().await {
-                    break Err(transient("send PUBACK", e));
-                }
-                last_sent = Instant::now();
-            }
-            entry = feed.recv(), if room => {
-                let Some(entry) = entry else {
-                    break Err(Failure::Transient("the journal reader stopped".into()));
-                };
-                // Entries are taken from the feed only with a slot in hand (`room`).
-                let Some(held) = slot.take() else {
-                    break Err(Failure::Transient("internal: a journal entry without a window slot".into()));
-                };
-                let now = u64::try_from(mqtt::broker::now_ms()).unwrap_or_default();
-                let mut next = Some((entry, held));
-                let mut fed = 0u64;
-                while let Some((entry, held)) = next.take() {
-                    match ctx.map.to_cloud(&entry.topic) {
-                        Err(why) => {
-                            // Journaled before the map changed (or by an older version).
-                            match why {
-                                Unsendable::NoRule => tracing::warn!(topic = %entry.topic, seq = entry.seq, "uplink: no [[uplink.map]] rule maps this topic; removed unsent"),
-                                Unsendable::Refused(e) => tracing::warn!(topic = %entry.topic, seq = entry.seq, error = %e, "uplink: cloud topic refused; removed unsent"),
-                            }
-                            UplinkStatus::add(&status.unmapped, 1);
-                            acked.push(entry.seq, held);
-                        }
-                        Ok(topic) => {
-                            let pkid = ids.next(|id| {
-                                inflight.contains_key(&id) || subscribing == Some(id)
-                            });
-                            inflight.insert(pkid, (entry.seq, held));
-                            let publish = publish_for(ctx, entry, topic, pkid, now);
-                            if conn.feed(Packet::Publish(publish)).await.is_err() {
-                                break; // the flush below reports it
-                            }
-                            fed += 1;
-                        }
-                    }
-                    if inflight.len() < window
-                        && let Ok(held) = slots.clone().try_acquire_owned()
-                    {
-                        next = feed.try_recv().ok().map(|entry| (entry, held));
-                    }
-                }
-                if let Err(e) = conn.flush().await {
-                    break Err(transient("send PUBLISH", e));
-                }
-                UplinkStatus::add(&status.sent, fed);
-                last_sent = Instant::now();
-            }
-            // The window is full: wake when a confirm gives a slot back.
-            held = slots.clone().acquire_owned(), if open && slot.is_none() => slot = held.ok(),
-            // The confirmer was busy after the last packet: hand it what waits.
-            reserved = ctx.confirm.reserve(), if !acked.is_empty() => {
-                let Ok(permit) = reserved else {
-                    break Err(Failure::Transient("the journal confirmer stopped".into()));
-                };
-                UplinkStatus::add(&status.acked, acked.seqs.len() as u64);
-                permit.send(std::mem::take(&mut acked));
-            }
-            _ = tick.tick() => {
-                if let Some(at) = ping_sent && at.elapsed() > keepalive {
-                    break Err(Failure::Transient(format!("no PINGRESP within {keepalive:?}")));
-                }
-                if last_received.elapsed() > keepalive.mul_f32(1.5) && ping_sent.is_none() && last_sent.elapsed() < keepalive {
-                    // Traffic goes out but nothing comes back: probe.
-                    last_sent = Instant::now() - keepalive;
-                }
-                if ping_sent.is_none() && last_sent.elapsed() >= keepalive {
-                    if let Err(e) = conn.send(Packet::PingReq(PingReq)).await {
-                        break Err(transient("send PINGREQ", e));
-                    }
-                    ping_sent = Some(Instant::now());
-                    last_sent = Instant::now();
-                }
-            }
-        }
-        status
-            .inflight
-            .store(inflight.len() as u64, std::sync::atomic::Ordering::Relaxed);
-        if !acked.is_empty() {
-            flush_acked(ctx, &mut acked, false).await;
-        }
-    };
-
-    if result.is_ok() {
-        // Stopping: no new publishes; collect the acknowledgements still coming.
-        drop(feed);
-        let deadline = tokio::time::Instant::now() + STOP_GRACE;
-        while !inflight.is_empty() {
-            match tokio::time::timeout_at(deadline, conn.next()).await {
-                Ok(Some(Ok(Packet::PubAck(PubAck { pkid, reason, .. })))) => {
-                    if let Some((seq, held)) = inflight.remove(&pkid)
-                        && matches!(
-                            reason,
-                            PubAckReason::Success | PubAckReason::NoMatchingSubscribers
-                        )
-                    {
-                        acked.push(seq, held);
-                    }
-                }
-                Ok(Some(Ok(_))) => {}
-                _ => break,
-            }
-        }
-        let _ = conn
-            .send(Packet::Disconnect(Disconnect::new(
-                DisconnectReasonCode::NormalDisconnection,
-            )))
-            .await;
-    }
-    // The confirm channel holds as many batches as there are slots, so this does not
-    // wait (unless the confirmer is gone, and then the entries simply stay).
-    flush_acked(ctx, &mut acked, true).await;
-    status
-        .inflight
-        .store(0, std::sync::atomic::Ordering::Relaxed);
-    result
+    let mut link = Link::open(ctx, conn, &ack).await?;
+    let result = link.drive(cancel).await;
+    link.close(result).await
 }
 
-/// Entries the bridge acknowledged, on their way to the confirmer, with their window
-/// slots (given back once the journal answered the confirm).
+/// One connection's I/O around its [`ClientCore`]: the socket, the journal feeder, the
+/// downlink task, the window's slots and the acknowledged entries on their way to the
+/// confirmer.
+struct Link<'a> {
+    ctx: &'a Ctx,
+    conn: Conn,
+    core: ClientCore,
+    /// The window slots of the publishes in flight, one each (all from the one
+    /// semaphore, merged): a PUBACK splits its entry's off into `acked`; what is left
+    /// when the connection ends goes back (those entries are sent again).
+    in_flight_slots: Option<OwnedSemaphorePermit>,
+    /// The next entry's slot, taken before the entry.
+    slot: Option<OwnedSemaphorePermit>,
+    acked: Acked,
+    feed: mpsc::Receiver<Entry>,
+    down_tx: mpsc::Sender<(u16, Publish)>,
+    ack_rx: mpsc::Receiver<u16>,
+    _downlink: AbortOnDrop,
+    _feeder: AbortOnDrop,
+}
+
+impl<'a> Link<'a> {
+    /// Subscribes for the downlink and starts the feeder and the downlink task.
+    async fn open(ctx: &'a Ctx, mut conn: Conn, ack: &ConnAck) -> Result<Self, Failure> {
+        let props = ack.properties.as_ref();
+        let mut core = ClientCore::new(
+            ClientParams {
+                window: ctx.cfg.window,
+                server_receive_maximum: props.and_then(|p| p.receive_max),
+                server_topic_alias_maximum: props.and_then(|p| p.topic_alias_max),
+                keep_alive: ctx.cfg.keepalive_secs,
+                server_keep_alive: props.and_then(|p| p.server_keep_alive),
+            },
+            Instant::now(),
+        );
+        // The downlink: subscribe (the bridge keeps the session), and a task that hands
+        // cloud messages to the local broker in order and returns packet ids to acknowledge.
+        let filters: Vec<Filter> = ctx
+            .down
+            .subscribe
+            .iter()
+            .map(|f| {
+                let mut filter = Filter::new(ctx.cfg.expand(f), QoS::AtLeastOnce);
+                if ctx.down.qos == 0 {
+                    filter.qos = QoS::AtMostOnce;
+                }
+                filter
+            })
+            .collect();
+        if !filters.is_empty() {
+            let pkid = core.subscribe().ok_or_else(|| {
+                Failure::Transient("internal: no packet id free for SUBSCRIBE".into())
+            })?;
+            let mut sub = Subscribe::new_many(filters, None);
+            sub.pkid = pkid;
+            conn.send(Packet::Subscribe(sub))
+                .await
+                .map_err(|e| transient("send SUBSCRIBE", e))?;
+        }
+        let (down_tx, down_rx) = mpsc::channel(usize::from(ctx.down.window));
+        let (ack_tx, ack_rx) = mpsc::channel(usize::from(ctx.down.window));
+        let downlink = tokio::spawn(downlink(
+            ctx.broker.clone(),
+            ctx.map.clone(),
+            ctx.down.qos,
+            ctx.status.clone(),
+            down_rx,
+            ack_tx,
+        ));
+        let (feed, feeder) = feeder::spawn(
+            ctx.journal.clone(),
+            ctx.cfg.drain,
+            ctx.cfg.max_rate,
+            core.limit().max(READ_AHEAD_MIN),
+            ctx.status.clone(),
+        );
+        ctx.status.inflight.store(0, Ordering::Relaxed);
+        Ok(Self {
+            ctx,
+            conn,
+            core,
+            in_flight_slots: None,
+            slot: None,
+            acked: Acked::default(),
+            feed,
+            down_tx,
+            ack_rx,
+            _downlink: AbortOnDrop(downlink.abort_handle()),
+            _feeder: AbortOnDrop(feeder.abort_handle()),
+        })
+    }
+
+    /// Carries packets, entries, acknowledgements and ticks until the connection fails
+    /// (`Err`) or `cancel` (`Ok`).
+    async fn drive(&mut self, cancel: &CancellationToken) -> Result<(), Failure> {
+        let ctx = self.ctx;
+        let slots = &ctx.slots;
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let open = self.core.can_publish();
+            if self.slot.is_none() && open {
+                self.slot = slots.clone().try_acquire_owned().ok();
+            }
+            let room = open && self.slot.is_some();
+            tokio::select! {
+                biased;
+                _ = cancel.cancelled() => return Ok(()),
+                packet = self.conn.next() => self.on_packet(packet).await?,
+                pkid = self.ack_rx.recv() => self.acknowledge_downlink(pkid).await?,
+                entry = self.feed.recv(), if room => self.publish(entry).await?,
+                // The window is full: wake when a confirm gives a slot back.
+                held = slots.clone().acquire_owned(), if open && self.slot.is_none() => {
+                    self.slot = held.ok();
+                }
+                // The confirmer was busy after the last packet: hand it what waits.
+                reserved = ctx.confirm.reserve(), if !self.acked.is_empty() => {
+                    let Ok(permit) = reserved else {
+                        return Err(Failure::Transient("the journal confirmer stopped".into()));
+                    };
+                    UplinkStatus::add(&self.ctx.status.acked, self.acked.seqs.len() as u64);
+                    permit.send(std::mem::take(&mut self.acked));
+                }
+                _ = tick.tick() => self.keepalive().await?,
+            }
+            self.ctx
+                .status
+                .inflight
+                .store(self.core.in_flight() as u64, Ordering::Relaxed);
+            if !self.acked.is_empty() {
+                flush_acked(self.ctx, &mut self.acked, false).await;
+            }
+        }
+    }
+
+    /// A packet (or the end of the stream) from the bridge.
+    async fn on_packet(
+        &mut self,
+        packet: Option<Result<Packet, MqttError>>,
+    ) -> Result<(), Failure> {
+        let now = Instant::now();
+        let packet = match packet {
+            None => {
+                return Err(Failure::Transient(
+                    "the bridge closed the connection".into(),
+                ));
+            }
+            Some(Err(e)) => return Err(transient("bad packet from the bridge", e)),
+            Some(Ok(p)) => p,
+        };
+        match packet {
+            Packet::PubAck(PubAck { pkid, reason, .. }) => {
+                let event = self.core.packet(
+                    FromServer::PubAck {
+                        pkid,
+                        reason: reason.into(),
+                    },
+                    now,
+                );
+                self.settle(event, now)
+            }
+            Packet::SubAck(sub) => {
+                for (filter, code) in self.ctx.down.subscribe.iter().zip(&sub.return_codes) {
+                    if !matches!(code, SubscribeReasonCode::Success(_)) {
+                        tracing::error!(filter = %self.ctx.cfg.expand(filter), ?code, "uplink: the bridge refused a downlink subscription");
+                    }
+                }
+                let event = self.core.packet(FromServer::SubAck { pkid: sub.pkid }, now);
+                self.settle(event, now)
+            }
+            Packet::Publish(p) => {
+                let input = FromServer::Publish {
+                    pkid: p.pkid,
+                    qos: p.qos.into(),
+                };
+                match self.core.packet(input, now) {
+                    Event::Deliver { ack } => {
+                        if self.down_tx.send((ack.unwrap_or(0), p)).await.is_err() {
+                            return Err(Failure::Transient("downlink stopped".into()));
+                        }
+                        Ok(())
+                    }
+                    other => self.settle(other, now),
+                }
+            }
+            Packet::PingResp(_) => {
+                let event = self.core.packet(FromServer::PingResp, now);
+                self.settle(event, now)
+            }
+            Packet::Disconnect(d) => Err(Failure::Transient(format!(
+                "the bridge disconnected: {:?}",
+                d.reason_code
+            ))),
+            other => Err(Failure::Transient(format!(
+                "unexpected packet from the bridge: {other:?}"
+            ))),
+        }
+    }
+
+    /// Carries out what the core said about a packet (a downlink message aside).
+    fn settle(&mut self, event: Event, now: Instant) -> Result<(), Failure> {
+        match event {
+            Event::Nothing => Ok(()),
+            Event::Stored { tag, waited } => {
+                self.ctx.status.puback.observe(waited);
+                let held = self.settled_slot().ok_or_else(|| {
+                    Failure::Transient("internal: a PUBACK without a window slot".into())
+                })?;
+                self.acked.push(tag, held, Some(now));
+                Ok(())
+            }
+            Event::Refused { tag, reason } => Err(Failure::Refused(format!(
+                "the bridge refused journal entry {tag}: {reason:?} (kept; check the topic mapping and the bridge's ACLs)"
+            ))),
+            Event::NotStored { tag, reason } => Err(Failure::Transient(format!(
+                "the bridge could not store journal entry {tag}: {reason:?} (kept, sent again)"
+            ))),
+            Event::Deliver { .. } => Err(Failure::Transient(
+                "internal: a downlink message without its packet".into(),
+            )),
+            Event::Lost(lost) => Err(lost_failure(lost)),
+        }
+    }
+
+    /// The window slot of a publish the bridge settled, out of those in flight.
+    fn settled_slot(&mut self) -> Option<OwnedSemaphorePermit> {
+        let held = self.in_flight_slots.as_mut()?;
+        if held.num_permits() <= 1 {
+            self.in_flight_slots.take()
+        } else {
+            held.split(1)
+        }
+    }
+
+    /// The local broker took a downlink message (`None`: the downlink task ended):
+    /// acknowledge it, and what else is ready, in one write.
+    async fn acknowledge_downlink(&mut self, pkid: Option<u16>) -> Result<(), Failure> {
+        let Some(pkid) = pkid else {
+            return Err(Failure::Transient(
+                "the local broker did not take a downlink message".into(),
+            ));
+        };
+        if let Some(pkid) = self.core.delivered(pkid) {
+            self.conn
+                .feed(Packet::PubAck(PubAck::new(pkid, None)))
+                .await
+                .map_err(|e| transient("send PUBACK", e))?;
+        }
+        while let Ok(pkid) = self.ack_rx.try_recv() {
+            if let Some(pkid) = self.core.delivered(pkid)
+                && self
+                    .conn
+                    .feed(Packet::PubAck(PubAck::new(pkid, None)))
+                    .await
+                    .is_err()
+            {
+                break; // the flush below reports it
+            }
+        }
+        self.conn
+            .flush()
+            .await
+            .map_err(|e| transient("send PUBACK", e))?;
+        self.core.wrote(Instant::now());
+        Ok(())
+    }
+
+    /// Publishes `entry` (its slot is in `self.slot`), and whatever else the feed and
+    /// the window allow right now, in one write.
+    async fn publish(&mut self, entry: Option<Entry>) -> Result<(), Failure> {
+        let Some(entry) = entry else {
+            return Err(Failure::Transient("the journal reader stopped".into()));
+        };
+        // Entries are taken from the feed only with a slot in hand (`room`).
+        let Some(held) = self.slot.take() else {
+            return Err(Failure::Transient(
+                "internal: a journal entry without a window slot".into(),
+            ));
+        };
+        let now = Instant::now();
+        let now_ms = u64::try_from(mqtt::broker::now_ms()).unwrap_or_default();
+        let mut next = Some((entry, held));
+        let mut fed = 0u64;
+        while let Some((entry, held)) = next.take() {
+            match self.ctx.map.to_cloud(&entry.topic) {
+                Err(why) => {
+                    // Journaled before the map changed (or by an older version).
+                    match why {
+                        Unsendable::NoRule => {
+                            tracing::warn!(topic = %entry.topic, seq = entry.seq, "uplink: no [[uplink.map]] rule maps this topic; removed unsent")
+                        }
+                        Unsendable::Refused(e) => {
+                            tracing::warn!(topic = %entry.topic, seq = entry.seq, error = %e, "uplink: cloud topic refused; removed unsent")
+                        }
+                    }
+                    UplinkStatus::add(&self.ctx.status.unmapped, 1);
+                    self.acked.push(entry.seq, held, None);
+                }
+                Ok(topic) => {
+                    let Some(how) = self.core.publish(entry.seq, &topic, now) else {
+                        return Err(Failure::Transient(
+                            "internal: a journal entry without room in flight".into(),
+                        ));
+                    };
+                    match &mut self.in_flight_slots {
+                        Some(slots) => slots.merge(held),
+                        None => self.in_flight_slots = Some(held),
+                    }
+                    let publish = publish_for(self.ctx, entry, topic, how, now_ms);
+                    if self.conn.feed(Packet::Publish(publish)).await.is_err() {
+                        break; // the flush below reports it
+                    }
+                    fed += 1;
+                }
+            }
+            if self.core.can_publish()
+                && let Ok(held) = self.ctx.slots.clone().try_acquire_owned()
+            {
+                next = self.feed.try_recv().ok().map(|entry| (entry, held));
+            }
+        }
+        self.conn
+            .flush()
+            .await
+            .map_err(|e| transient("send PUBLISH", e))?;
+        UplinkStatus::add(&self.ctx.status.sent, fed);
+        self.core.wrote(Instant::now());
+        Ok(())
+    }
+
+    /// The keepalive: a PINGREQ when due; a missing PINGRESP ends the connection.
+    async fn keepalive(&mut self) -> Result<(), Failure> {
+        if self.core.tick(Instant::now()).map_err(lost_failure)? {
+            self.conn
+                .send(Packet::PingReq(PingReq))
+                .await
+                .map_err(|e| transient("send PINGREQ", e))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the connection: after `cancel` (`Ok`), waits up to [`STOP_GRACE`] for the
+    /// acknowledgements of what is in flight and says DISCONNECT; in any case hands
+    /// what the bridge acknowledged to the confirmer. The slots of the entries still in
+    /// flight go back with `self`.
+    async fn close(mut self, result: Result<(), Failure>) -> Result<(), Failure> {
+        if result.is_ok() {
+            // Stopping: no new publishes; collect the acknowledgements still coming.
+            self.feed.close();
+            let deadline = tokio::time::Instant::now() + STOP_GRACE;
+            while self.core.in_flight() > 0 {
+                match tokio::time::timeout_at(deadline, self.conn.next()).await {
+                    Ok(Some(Ok(Packet::PubAck(PubAck { pkid, reason, .. })))) => {
+                        let now = Instant::now();
+                        let input = FromServer::PubAck {
+                            pkid,
+                            reason: reason.into(),
+                        };
+                        match self.core.packet(input, now) {
+                            Event::Stored { tag, waited } => {
+                                self.ctx.status.puback.observe(waited);
+                                if let Some(held) = self.settled_slot() {
+                                    self.acked.push(tag, held, Some(now));
+                                }
+                            }
+                            // Refused or not stored: it stays in the journal.
+                            Event::Refused { .. } | Event::NotStored { .. } => {
+                                drop(self.settled_slot());
+                            }
+                            _ => {}
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+            let _ = self
+                .conn
+                .send(Packet::Disconnect(Disconnect::new(
+                    DisconnectReasonCode::NormalDisconnection,
+                )))
+                .await;
+        }
+        // The confirm channel holds as many batches as there are slots, so this does not
+        // wait (unless the confirmer is gone, and then the entries simply stay).
+        flush_acked(self.ctx, &mut self.acked, true).await;
+        self.ctx.status.inflight.store(0, Ordering::Relaxed);
+        result
+    }
+}
+
+/// Why the core gave up on the connection, as the link reports it.
+fn lost_failure(lost: Lost) -> Failure {
+    Failure::Transient(match lost {
+        Lost::UnknownPubAck(pkid) => format!("PUBACK for unknown packet id {pkid}"),
+        Lost::ExactlyOnce => "QoS 2 publish from the bridge (subscribed at QoS 1 at most)".into(),
+        Lost::NoPingResp(keepalive) => format!("no PINGRESP within {keepalive:?}"),
+    })
+}
+
+/// Entries the bridge acknowledged (or that were removed unsent), on their way to the
+/// confirmer, with their window slots (given back once the journal answered the
+/// confirm) and when their PUBACKs came (for [`UplinkStatus::confirm`]).
 #[derive(Debug, Default)]
 pub(crate) struct Acked {
     pub seqs: Vec<u64>,
+    pub acked_at: Vec<Instant>,
     pub slots: Option<OwnedSemaphorePermit>,
 }
 
 impl Acked {
-    fn push(&mut self, seq: u64, slot: OwnedSemaphorePermit) {
+    fn push(&mut self, seq: u64, slot: OwnedSemaphorePermit, acked_at: Option<Instant>) {
         self.seqs.push(seq);
+        self.acked_at.extend(acked_at);
         match &mut self.slots {
             // All slots come from the uplink's one semaphore.
             Some(held) => held.merge(slot),

@@ -22,10 +22,16 @@
 //!   [`UplinkStatus`], and loses nothing.
 //!
 //! # Tasks
-//! The connection loop (`link.rs`), a journal reader per connection (`feeder.rs`), a
+//! The connection loop (`link.rs`, the I/O driver of the protocol core
+//! `mqtt::protocol::ClientCore`), a journal reader per connection (`feeder.rs`), a
 //! downlink task per connection, and one confirmer that deletes acknowledged entries in
 //! batches. All are bounded: the reader reads ahead at most `max(window, 512)` entries,
 //! the downlink holds `downlink.window` messages.
+//!
+//! # Stage figures
+//! [`UplinkStatus`] times each stage of a drain (journal reads, PUBLISH to PUBACK,
+//! PUBACK to the confirm's answer) and shows the window's slots held; they are in
+//! `/metrics` as `edge_agent_uplink_*_seconds` histograms (docs/operating.md).
 
 pub mod config;
 mod feeder;
@@ -73,7 +79,13 @@ pub fn start(
     let window = usize::from(uplink.window.max(1));
     let (confirm, confirm_rx) = mpsc::channel(window);
     let slots = Arc::new(tokio::sync::Semaphore::new(window));
-    tracker.spawn(confirmer(journal.clone(), confirm_rx, cancel.clone()));
+    status.set_window(window, slots.clone());
+    tracker.spawn(confirmer(
+        journal.clone(),
+        confirm_rx,
+        status.clone(),
+        cancel.clone(),
+    ));
     let ctx = Ctx {
         gateway: uplink.gateway(),
         client_id: uplink.client(),
@@ -167,23 +179,33 @@ const CONFIRM_RETRY_MAX: Duration = Duration::from_secs(5);
 /// their window slots back to the link. A failed confirm is tried again (doubling the
 /// wait up to [`CONFIRM_RETRY_MAX`]) with the slots still held, so nothing more is sent
 /// while deletions fail; once the journal is closed, or at shutdown, the entries stay
-/// in the journal and are sent again later (duplicates, not losses).
+/// in the journal and are sent again later (duplicates, not losses). Each confirmed
+/// entry's wait from its PUBACK is recorded in [`UplinkStatus::confirm`].
 async fn confirmer(
     journal: Journal,
     mut rx: mpsc::Receiver<link::Acked>,
+    status: Arc<UplinkStatus>,
     cancel: CancellationToken,
 ) {
     while let Some(first) = rx.recv().await {
         let mut seqs = first.seqs;
+        let mut acked_at = first.acked_at;
         let mut slots = vec![first.slots];
         while let Ok(more) = rx.try_recv() {
             seqs.extend(more.seqs);
+            acked_at.extend(more.acked_at);
             slots.push(more.slots);
         }
         let mut wait = Duration::from_millis(100);
         loop {
             match journal.confirm(&seqs).await {
-                Ok(_) => break,
+                Ok(_) => {
+                    let now = std::time::Instant::now();
+                    for at in &acked_at {
+                        status.confirm.observe(now.saturating_duration_since(*at));
+                    }
+                    break;
+                }
                 Err(crate::error::Error::Closed) => break,
                 Err(e) => {
                     tracing::warn!(error = %e, entries = seqs.len(), retry_in = ?wait, "uplink: confirming acknowledged entries failed; nothing more is sent until it works");

@@ -1,10 +1,13 @@
-//! Deliveries in flight to the client: packet identifiers and the client's Receive
-//! Maximum.
+//! Publishes in flight to the peer: packet identifiers and the peer's Receive Maximum.
+//! The server's deliveries to a client ([`super::session`]) and the agent's uplink
+//! publishes to cloud-bridge ([`super::client`]) both take their packet ids here: one
+//! allocator in the code base.
 //!
 //! Invariants:
-//! - at most `limit` QoS 1/2 PUBLISHes are unacknowledged at once (MQTT 5 3.3.4-9: the
-//!   client's Receive Maximum, bounded by the server's own cap for 3.1.1 clients, which
-//!   have none); [`Outgoing::has_room`] says whether one more may go, and the caller
+//! - at most `limit` QoS 1/2 PUBLISHes are unacknowledged at once: the peer's Receive
+//!   Maximum (a server's deliveries, MQTT 5 3.3.4-9: the client's, bounded by the
+//!   server's own cap for 3.1.1 clients, which have none; a client's publishes, 3.3.4-7:
+//!   the server's from CONNACK, bounded by the client's own window); [`Outgoing::has_room`] says whether one more may go, and the caller
 //!   waits (never drops) while it is `false`;
 //! - a packet identifier is never 0 and unique among the deliveries in flight;
 //! - an acknowledgement frees its slot once: a PUBACK/PUBCOMP for an identifier not in
@@ -14,22 +17,23 @@ use std::collections::HashMap;
 
 /// A delivery in flight.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct InFlight {
-    /// The backend's handle, given back when the client acknowledges.
-    tag: u64,
+struct InFlight<T> {
+    /// The sender's handle (the server's backend tag; the uplink's journal entry and
+    /// send time), given back when the peer acknowledges.
+    tag: T,
     /// QoS 2: PUBREC received, PUBCOMP awaited.
     released: bool,
 }
 
-/// The outgoing in-flight table.
+/// The outgoing in-flight table; `T` is what a delivery's acknowledgement gives back.
 #[derive(Debug)]
-pub struct Outgoing {
-    in_flight: HashMap<u16, InFlight>,
+pub struct Outgoing<T = u64> {
+    in_flight: HashMap<u16, InFlight<T>>,
     next_pkid: u16,
     limit: usize,
 }
 
-impl Outgoing {
+impl<T> Outgoing<T> {
     /// A table allowing `limit` unacknowledged QoS 1/2 deliveries (at least 1).
     pub fn new(limit: u16) -> Self {
         Self {
@@ -71,7 +75,7 @@ impl Outgoing {
     }
 
     /// Records a QoS 1/2 delivery sent with `pkid`.
-    pub fn sent(&mut self, pkid: u16, tag: u64) {
+    pub fn sent(&mut self, pkid: u16, tag: T) {
         self.in_flight.insert(
             pkid,
             InFlight {
@@ -82,7 +86,7 @@ impl Outgoing {
     }
 
     /// PUBACK or PUBCOMP: the delivery's tag, once.
-    pub fn completed(&mut self, pkid: u16) -> Option<u64> {
+    pub fn completed(&mut self, pkid: u16) -> Option<T> {
         self.in_flight.remove(&pkid).map(|f| f.tag)
     }
 
