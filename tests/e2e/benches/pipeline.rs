@@ -131,6 +131,27 @@ fn depth(agent: &Agent) -> u64 {
     panic!("the agent's /metrics has no edge_agent_journal_entries");
 }
 
+/// The uplink's stages as the agent measured them: mean journal read per batch, PUBLISH
+/// written to PUBACK, PUBACK to the journal's answer to the confirm.
+fn stages(agent: &Agent) -> String {
+    let mean_ms = |name: &str| {
+        let count = agent.metric(&format!("edge_agent_uplink_{name}_seconds_count"));
+        let sum = agent.metric(&format!("edge_agent_uplink_{name}_seconds_sum"));
+        if count > 0.0 {
+            format!("{:.2} ms x {count}", sum * 1e3 / count)
+        } else {
+            "none".to_owned()
+        }
+    };
+    format!(
+        "journal read {} batches, {:.0} entries; PUBLISH->PUBACK {}; PUBACK->confirmed {}",
+        mean_ms("journal_read"),
+        agent.metric("edge_agent_uplink_journal_read_entries_total"),
+        mean_ms("puback"),
+        mean_ms("confirm")
+    )
+}
+
 /// One backlog's drain figures.
 struct Drain {
     name: &'static str,
@@ -224,6 +245,7 @@ fn drain(
         "{name}: drained {n} in {watcher:.1} s = {rate:.0} msg/s; agent RSS {hold_rss_mib:.1} MiB holding it, peak {peak_rss_mib:.1} MiB; journal: {commits} transactions, {count} WAL flushes, {:.2} ms per flush",
         if count > 0.0 { secs * 1e3 / count } else { 0.0 }
     );
+    println!("  stages (agent /metrics): {}", stages(&agent));
     (
         Drain {
             name,
