@@ -100,10 +100,14 @@ impl OnQueued {
     }
 
     /// Before sending to `addr`: waits until the previous request was answered when it
-    /// was queued on another broker (at once otherwise). Only the first call may wait.
+    /// was queued on another broker (at once otherwise, and on later calls: a failover
+    /// to another broker after a first attempt on the same one waits too).
     pub async fn wait_unless_on(&mut self, addr: &str) {
-        if let Some((broker, answered)) = self.after.take()
-            && *broker != *addr
+        if self
+            .after
+            .as_ref()
+            .is_some_and(|(broker, _)| **broker != *addr)
+            && let Some((_, answered)) = self.after.take()
         {
             answered.await;
         }
