@@ -26,16 +26,7 @@ static CLUSTER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 const WAIT: Duration = Duration::from_secs(60);
 
 fn rmq(args: &[&str]) -> String {
-    let out = rocketmq::script(&["cluster"])
-        .args(args)
-        .output()
-        .expect("rocketmq.sh");
-    assert!(
-        out.status.success(),
-        "rocketmq.sh cluster {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    rocketmq::cluster(args)
 }
 
 /// Starts whatever member of the cluster is down; returns its env (ROCKETMQ_NAMESRV, ...).

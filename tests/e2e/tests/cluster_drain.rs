@@ -6,52 +6,26 @@
 #![allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e::{Agent, Bridge, device_publish, plain_uplink, wait_log};
-use test_support::{repo_root, unique};
-
-fn cluster(args: &[&str]) -> String {
-    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .arg("cluster")
-        .args(args)
-        .output()
-        .expect("rocketmq.sh");
-    assert!(
-        out.status.success(),
-        "rocketmq.sh cluster {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use test_support::rocketmq::{self, Instance, cluster};
+use test_support::unique;
 
 /// Every message of first-level topic `first` on the cluster, read by the plain Java
 /// consumer from the start of every queue of both brokers (for 30 s: the number of
 /// duplicates is not known in advance).
 fn consume_cluster(first: &str, at_least: usize) -> Vec<serde_json::Value> {
-    let out = Command::new(repo_root().join("tests/rocketmq/rocketmq.sh"))
-        .args([
-            "cluster",
-            "tool",
-            "consume",
-            "--topic",
-            first,
-            "--from-start",
-        ])
-        .args(["--count", &(at_least * 2).to_string()])
-        .args(["--timeout-ms", "30000"])
-        .output()
-        .expect("consume");
-    let got: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect();
+    let (_, got, stderr) = rocketmq::try_consume(
+        Instance::Cluster,
+        first,
+        at_least * 2,
+        Duration::from_secs(30),
+    );
     assert!(
         got.len() >= at_least,
-        "plain consumer read {} of at least {at_least}: {}",
-        got.len(),
-        String::from_utf8_lossy(&out.stderr)
+        "plain consumer read {} of at least {at_least}: {stderr}",
+        got.len()
     );
     got
 }

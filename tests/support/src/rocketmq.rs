@@ -69,6 +69,21 @@ pub fn script(args: &[&str]) -> Command {
     cmd
 }
 
+/// Runs `rocketmq.sh cluster ARGS` (start, stop broker-a --kill, env, ...) and returns its
+/// stdout; panics when it fails.
+pub fn cluster(args: &[&str]) -> String {
+    let out = script(&["cluster"])
+        .args(args)
+        .output()
+        .expect("rocketmq.sh");
+    assert!(
+        out.status.success(),
+        "rocketmq.sh cluster {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// Which RocketMQ `rocketmq.sh tool` talks to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Instance {
